@@ -1,0 +1,1 @@
+"""featurize: corpora -> pretrained encoders / openSMILE / filterbanks -> a Zarr feature store."""

@@ -1,0 +1,73 @@
+"""Load audio as 16 kHz (or any rate) mono float32, whatever the file's rate, channels or subtype.
+
+Every failure a corpus can throw at us (unreadable file, no samples, NaN/inf in a float WAV) is
+raised as `AudioError` naming the file, so a featurizer can skip the utterance and say why.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used: unreadable, empty, or with non-finite samples."""
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the file header alone (no samples are decoded)."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+        raise AudioError(f"{path}: cannot read audio header ({e})") from e
+    if info.samplerate <= 0:
+        raise AudioError(f"{path}: header has sample rate {info.samplerate}")
+    return info.frames / info.samplerate
+
+
+def load_audio(
+    path: str | Path, start: float | None = None, end: float | None = None, sr: int = 16000
+) -> np.ndarray:
+    """Read `path` (or its `[start, end)` slice, in seconds) as mono float32 at `sr` Hz.
+
+    Channels are averaged. Integer PCM comes back scaled to [-1, 1] by soundfile; float files are
+    kept as they are (values beyond ±1 are legal there) but must be finite. An `end` past the
+    end of the file is clipped to it, since corpus timings are often rounded up a little.
+    """
+    path = Path(path)
+    if sr <= 0:
+        raise ValueError(f"target sample rate must be positive, got {sr}")
+    if start is not None and start < 0:
+        raise AudioError(f"{path}: slice start {start} is negative")
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate = f.samplerate
+            first = 0 if start is None else round(start * rate)
+            last = f.frames if end is None else min(f.frames, round(end * rate))
+            if last <= first:
+                what = "no samples" if f.frames == 0 else f"empty slice [{start}, {end}] s"
+                raise AudioError(f"{path}: {what} (file has {f.frames} frames at {rate} Hz)")
+            # Seek and read only the slice, so cutting utterances out of a long dialogue is cheap.
+            f.seek(first)
+            data = f.read(last - first, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+
+    if data.shape[0] == 0:  # the header promised frames the file does not hold (truncated file)
+        raise AudioError(f"{path}: no samples could be decoded")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
+
+    mono = data.mean(axis=1, dtype=np.float32)
+    if rate != sr:
+        # Reduce the ratio so the polyphase filter is as short as possible (44.1k -> 16k is 160/441).
+        g = gcd(rate, sr)
+        mono = resample_poly(mono, sr // g, rate // g)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+

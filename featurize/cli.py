@@ -1,0 +1,109 @@
+"""`featurize`: read a corpus in place and extract features into the Zarr store."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from featurize.corpora import read_corpus
+from featurize.extractors import get_extractor
+from featurize.pipeline import human_bytes, plan, run_extraction
+from featurize.store import DEFAULT_STORE, FeatureStore
+
+app = typer.Typer(help="Extract speech and text features into a chunked Zarr store, once.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+CORPUS_HELP = "iemocap | ravdess | manifest | iemocap-text"
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--option wants key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
+def build_extractor(model: str, options: dict[str, object]):
+    """Instantiate an extractor, passing only the options its constructor takes."""
+    cls = get_extractor(model)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        accepted = [p for p in params if p != "self"]
+        raise typer.BadParameter(f"extractor {model!r} takes no option {unknown}; it takes: {', '.join(accepted)}")
+    return cls(**options)
+
+
+@app.command()
+def extract(
+    corpus: str = typer.Option(..., help=CORPUS_HELP),
+    data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
+    model: str = typer.Option(..., help="extractor: fbank | opensmile | hubert | bert | mpnet | minilm | whisper"),
+    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    workers: int = typer.Option(max(1, (os.cpu_count() or 2)), help="CPU worker processes"),
+    model_id: str = typer.Option(None, help="Hugging Face hub id of the encoder (neural extractors)"),
+    model_path: Path = typer.Option(None, help="local directory of the encoder (neural extractors)"),
+    layers: str = typer.Option(None, help="hidden layers to store, e.g. 0-12 or 9,12 (neural extractors)"),
+    device: str = typer.Option(None, help="cpu | cuda (default: cuda when present)"),
+    batch_seconds: float = typer.Option(60.0, help="audio seconds per batch for batched extractors"),
+    option: list[str] = typer.Option([], "--option", "-o", help="extractor option key=value (repeatable), "
+                                     "e.g. -o set=egemaps for opensmile"),
+    limit: int = typer.Option(None, help="extract at most this many utterances (for a quick try)"),
+    dry_run: bool = typer.Option(False, help="print the plan and the disk estimate, extract nothing"),
+) -> None:
+    """Extract one feature for a corpus. Re-running resumes; a changed configuration makes a new group."""
+    utts, report = read_corpus(corpus, data)
+    console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
+    opts: dict[str, object] = dict(parse_options(option))
+    for key, value in (("model_id", model_id), ("model_path", model_path), ("layers", layers), ("device", device)):
+        if value is not None:
+            opts[key] = str(value)
+    extractor = build_extractor(model, opts)
+    fs = FeatureStore(store)
+    if dry_run:
+        p, _ = plan(fs, utts, extractor)
+        console.print(f"{extractor.describe()}: {len(p.todo)} to extract, {p.already_done} stored; "
+                      f"disk estimate up to {human_bytes(p.estimate_bytes)} before compression")
+        return
+    result = run_extraction(fs, utts, extractor, workers=workers, batch_seconds=batch_seconds, console=console,
+                            limit=limit)
+    rate = result.audio_seconds / max(result.seconds, 1e-9)
+    console.print(f"[green]done[/] {result.feature}: {result.processed} extracted in {result.seconds:.1f} s "
+                  f"({rate:.1f} audio-s/s), {result.already_done} were already stored, "
+                  f"{len(result.skipped)} skipped, complete={result.complete}")
+    if result.skipped:
+        raise typer.Exit(code=3)
+
+
+@app.command("ls")
+def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store")) -> None:
+    """List stored features: arrays, shapes, sizes, completeness."""
+    fs = FeatureStore(store, create=False)
+    utts = fs.utterances()
+    by_corpus: dict[str, int] = {}
+    for u in utts:
+        by_corpus[u.corpus] = by_corpus.get(u.corpus, 0) + 1
+    Console().print(f"{store}: {len(utts)} utterances ({', '.join(f'{c} {n}' for c, n in sorted(by_corpus.items()))})")
+    table = Table("feature", "arrays (row shape, dtype)", "utterances", "complete", "on disk", "created")
+    for info in fs.features():
+        arrays = "; ".join(f"{k} {s.kind} {tuple(s.tail)} {s.dtype}" for k, s in info.arrays.items())
+        table.add_row(info.name, arrays, str(info.n_committed), "yes" if info.complete else "no",
+                      human_bytes(info.nbytes_stored), info.created)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Any corpus described by a manifest: a CSV or JSONL file with one row per utterance.
+
+Required columns: `path`, `label`, `speaker`. Optional: `text`, `session`, `dialog`, `turn`,
+`start`, `end`, `id`, `split`; any other column is kept in `extra`. Relative paths resolve
+against the manifest's folder, so a corpus folder with its manifest can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+from featurize.audio import AudioError, audio_duration
+from featurize.corpora import register
+from featurize.records import CorpusReport, Utterance
+
+REQUIRED = ("path", "label", "speaker")
+OPTIONAL = ("text", "session", "dialog", "turn", "start", "end", "id", "split")
+
+
+class _BadRow(Exception):
+    """A row that is skipped, with the reason it is reported under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@register("manifest")
+def read(path: Path, corpus: str | None = None) -> tuple[list[Utterance], CorpusReport]:
+    """Read the manifest at `path`; `corpus` names the corpus and prefixes ids (default: file stem)."""
+    path = Path(path).resolve()
+    corpus = corpus or path.stem
+    report = CorpusReport()
+    utterances: list[Utterance] = []
+    first_line: dict[str, int] = {}
+    for lineno, row in _rows(path, report):
+        try:
+            utt = _utterance(row, path.parent, corpus)
+        except _BadRow as bad:
+            report.skip(bad.reason, f"{path.name} line {lineno}: {bad.detail}")
+            continue
+        if utt.utt_id in first_line:
+            # Ids key the feature store; two rows on one id would silently overwrite each other.
+            raise ValueError(
+                f"{path}: duplicate utterance id {utt.utt_id!r} on lines {first_line[utt.utt_id]} and "
+                f"{lineno}; add a unique `id` column"
+            )
+        first_line[utt.utt_id] = lineno
+        utterances.append(utt)
+    return utterances, report
+
+
+def _rows(path: Path, report: CorpusReport) -> Iterator[tuple[int, dict]]:
+    """(line number, row) pairs; raises ValueError if a required column is missing."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
+            reader = csv.DictReader(f)
+            _check_columns(path, reader.fieldnames or [])
+            for row in reader:
+                yield reader.line_num, row
+    elif suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    report.skip("malformed line", f"{path.name} line {lineno}")
+                    continue
+                if not isinstance(row, dict):
+                    report.skip("malformed line", f"{path.name} line {lineno}")
+                    continue
+                _check_columns(path, list(row), lineno)
+                yield lineno, row
+    else:
+        raise ValueError(f"{path}: manifest must be .csv or .jsonl, not {path.suffix!r}")
+
+
+def _check_columns(path: Path, columns: list[str], lineno: int | None = None) -> None:
+    for column in REQUIRED:
+        if column not in columns:
+            where = f" (line {lineno})" if lineno is not None else ""
+            raise ValueError(f"{path}: missing required column {column!r}{where}")
+
+
+def _utterance(row: dict, base: Path, corpus: str) -> Utterance:
+    values = {k: _text(v) for k, v in row.items() if k is not None}  # csv puts surplus cells under None
+    if values["path"] is None:
+        raise _BadRow("missing audio file", "empty path")
+    audio = Path(values["path"])
+    audio = audio if audio.is_absolute() else base / audio
+    if not audio.is_file():
+        raise _BadRow("missing audio file", str(audio))
+    if values["speaker"] is None:
+        raise _BadRow("missing speaker", str(audio))
+
+    start = _number(values.get("start"), float, "start")
+    end = _number(values.get("end"), float, "end")
+    turn = _number(values.get("turn"), int, "turn")
+    try:
+        file_duration = audio_duration(audio)
+    except AudioError as e:
+        raise _BadRow("unreadable audio", str(e)) from e
+    span_end = file_duration if end is None else min(end, file_duration)
+    if (start or 0.0) >= span_end or (start is not None and start < 0):
+        raise _BadRow("bad number", f"start {start}, end {end} in a {file_duration:.3f} s file")
+
+    known = set(REQUIRED) | set(OPTIONAL)
+    return Utterance(
+        utt_id=f"{corpus}/{values.get('id') or audio.stem}",
+        corpus=corpus,
+        speaker=values["speaker"],
+        label=values["label"],  # empty means unlabelled (e.g. a set to predict on)
+        session=values.get("session"),
+        dialog=values.get("dialog"),
+        turn=turn,
+        audio_path=str(audio),
+        start=start,
+        end=end,
+        text=values.get("text"),
+        split=values.get("split"),
+        duration=round(span_end - (start or 0.0), 6),
+        extra={k: v for k, v in values.items() if k not in known and v is not None},
+    )
+
+
+def _text(value: object) -> str | None:
+    # CSV gives "" and JSON gives null for an absent value; both mean "not given".
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _number(value: str | None, kind: type, column: str) -> float | int | None:
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise _BadRow("bad number", f"{column} = {value!r}") from None
+    if not math.isfinite(number):  # float() accepts "nan" and "inf", which no time can be
+        raise _BadRow("bad number", f"{column} = {value!r}")
+    return number

@@ -1,0 +1,280 @@
+"""Running one extractor over a corpus into the store: plan, estimate, compute, write, resume.
+
+* Resumable: utterances already committed to this exact configuration's group are skipped.
+* Deterministic order: utterances are processed and committed in length-sorted order (so batches
+  pad little), which a resumed run reproduces, so its arrays equal an uninterrupted run's.
+* CPU extractors run in parallel worker processes scheduled by dask, in windows of small tasks;
+  batched (neural) extractors compute in this process while worker processes decode audio ahead.
+* One background writer thread commits, buffering results to whole data chunks so appends are
+  chunk-aligned; every commit is atomic (see featurize/store.py).
+* A broken file is skipped and reported (with its path and the reason); the rest goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from featurize.audio import AudioError, load_audio
+from featurize.extractors import Extractor, estimate_bytes
+from featurize.records import Utterance
+from featurize.store import CHUNK_BYTES, FeatureStore, FeatureWriter
+
+TASK_UTTS = 8  # utterances per dask task: amortises pickling, keeps windows balanced
+
+
+@dataclass
+class ExtractPlan:
+    feature: str
+    todo: list[Utterance]
+    already_done: int
+    not_applicable: list[str]
+    estimate_bytes: int
+    audio_seconds: float
+    remaining: int  # before --limit
+
+
+@dataclass
+class ExtractResult:
+    feature: str
+    processed: int = 0
+    already_done: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # utt_id -> reason
+    not_applicable: int = 0
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+    complete: bool = False
+
+
+def _seconds(u: Utterance) -> float:
+    if u.duration is not None:
+        return u.duration
+    if u.start is not None and u.end is not None:
+        return u.end - u.start
+    return 0.0
+
+
+def applicable(u: Utterance, extractor: Extractor) -> bool:
+    if extractor.needs == "audio":
+        return u.audio_path is not None
+    return u.text is not None and u.text.strip() != ""
+
+
+def plan(store: FeatureStore, utts: list[Utterance], extractor: Extractor,
+         limit: int | None = None) -> tuple[ExtractPlan, FeatureWriter]:
+    arrays = extractor.arrays()
+    writer = store.writer(extractor.feature_name(), extractor.name, extractor.config(), arrays)
+    done = writer.done_ids()
+    ok = [u for u in utts if applicable(u, extractor)]
+    not_applicable = [u.utt_id for u in utts if not applicable(u, extractor)]
+    todo = sorted((u for u in ok if u.utt_id not in done), key=lambda u: (_seconds(u), u.utt_id))
+    remaining = len(todo)
+    todo = todo[:limit] if limit else todo
+    secs = sum(_seconds(u) for u in todo)
+    est = estimate_bytes(arrays, secs, len(todo))
+    return ExtractPlan(writer.name, todo, len(ok) - remaining, not_applicable, est, secs, remaining), writer
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _load(u: Utterance, sample_rate: int) -> np.ndarray:
+    return load_audio(u.audio_path, u.start, u.end, sr=sample_rate)
+
+
+def _work(extractor: Extractor, utts: list[Utterance]) -> list[tuple[str, dict | None, str | None]]:
+    """One dask task: load and featurize a few utterances; failures become skip reasons."""
+    out = []
+    for u in utts:
+        try:
+            audio = _load(u, extractor.sample_rate) if extractor.needs == "audio" else None
+            out.append((u.utt_id, extractor.process_one(u, audio), None))
+        except AudioError as e:
+            out.append((u.utt_id, None, str(e)))
+        except Exception as e:  # a file that breaks the extractor is reported, not fatal
+            out.append((u.utt_id, None, f"{u.audio_path}: {type(e).__name__}: {e}"))
+    return out
+
+
+def _decode_batch(utts: list[Utterance], sample_rate: int) -> list[tuple[Utterance, np.ndarray | None, str | None]]:
+    out = []
+    for u in utts:
+        try:
+            out.append((u, _load(u, sample_rate), None))
+        except AudioError as e:
+            out.append((u, None, str(e)))
+    return out
+
+
+class _Writer(threading.Thread):
+    """The one writer: buffers results and commits them in chunk-sized, atomic commits."""
+
+    def __init__(self, writer: FeatureWriter, flush_seconds: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.writer = writer
+        self.inbox: queue.Queue = queue.Queue(maxsize=64)
+        self.flush_seconds = flush_seconds
+        self.error: BaseException | None = None
+        row_bytes = {k: int(np.prod(s.tail)) * np.dtype(s.dtype).itemsize for k, s in writer.specs.items()}
+        self.row_bytes = max(row_bytes.values())
+
+    def run(self) -> None:
+        ids: list[str] = []
+        vals: list[dict] = []
+        rows = 0
+        last = time.monotonic()
+        while True:
+            item = self.inbox.get()
+            if item is not None:
+                for uid, v in item:
+                    ids.append(uid)
+                    vals.append(v)
+                    rows += max(len(np.atleast_1d(x)) for x in v.values())
+            due = item is None or rows * self.row_bytes >= CHUNK_BYTES or time.monotonic() - last > self.flush_seconds
+            if due and ids and self.error is None:
+                try:
+                    self.writer.commit(ids, vals)
+                except BaseException as e:  # surfaced to the main thread, which stops the run
+                    self.error = e
+                ids, vals, rows, last = [], [], 0, time.monotonic()
+            if item is None:
+                return
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def run_extraction(store: FeatureStore, utts: list[Utterance], extractor: Extractor, workers: int = 2,
+                   batch_seconds: float = 60.0, console: Console | None = None,
+                   limit: int | None = None) -> ExtractResult:
+    """Extract ``extractor`` for ``utts`` into ``store`` (resuming), and report what happened."""
+    console = console or Console(stderr=True)
+    store.write_utterances(utts)
+    p, writer = plan(store, utts, extractor, limit)
+    todo = p.todo
+    free = shutil.disk_usage(store.path).free
+    console.print(f"[bold]{extractor.describe()}[/] -> {store.path}/features/{p.feature}")
+    console.print(f"  {len(todo)} utterances to extract ({p.audio_seconds / 3600:.2f} h of audio), "
+                  f"{p.already_done} already stored, {len(p.not_applicable)} without {extractor.needs}")
+    console.print(f"  disk estimate: up to {human_bytes(p.estimate_bytes)} before compression "
+                  f"({human_bytes(free)} free)")
+    if p.estimate_bytes > free:
+        raise RuntimeError(f"not enough disk for {p.feature}: needs up to {human_bytes(p.estimate_bytes)}, "
+                           f"{human_bytes(free)} free at {store.path}")
+    result = ExtractResult(p.feature, already_done=p.already_done, not_applicable=len(p.not_applicable))
+    t0 = time.monotonic()
+    sink = _Writer(writer)
+    sink.start()
+    try:
+        with _progress(console) as bar:
+            task = bar.add_task(extractor.name, total=len(todo), rate="")
+            stream = _run_batched(extractor, todo, workers, batch_seconds) if extractor.batched \
+                else _run_parallel(extractor, todo, workers)
+            for chunk in stream:
+                good = [(uid, v) for uid, v, err in chunk if err is None]
+                for uid, _, err in chunk:
+                    if err is not None:
+                        result.skipped[uid] = err
+                if good:
+                    sink.inbox.put(good)
+                if sink.error is not None:
+                    raise sink.error
+                result.processed += len(good)
+                done = result.processed + len(result.skipped)
+                el = time.monotonic() - t0
+                bar.update(task, completed=done, rate=f"{done / max(el, 1e-9):.1f} utt/s")
+    finally:
+        sink.inbox.put(None)
+        sink.join()
+    if sink.error is not None:
+        raise sink.error
+    result.seconds = time.monotonic() - t0
+    secs = {u.utt_id: _seconds(u) for u in todo}
+    result.audio_seconds = sum(secs[u] for u in secs if u not in result.skipped)
+    result.complete = not result.skipped and len(todo) == p.remaining
+    writer.finish(result.complete, result.skipped)
+    for uid, reason in list(result.skipped.items())[:20]:
+        console.print(f"  [yellow]skipped[/] {uid}: {reason}")
+    if len(result.skipped) > 20:
+        console.print(f"  ... and {len(result.skipped) - 20} more skipped (listed in the feature's attributes)")
+    return result
+
+
+def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> Iterator[list]:
+    """Per-utterance extractors: dask schedules small tasks over worker processes, window by window,
+    so results arrive in order and the writer stays busy while the next window computes."""
+    import dask
+
+    tasks = [todo[i:i + TASK_UTTS] for i in range(0, len(todo), TASK_UTTS)]
+    if workers <= 1:
+        for t in tasks:
+            yield _work(extractor, t)
+        return
+    window = workers * 4
+    with ProcessPoolExecutor(workers) as pool:
+        for start in range(0, len(tasks), window):
+            delayed = [dask.delayed(_work)(extractor, t) for t in tasks[start:start + window]]
+            for res in dask.compute(*delayed, scheduler="processes", pool=pool):
+                yield res
+
+
+def _batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:
+    """Consecutive runs of the length-sorted list whose padded size (longest × count) stays under
+    ``batch_seconds`` of audio, so batches are big when utterances are short."""
+    out: list[list[Utterance]] = []
+    cur: list[Utterance] = []
+    for u in todo:
+        if cur and ((len(cur) + 1) * max(_seconds(u), 1e-3) > batch_seconds or len(cur) >= max_items):
+            out.append(cur)
+            cur = []
+        cur.append(u)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _run_batched(extractor: Extractor, todo: list[Utterance], workers: int, batch_seconds: float) -> Iterator[list]:
+    """Batched extractors compute here (CUDA stays in the main process); audio is decoded by
+    worker processes a few batches ahead, overlapping decoding with compute."""
+    extractor.setup()
+    batches = _batches(todo, batch_seconds)
+    if extractor.needs != "audio":
+        for b in batches:
+            yield _compute(extractor, [(u, None, None) for u in b])
+        return
+    ahead = max(2, workers * 2)
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(_decode_batch, b, extractor.sample_rate) for b in batches[:ahead]]
+        for i in range(len(batches)):
+            items = futures[i].result()
+            if i + ahead < len(batches):
+                futures.append(pool.submit(_decode_batch, batches[i + ahead], extractor.sample_rate))
+            yield _compute(extractor, items)
+
+
+def _compute(extractor: Extractor, items: list) -> list[tuple[str, dict | None, str | None]]:
+    ready = [(u, a) for u, a, err in items if err is None]
+    out = [(u.utt_id, None, err) for u, _, err in items if err is not None]
+    if ready:
+        for (u, _), v in zip(ready, extractor.process_batch(ready)):
+            out.append((u.utt_id, v, None))
+    # Keep the length-sorted order for the writer.
+    order = {u.utt_id: i for i, (u, _, _) in enumerate(items)}
+    return sorted(out, key=lambda r: order[r[0]])

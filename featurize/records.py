@@ -1,0 +1,73 @@
+"""The one utterance record every corpus reader yields (what the data is, not where features live)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word with its start and end time in seconds, relative to the utterance start."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass
+class Utterance:
+    """One utterance of a corpus.
+
+    `utt_id` is prefixed by the corpus (``iemocap/Ses01F_impro01_F000``) so several corpora can
+    share one store. `start`/`end` are set when the audio is a slice of a longer file. `words` are
+    relative to the utterance start; `word_source` says where they came from
+    (``forced_alignment`` | ``asr`` | ``corpus``), so a later ASR pass never overwrites a forced
+    alignment.
+    """
+
+    utt_id: str
+    corpus: str
+    speaker: str
+    label: str | None = None
+    session: str | None = None
+    dialog: str | None = None
+    turn: int | None = None
+    audio_path: str | None = None
+    start: float | None = None
+    end: float | None = None
+    text: str | None = None
+    soft_labels: dict[str, float] | None = None
+    words: list[Word] | None = None
+    word_source: str | None = None
+    split: str | None = None
+    duration: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Utterance:
+        d = dict(d)
+        if d.get("words") is not None:
+            d["words"] = [Word(**w) for w in d["words"]]
+        return cls(**d)
+
+
+@dataclass
+class CorpusReport:
+    """What a reader skipped and why, so a corpus with broken entries still reads."""
+
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids/paths
+
+    def skip(self, reason: str, what: str) -> None:
+        self.skipped.setdefault(reason, []).append(what)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return "nothing skipped"
+        return "; ".join(f"{len(v)} {reason}" for reason, v in sorted(self.skipped.items()))

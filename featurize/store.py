@@ -1,0 +1,478 @@
+"""The feature store: the one module that knows the Zarr layout (documented in store_schema.yaml).
+
+Layout (Zarr format v3, a directory)::
+
+    <store>/                        attrs: schema_version
+      utterances/                   the utterance table, one 1-D array per column
+      features/<extractor>-<fp>/    one group per feature; <fp> fingerprints its complete config
+        attrs                       extractor, config, fingerprint, arrays, n_committed, rows_committed
+        utt_ids                     [n] str, in commit order
+        <array>/data                [total_rows, *tail]  (frames: rows of all utterances back to back;
+                                                          utterance: one row per utterance)
+        <array>/offsets             [n + 1] int64, frames arrays only
+
+Why it is crash-safe: zarr's LocalStore writes every key atomically (temp file + rename), and a
+commit writes data, then offsets and ids, then the group attributes that say how many utterances
+are committed. Readers and resuming writers trust only ``n_committed``/``rows_committed``; rows a
+killed run wrote past them are ignored, then overwritten on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+import zarr
+from zarr.codecs import BloscCodec
+
+from featurize.records import Utterance
+
+SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "store_schema.yaml"
+DEFAULT_STORE = "cache/features.zarr"
+CHUNK_BYTES = 4 * 1024 * 1024  # uncompressed bytes per data chunk: big enough for fast reads
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array an extractor writes for every utterance.
+
+    kind ``frames``: a variable number of rows per utterance (frames, tokens, words);
+    kind ``utterance``: exactly one row per utterance. ``tail`` is the shape of one row
+    (``(dim,)`` or ``(layers, dim)``). ``rows_per_second`` (frames of audio) or ``rows_per_utt``
+    (tokens, words) feed the disk estimate.
+    """
+
+    name: str
+    kind: str
+    tail: tuple[int, ...]
+    dtype: str = "float16"
+    rows_per_second: float | None = None
+    rows_per_utt: float | None = None
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "tail": list(self.tail), "dtype": self.dtype,
+                "rows_per_second": self.rows_per_second, "rows_per_utt": self.rows_per_utt}
+
+    @classmethod
+    def from_json(cls, name: str, d: dict) -> ArraySpec:
+        return cls(name, d["kind"], tuple(d["tail"]), d["dtype"], d.get("rows_per_second"), d.get("rows_per_utt"))
+
+
+@dataclass
+class FeatureInfo:
+    name: str
+    extractor: str
+    fingerprint: str
+    config: dict
+    arrays: dict[str, ArraySpec]
+    n_committed: int
+    complete: bool
+    nbytes_stored: int
+    created: str = ""
+
+
+@dataclass
+class FeatureArray:
+    """One array of a feature held in memory. Frames arrays: rows of utterance i are
+    ``data[offsets[i]:offsets[i + 1]]``; utterance arrays: row i."""
+
+    utt_ids: list[str]
+    data: np.ndarray
+    offsets: np.ndarray | None
+    spec: ArraySpec
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {u: i for i, u in enumerate(self.utt_ids)}
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self._index
+
+    def position(self, utt_id: str) -> int:
+        return self._index[utt_id]
+
+    def get(self, utt_id: str) -> np.ndarray:
+        i = self._index[utt_id]
+        if self.offsets is None:
+            return self.data[i]
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+
+def fingerprint(config: dict) -> str:
+    """Short hash of a complete extractor configuration; any change gives a new feature group."""
+    canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_FILE.read_text())
+
+
+def _compressor() -> BloscCodec:
+    # Bit-shuffled zstd compresses float16 well and decodes fast; it is lossless.
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def _chunk_rows(tail: Sequence[int], itemsize: int) -> int:
+    row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * itemsize)
+    return max(1, CHUNK_BYTES // row_bytes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The utterance table: one column per record field. None is "" for strings, NaN for floats, -1 for
+# turn; nested fields (words, soft labels, extra) are JSON strings.
+_STR_COLS = ("utt_id", "corpus", "speaker", "label", "session", "dialog", "audio_path", "text",
+             "word_source", "split")
+_FLOAT_COLS = ("start", "end", "duration")
+_JSON_COLS = ("soft_labels", "words", "extra")
+
+
+def _table_columns(utts: Sequence[Utterance]) -> dict[str, np.ndarray]:
+    cols: dict[str, np.ndarray] = {}
+    for c in _STR_COLS:
+        cols[c] = np.array([getattr(u, c) or "" for u in utts], dtype=object)
+    for c in _FLOAT_COLS:
+        cols[c] = np.array([np.nan if getattr(u, c) is None else getattr(u, c) for u in utts], dtype=np.float64)
+    cols["turn"] = np.array([-1 if u.turn is None else u.turn for u in utts], dtype=np.int64)
+    # None and "absent" differ for text: an utterance without a transcript must not look like "".
+    cols["has_text"] = np.array([u.text is not None for u in utts], dtype=bool)
+    for c in _JSON_COLS:
+        vals = []
+        for u in utts:
+            v = getattr(u, c)
+            if c == "words" and v is not None:
+                v = [[w.word, w.start, w.end] for w in v]
+            vals.append(json.dumps(v))
+        cols[c] = np.array(vals, dtype=object)
+    return cols
+
+
+def _rows_from_columns(cols: dict[str, np.ndarray]) -> list[Utterance]:
+    n = len(cols["utt_id"])
+    out = []
+    for i in range(n):
+        d: dict[str, Any] = {}
+        for c in _STR_COLS:
+            d[c] = str(cols[c][i]) or None
+        if cols["has_text"][i]:
+            d["text"] = str(cols["text"][i])
+        for c in _FLOAT_COLS:
+            v = float(cols[c][i])
+            d[c] = None if math.isnan(v) else v
+        t = int(cols["turn"][i])
+        d["turn"] = None if t < 0 else t
+        for c in _JSON_COLS:
+            d[c] = json.loads(str(cols[c][i]))
+        if d["words"] is not None:
+            d["words"] = [{"word": w, "start": s, "end": e} for w, s, e in d["words"]]
+        d["extra"] = d["extra"] or {}
+        out.append(Utterance.from_dict(d))
+    return out
+
+
+class FeatureStore:
+    """A Zarr feature store on disk. Opening an existing store checks it against store_schema.yaml."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        self._recover_table_swap()
+        if (self.path / "zarr.json").exists():
+            self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+            version = self.root.attrs.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: store schema version {version!r}, this sercache reads "
+                                 f"version {SCHEMA_VERSION}; re-extract into a new store")
+        elif create:
+            self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
+            self.root.require_group("features")
+        else:
+            raise StoreError(f"no feature store at {self.path} (run `featurize extract` first)")
+        self.validate()
+
+    # -- the contract ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check the store against store_schema.yaml: required groups, attributes and arrays."""
+        schema = load_schema()
+        missing = [a for a in schema["root"]["attrs"] if a not in self.root.attrs]
+        if missing:
+            raise StoreError(f"{self.path}: root attributes {missing} missing (store_schema.yaml)")
+        if "utterances" in self.root:
+            table = self.root["utterances"]
+            cols = set(table.array_keys())
+            need = set(schema["utterances"]["columns"])
+            if need - cols:
+                raise StoreError(f"{self.path}: utterance table lacks columns {sorted(need - cols)}")
+        feat_schema = schema["feature"]
+        for name, grp in self._feature_groups():
+            absent = [a for a in feat_schema["attrs"] if a not in grp.attrs]
+            if absent:
+                raise StoreError(f"{self.path}: feature {name} lacks attributes {absent}")
+            for arr, spec in grp.attrs["arrays"].items():
+                if spec["kind"] not in feat_schema["array_kinds"]:
+                    raise StoreError(f"{self.path}: feature {name} array {arr}: unknown kind {spec['kind']!r}")
+                need = feat_schema["array_kinds"][spec["kind"]]
+                if arr not in grp or any(k not in grp[arr] for k in need):
+                    raise StoreError(f"{self.path}: feature {name} array {arr} lacks {need}")
+
+    # -- the utterance table ---------------------------------------------------------------------
+    def utterances(self) -> list[Utterance]:
+        if "utterances" not in self.root:
+            return []
+        table = self.root["utterances"]
+        cols = {k: table[k][:] for k in table.array_keys()}
+        return _rows_from_columns(cols)
+
+    def write_utterances(self, utts: Iterable[Utterance]) -> None:
+        """Upsert records by utt_id (new ids appended, existing ones updated), written atomically:
+        the new table is built beside the old one and swapped in by directory renames.
+
+        Re-reading a corpus never erases what a later step added: when the incoming record has no
+        transcript or no word times but the stored one has (from `featurize transcribe`), those are kept.
+        """
+        current = {u.utt_id: u for u in self.utterances()}
+        for u in utts:
+            old = current.get(u.utt_id)
+            if old is not None:
+                if u.words is None and old.words is not None:
+                    u.words, u.word_source = old.words, old.word_source
+                if u.text is None and old.text is not None:
+                    u.text = old.text
+            current[u.utt_id] = u
+        rows = list(current.values())
+        cols = _table_columns(rows)
+        tmp_name = "utterances.new"
+        if tmp_name in self.root:
+            del self.root[tmp_name]
+        grp = self.root.create_group(tmp_name)
+        for c, values in cols.items():
+            dtype = str if values.dtype == object else values.dtype
+            arr = grp.create_array(c, shape=values.shape, dtype=dtype, chunks=(max(1, min(len(values), 65536)),),
+                                   compressors=_compressor() if dtype is not str else "auto")
+            if len(values):
+                arr[:] = values
+        grp.attrs["n"] = len(rows)
+        self._swap_table()
+
+    def _swap_table(self) -> None:
+        base, new, old = (self.path / n for n in ("utterances", "utterances.new", "utterances.old"))
+        if base.exists():
+            base.rename(old)
+        new.rename(base)
+        if old.exists():
+            shutil.rmtree(old)
+        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+
+    def _recover_table_swap(self) -> None:
+        # A kill between the renames in _swap_table leaves utterances.old (and maybe .new): finish
+        # the swap if the new table is complete, else go back to the old one.
+        base, new, old = (self.path / n for n in ("utterances", "utterances.new", "utterances.old"))
+        if old.exists() and not base.exists():
+            if new.exists():
+                new.rename(base)
+                shutil.rmtree(old)
+            else:
+                old.rename(base)
+        elif old.exists():
+            shutil.rmtree(old)
+
+    # -- features --------------------------------------------------------------------------------
+    def _feature_groups(self) -> list[tuple[str, zarr.Group]]:
+        if "features" not in self.root:
+            return []
+        feats = self.root["features"]
+        return sorted((name, feats[name]) for name in feats.group_keys())
+
+    def features(self) -> list[FeatureInfo]:
+        infos = []
+        for name, grp in self._feature_groups():
+            a = grp.attrs
+            nbytes = sum(f.stat().st_size for f in (self.path / "features" / name).rglob("*") if f.is_file())
+            infos.append(FeatureInfo(
+                name=name, extractor=a["extractor"], fingerprint=a["fingerprint"], config=dict(a["config"]),
+                arrays={k: ArraySpec.from_json(k, v) for k, v in a["arrays"].items()},
+                n_committed=int(a["n_committed"]), complete=bool(a.get("complete", False)),
+                nbytes_stored=nbytes, created=a.get("created", "")))
+        return infos
+
+    def resolve_feature(self, name: str) -> str:
+        """A feature group name from a full name (``fbank-1a2b3c4d``) or an extractor name
+        (``fbank``) when exactly one configuration of that extractor is stored."""
+        names = [n for n, _ in self._feature_groups()]
+        if name in names:
+            return name
+        # Match the feature name (``opensmile_compare``) or the extractor (``opensmile``).
+        matches = [n for n in names if name in (n.rsplit("-", 1)[0], self.root["features"][n].attrs["extractor"])]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            known = ", ".join(names) or "none"
+            raise StoreError(f"no feature {name!r} in {self.path} (stored: {known}); run `featurize extract`")
+        raise StoreError(f"{name!r} is ambiguous in {self.path}: {', '.join(matches)} (different configs); "
+                         "name one in full")
+
+    def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec]) -> FeatureWriter:
+        """Open (or create) the group ``<feature_name>-<fingerprint>`` for this exact configuration.
+        An existing group with the same fingerprint is resumed; a different configuration never
+        touches it."""
+        fp = fingerprint({"extractor": extractor, "arrays": [s.to_json() for s in arrays], **config})
+        name = f"{feature_name}-{fp}"
+        feats = self.root.require_group("features")
+        if name not in feats:
+            grp = feats.create_group(name)
+            for spec in arrays:
+                sub = grp.create_group(spec.name)
+                rows = _chunk_rows(spec.tail, np.dtype(spec.dtype).itemsize)
+                sub.create_array("data", shape=(0, *spec.tail), dtype=spec.dtype, chunks=(rows, *spec.tail),
+                                 compressors=_compressor())
+                if spec.kind == "frames":
+                    off = sub.create_array("offsets", shape=(1,), dtype="int64", chunks=(65536,),
+                                           compressors=_compressor())
+                    off[:] = np.zeros(1, dtype=np.int64)
+            grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(65536,))
+            # Attributes last: their presence marks the group as usable.
+            grp.attrs.update({
+                "extractor": extractor, "fingerprint": fp, "config": json.loads(json.dumps(config, default=str)),
+                "arrays": {s.name: s.to_json() for s in arrays}, "n_committed": 0,
+                "rows_committed": {s.name: 0 for s in arrays}, "complete": False,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+        return FeatureWriter(feats[name], name)
+
+    def committed_ids(self, feature: str) -> list[str]:
+        grp = self.root["features"][feature]
+        n = int(grp.attrs["n_committed"])
+        return [str(u) for u in grp["utt_ids"][:n]] if n else []
+
+    def read(self, feature: str, array: str | None = None, layers: Sequence[int] | None = None,
+             dtype: str | None = None) -> FeatureArray:
+        """Load one array of a feature into memory (committed utterances only).
+
+        ``layers`` selects entries of the layer axis of ``[rows, layers, dim]`` arrays while
+        reading, so a subset of a large layered feature never has to fit in memory whole.
+        Reading goes through dask, which fetches and decompresses chunks on parallel threads.
+        """
+        import dask.array as da
+
+        feature = self.resolve_feature(feature)
+        grp = self.root["features"][feature]
+        specs = {k: ArraySpec.from_json(k, v) for k, v in grp.attrs["arrays"].items()}
+        if array is None:
+            if len(specs) != 1:
+                raise StoreError(f"feature {feature} has arrays {sorted(specs)}: name one")
+            array = next(iter(specs))
+        if array not in specs:
+            raise StoreError(f"feature {feature} has no array {array!r} (has {sorted(specs)})")
+        spec = specs[array]
+        n = int(grp.attrs["n_committed"])
+        rows = int(grp.attrs["rows_committed"][array])
+        ids = [str(u) for u in grp["utt_ids"][:n]] if n else []
+        zdata = grp[array]["data"]
+        lazy = da.from_zarr(zdata)[:rows]
+        if layers is not None:
+            if len(spec.tail) != 2:
+                raise StoreError(f"feature {feature}/{array} has no layer axis (row shape {spec.tail})")
+            layers = list(layers)
+            bad = [i for i in layers if not 0 <= i < spec.tail[0]]
+            if bad:
+                raise StoreError(f"feature {feature}/{array} has {spec.tail[0]} layers; asked for {bad}")
+            lazy = lazy[:, layers]
+            spec = ArraySpec(spec.name, spec.kind, (len(layers), spec.tail[1]), spec.dtype,
+                             spec.rows_per_second, spec.rows_per_utt)
+        if dtype is not None:
+            lazy = lazy.astype(dtype)
+        data = lazy.compute(scheduler="threads")
+        offsets = grp[array]["offsets"][: n + 1] if spec.kind == "frames" else None
+        return FeatureArray(ids, data, offsets, spec)
+
+    def delete_feature(self, feature: str) -> None:
+        feature = self.resolve_feature(feature)
+        shutil.rmtree(self.path / "features" / feature)
+        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+
+
+class FeatureWriter:
+    """Appends utterances to one feature group in commits that are atomic per call of ``commit``."""
+
+    def __init__(self, group: zarr.Group, name: str) -> None:
+        self.group = group
+        self.name = name
+        self.specs = {k: ArraySpec.from_json(k, v) for k, v in group.attrs["arrays"].items()}
+        self.n = int(group.attrs["n_committed"])
+        self.rows = {k: int(v) for k, v in group.attrs["rows_committed"].items()}
+
+    def done_ids(self) -> set[str]:
+        return {str(u) for u in self.group["utt_ids"][: self.n]} if self.n else set()
+
+    def commit(self, utt_ids: Sequence[str], values: Sequence[dict[str, np.ndarray]]) -> None:
+        """Append these utterances: data first, then offsets and ids, then the commit marker."""
+        if not utt_ids:
+            return
+        if len(utt_ids) != len(values):
+            raise ValueError("one value dict per utterance")
+        new_rows: dict[str, int] = {}
+        for name, spec in self.specs.items():
+            parts = []
+            for uid, v in zip(utt_ids, values):
+                x = np.asarray(v[name])
+                if spec.kind == "utterance":
+                    x = x.reshape(1, *x.shape)
+                if x.shape[1:] != spec.tail:
+                    raise ValueError(f"{self.name}/{name}: utterance {uid} has rows of shape {x.shape[1:]}, "
+                                     f"the store expects {spec.tail}")
+                x = x.astype(spec.dtype, copy=False)
+                if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                    raise ValueError(f"{self.name}/{name}: utterance {uid} has non-finite values "
+                                     f"(or values outside the range of {spec.dtype})")
+                parts.append(x)
+            block = np.concatenate(parts)
+            start, end = self.rows[name], self.rows[name] + len(block)
+            arr = self.group[name]["data"]
+            if arr.shape[0] < end:
+                arr.resize((end, *spec.tail))
+            if len(block):
+                arr[start:end] = block
+            if spec.kind == "frames":
+                lengths = np.array([len(p) for p in parts], dtype=np.int64)
+                offs = self.group[name]["offsets"]
+                if offs.shape[0] < self.n + len(parts) + 1:
+                    offs.resize((self.n + len(parts) + 1,))
+                offs[self.n + 1: self.n + len(parts) + 1] = start + np.cumsum(lengths)
+            new_rows[name] = end
+        ids = self.group["utt_ids"]
+        if ids.shape[0] < self.n + len(utt_ids):
+            ids.resize((self.n + len(utt_ids),))
+        ids[self.n: self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
+        # The commit marker: one atomic write of the group's attributes.
+        self.n += len(utt_ids)
+        self.rows = new_rows
+        self.group.attrs.update({"n_committed": self.n, "rows_committed": self.rows})
+
+    def finish(self, complete: bool, skipped: dict[str, str] | None = None) -> None:
+        """Trim rows a killed run left past the commit marker, and record completeness."""
+        for name, spec in self.specs.items():
+            arr = self.group[name]["data"]
+            if arr.shape[0] != self.rows[name]:
+                arr.resize((self.rows[name], *spec.tail))
+            if spec.kind == "frames" and self.group[name]["offsets"].shape[0] != self.n + 1:
+                self.group[name]["offsets"].resize((self.n + 1,))
+        if self.group["utt_ids"].shape[0] != self.n:
+            self.group["utt_ids"].resize((self.n,))
+        self.group.attrs.update({"complete": complete, "skipped": skipped or {}})

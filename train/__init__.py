@@ -1,0 +1,1 @@
+"""train: fusion heads trained from the cached feature store only."""

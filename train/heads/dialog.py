@@ -1,0 +1,198 @@
+"""`dialog`: dialogue-level fusion family with the perspective loss (Wu, Lu, Dai 2023; heads.md section 1).
+
+One unimodal branch, applied to every utterance vector of a dialogue:
+
+    input projection d -> H  ->  BiGRU (H/2 per direction)  ->  dropout  ->  self-attention (H, 4 heads)
+    ->  ReLU(Linear H -> H)  ->  dropout  ->  Linear H -> C
+
+Bimodal models cut this branch at the fusion point (`fusion_at`): everything before it exists once per
+modality, everything after it once, shared, on the fused representation:
+
+    early   fuse the projected inputs, one shared BiGRU / attention / classifier
+    middle  fuse after the BiGRUs
+    late    fuse after self-attention, shared classifier stack
+    logits  two full branches, fuse their logits
+
+`fusion` is add | concat (W_f [a; t], 2d -> d) | attention (Poria et al. 2017: u_m = tanh(W m),
+alpha = softmax_m(w^T u_m), z = sum_m alpha_m u_m, with w trained). `loss = perspective` adds CE on each
+modality's own logits: a modality-specific Linear -> C on its representation at the fusion point, or its
+branch logits at `logits`. Deliberately unlike the public code: CE on raw logits (no double softmax), the
+attention vector is a trained parameter, and padding utterances never reach a real one (packed GRU,
+key-padding mask, ignore_index in the loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from train.heads import HeadSpec, register
+from train.heads.probe import LayerMix
+
+FUSION_AT = ("early", "middle", "late", "logits")  # index k = number of branch blocks run per modality
+FUSIONS = ("add", "concat", "attention")
+LOSSES = ("single", "perspective")
+
+
+@dataclass
+class Config:
+    fusion_at: str = "logits"  # the paper's best model: LGF + ADD + perspective loss (85.40 WA)
+    fusion: str = "add"
+    loss: str = "perspective"
+    hidden: int = 100  # projection / BiGRU output / attention width
+    n_heads: int = 4
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    epochs: int = 150
+    batch_size: int = 20  # dialogues
+
+
+class GRUBlock(nn.Module):
+    """BiGRU over the utterances of each dialogue, packed so padding never enters the recurrence."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(d, d // 2, batch_first=True, bidirectional=True)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        # the backward direction would otherwise start on padding and carry it into every real utterance
+        lengths = mask.sum(dim=1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y, _ = self.gru(packed)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.size(1))
+        return y
+
+
+class AttnBlock(nn.Module):
+    """Dropout then multi-head self-attention over the dialogue (no residual, as in the paper's Fig. 1)."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.attn = nn.MultiheadAttention(d, n_heads, batch_first=True)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.drop(x)
+        y, _ = self.attn(x, x, x, key_padding_mask=~mask, need_weights=False)
+        return y
+
+
+class ClassifierBlock(nn.Module):
+    """ReLU(Linear H -> H) -> dropout -> Linear H -> C."""
+
+    def __init__(self, d: int, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(d, n_classes)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.out(self.drop(F.relu(self.fc(x))))
+
+
+class Fusion(nn.Module):
+    """Fuse two same-width representations a, t [..., d] into one [..., d]."""
+
+    def __init__(self, method: str, d: int) -> None:
+        super().__init__()
+        self.method = method
+        if method == "concat":
+            self.proj = nn.Linear(2 * d, d)  # W_f
+        elif method == "attention":
+            self.proj = nn.Linear(d, d)  # W, shared by both modalities so their u live in one space
+            self.score = nn.Linear(d, 1, bias=False)  # w, trained (the public code never updates it)
+
+    def forward(self, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.method == "add":
+            return a + t, None
+        if self.method == "concat":
+            return self.proj(torch.cat([a, t], dim=-1)), None
+        u = torch.tanh(self.proj(torch.stack([a, t], dim=-2)))  # [..., 2, d]
+        alpha = torch.softmax(self.score(u), dim=-2)  # [..., 2, 1], over the two modalities
+        return (alpha * u).sum(dim=-2), alpha.squeeze(-1)
+
+
+class DialogHead(nn.Module):
+    def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+                 modalities: list[str]) -> None:
+        super().__init__()
+        assert cfg.fusion_at in FUSION_AT, f"fusion_at must be one of {FUSION_AT}"
+        assert cfg.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"
+        assert cfg.loss in LOSSES, f"loss must be one of {LOSSES}"
+        self.modalities = [m for m in ("audio", "text") if m in modalities]
+        self.fused = len(self.modalities) == 2
+        # a unimodal model is one full branch: the fusion point moves past the last block
+        self.cut = FUSION_AT.index(cfg.fusion_at) if self.fused else len(FUSION_AT) - 1
+        self.perspective = self.fused and cfg.loss == "perspective"
+        h = cfg.hidden
+
+        def blocks(lo: int, hi: int) -> nn.ModuleList:
+            make = (lambda: GRUBlock(h), lambda: AttnBlock(h, cfg.n_heads, cfg.dropout),
+                    lambda: ClassifierBlock(h, n_classes, cfg.dropout))
+            return nn.ModuleList([make[i]() for i in range(lo, hi)])
+
+        self.mix = nn.ModuleDict({m: LayerMix(layers.get(m, 1)) for m in self.modalities})
+        self.proj = nn.ModuleDict({m: nn.Linear(dims[m], h) for m in self.modalities})
+        self.branch = nn.ModuleDict({m: blocks(0, self.cut) for m in self.modalities})
+        self.shared = blocks(self.cut, 3)
+        width = n_classes if self.cut == 3 else h
+        self.fusion = Fusion(cfg.fusion, width) if self.fused else None
+        # perspective loss: each modality's own classifier at the fusion point (at `logits` the branch is one)
+        self.aux = (nn.ModuleDict({m: nn.Linear(h, n_classes) for m in self.modalities})
+                    if self.perspective and self.cut < 3 else None)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        mask = batch["utt_mask"]
+        reps = {}
+        for m in self.modalities:
+            x = self.proj[m](self.mix[m](batch[m]))
+            x = x.masked_fill(~mask[..., None], 0.0)  # padding utterances carry zeros, whatever the loader put there
+            for block in self.branch[m]:
+                x = block(x, mask)
+            reps[m] = x
+        out: dict[str, Tensor] = {}
+        if self.fused:
+            z, alpha = self.fusion(reps["audio"], reps["text"])
+            if alpha is not None:
+                out["fusion_weights"] = alpha  # [B, U, 2] (audio, text)
+        else:
+            z = reps[self.modalities[0]]
+        for block in self.shared:
+            z = block(z, mask)
+        out["logits"] = z
+        if self.fused and self.cut == 3:
+            out.update({f"{m}_logits": reps[m] for m in self.modalities})
+        elif self.aux is not None:
+            out.update({f"{m}_logits": self.aux[m](reps[m]) for m in self.modalities})
+        return out
+
+    def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
+        labels = batch["labels"].reshape(-1)
+
+        def ce(logits: Tensor) -> Tensor:
+            return F.cross_entropy(logits.reshape(labels.numel(), -1), labels, ignore_index=-100)
+
+        total = ce(out["logits"])
+        if self.perspective:
+            total = total + ce(out["audio_logits"]) + ce(out["text_logits"])  # equal weights, paper eq. (6)
+        return total
+
+
+def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+          modalities: list[str]) -> nn.Module:
+    return DialogHead(cfg, dims, layers, n_classes, modalities)
+
+
+register(HeadSpec(
+    name="dialog",
+    config_cls=Config,
+    build=build,
+    inputs={"audio": "pooled", "text": "pooled"},
+    dialogue=True,
+    description="dialogue BiGRU + self-attention, early/middle/late/logits fusion, perspective loss (Wu et al.)",
+))

@@ -1,0 +1,143 @@
+"""`late_concat`: utterance-level late fusion of a text and an audio branch (Zhou et al., USC report).
+
+Text: the paper fine-tunes BERT; the cache-first head instead learns a softmax-weighted sum of the stored
+layers and attention pooling over tokens (score = v^T tanh(W h), masked softmax) -> ReLU(Linear) = the
+text representation.
+Audio: a small VGG-style 2-D CNN (paper: 5 conv layers with max pooling, LeakyReLU) over the frame feature
+seen as an image [1, T, D] -> masked global max + mean over time -> LeakyReLU(Linear) = the audio
+representation. Padding is kept out exactly: padded frames are zeroed before every conv, set to -inf before
+every max pool, and the time mask is pooled alongside, so a real item's output does not depend on how far
+its batch was padded.
+Fusion: concat the two representations -> dropout 0.6 -> Linear -> C. Optional soft-target CE on the
+annotators' label shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from train.heads import HeadSpec, register
+from train.heads.probe import LayerMix, masked_mean
+
+
+@dataclass
+class Config:
+    lr: float = 1.5e-4
+    weight_decay: float = 1e-3
+    epochs: int = 15
+    batch_size: int = 32  # not published; ours
+    dropout: float = 0.6
+    soft_labels: bool = False  # train on batch["soft_labels"] (annotator shares) when the loader provides them
+    cnn_channels: tuple[int, ...] = (16, 32, 64, 64, 128)  # five 3x3 conv + 2x2 max-pool blocks (VGG frame)
+    audio_hidden: int = 128  # the audio branch's penultimate width (its first of two Linear layers)
+    text_hidden: int = 256  # text representation width after attention pooling
+    attn_hidden: int = 128  # width of the attention-pooling scorer
+    leaky_slope: float = 0.01
+
+
+def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+    """Max of x [B, T, D] over positions where mask [B, T] is True; zeros for an empty row."""
+    y = x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+    return torch.where(mask.any(dim=1, keepdim=True), y, torch.zeros_like(y))
+
+
+class AudioCNN(nn.Module):
+    """[B, T, D] frames + [B, T] mask -> [B, audio_hidden]."""
+
+    def __init__(self, cfg: Config, d_in: int) -> None:
+        super().__init__()
+        chans = (1, *cfg.cnn_channels)
+        self.convs = nn.ModuleList([nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(len(chans) - 1)])
+        self.slope = cfg.leaky_slope
+        freq = d_in
+        for _ in self.convs:
+            freq = (freq + 1) // 2  # ceil_mode pooling halves rounding up
+        self.fc = nn.Linear(2 * chans[-1] * freq, cfg.audio_hidden)  # [max; mean] over time of C x F' maps
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x.unsqueeze(1)  # [B, 1, T, D]
+        m = mask[:, None, :, None]  # [B, 1, T, 1], broadcasts over channels and frequency
+        for conv in self.convs:
+            # zero padding before the conv = what the conv's own zero padding gives at the true end
+            x = F.leaky_relu(conv(x.masked_fill(~m, 0.0)), self.slope)
+            # -inf before the pool, so a window straddling the end sees only its real frame, as it would
+            # with ceil_mode on the unpadded item
+            x = F.max_pool2d(x.masked_fill(~m, float("-inf")), 2, ceil_mode=True)
+            m = F.max_pool2d(m.float(), (2, 1), ceil_mode=True) > 0
+        b, c, t, f = x.shape
+        x = x.permute(0, 2, 1, 3).reshape(b, t, c * f).masked_fill(~m[:, 0], 0.0)  # [B, T', C*F']
+        tmask = m[:, 0, :, 0]
+        pooled = torch.cat([masked_max(x, tmask), masked_mean(x, tmask)], dim=-1)
+        return F.leaky_relu(self.fc(pooled), self.slope)
+
+
+class TextPool(nn.Module):
+    """[B, N, D] token states + [B, N] mask -> [B, text_hidden] via attention pooling."""
+
+    def __init__(self, cfg: Config, d_in: int) -> None:
+        super().__init__()
+        self.w = nn.Linear(d_in, cfg.attn_hidden)
+        self.v = nn.Linear(cfg.attn_hidden, 1, bias=False)
+        self.fc = nn.Linear(d_in, cfg.text_hidden)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        h = h.masked_fill(~mask[..., None], 0.0)
+        scores = self.v(torch.tanh(self.w(h))).squeeze(-1).masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1)  # exact zeros on padding
+        return F.relu(self.fc((alpha[..., None] * h).sum(dim=1)))
+
+
+class LateConcat(nn.Module):
+    def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+                 modalities: list[str]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.modalities = [m for m in ("text", "audio") if m in modalities]
+        self.mix = nn.ModuleDict({m: LayerMix(layers.get(m, 1)) for m in self.modalities})
+        width = 0
+        if "text" in self.modalities:
+            self.text = TextPool(cfg, dims["text"])
+            width += cfg.text_hidden
+        if "audio" in self.modalities:
+            self.audio = AudioCNN(cfg, dims["audio"])
+            width += cfg.audio_hidden
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(width, n_classes)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        reps = []
+        if "text" in self.modalities:
+            reps.append(self.text(self.mix["text"](batch["text"]), batch["text_mask"]))
+        if "audio" in self.modalities:
+            reps.append(self.audio(self.mix["audio"](batch["audio"]), batch["audio_mask"]))
+        return {"logits": self.out(self.drop(torch.cat(reps, dim=-1)))}
+
+    def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
+        soft = batch.get("soft_labels")
+        if self.cfg.soft_labels and soft is not None:
+            # shares over the kept classes need not sum to 1 (votes for dropped classes): renormalise;
+            # rows with no share at all (unlabelled / padding) are left out
+            total = soft.sum(dim=-1, keepdim=True)
+            keep = total.squeeze(-1) > 0
+            target = soft[keep] / total[keep]
+            return -(target * F.log_softmax(out["logits"][keep], dim=-1)).sum(dim=-1).mean()
+        return F.cross_entropy(out["logits"], batch["labels"], ignore_index=-100)
+
+
+def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+          modalities: list[str]) -> nn.Module:
+    return LateConcat(cfg, dims, layers, n_classes, modalities)
+
+
+register(HeadSpec(
+    name="late_concat",
+    config_cls=Config,
+    build=build,
+    inputs={"text": "sequence", "audio": "sequence"},
+    dialogue=False,
+    description="text layer-mix + attention pooling, audio 2-D CNN, concat -> dropout -> Linear (Zhou et al.)",
+))

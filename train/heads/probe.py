@@ -1,0 +1,81 @@
+"""`probe`: the SUPERB-style probe (Yang et al., 2021) on frozen features.
+
+Per modality: learnable softmax weights over the stored layers -> masked mean over frames / tokens;
+the modalities' vectors are concatenated -> one Linear -> C. It is the floor every fusion head has to
+clear on the same features. ``LayerMix`` and ``masked_mean`` live here because the other heads that read
+layered features reuse exactly this weighting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from train.heads import HeadSpec, register
+
+
+@dataclass
+class Config:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 30
+    batch_size: int = 32
+    dropout: float = 0.0  # on the pooled vector; SUPERB uses none
+
+
+class LayerMix(nn.Module):
+    """Softmax-weighted sum over the layer axis (-2) of a layered feature; identity for a 1-layer feature."""
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        # zeros = a uniform mixture at the start, SUPERB's initialisation; no parameter when there is nothing to mix
+        self.weights = nn.Parameter(torch.zeros(n_layers)) if n_layers > 1 else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weights is None:
+            return x
+        w = torch.softmax(self.weights, dim=0)
+        return (x * w[:, None]).sum(dim=-2)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x [B, T, D] over the positions where mask [B, T] is True (zeros for an empty row)."""
+    # where(), not multiply: a padded NaN / inf must not leak through 0 * value
+    total = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1)
+    return total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
+
+
+class Probe(nn.Module):
+    def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+                 modalities: list[str]) -> None:
+        super().__init__()
+        self.modalities = [m for m in ("audio", "text") if m in modalities]
+        self.mix = nn.ModuleDict({m: LayerMix(layers.get(m, 1)) for m in self.modalities})
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(sum(dims[m] for m in self.modalities), n_classes)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        pooled = [masked_mean(self.mix[m](batch[m]), batch[m + "_mask"]) for m in self.modalities]
+        return {"logits": self.out(self.drop(torch.cat(pooled, dim=-1)))}
+
+    def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
+        return F.cross_entropy(out["logits"], batch["labels"], ignore_index=-100)
+
+
+def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+          modalities: list[str]) -> nn.Module:
+    return Probe(cfg, dims, layers, n_classes, modalities)
+
+
+register(HeadSpec(
+    name="probe",
+    config_cls=Config,
+    build=build,
+    inputs={"audio": "sequence", "text": "sequence"},
+    dialogue=False,
+    description="SUPERB probe: softmax layer weights, masked mean pooling, Linear (baseline)",
+))
