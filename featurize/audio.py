@@ -70,4 +70,3 @@ def load_audio(
         g = gcd(rate, sr)
         mono = resample_poly(mono, sr // g, rate // g)
     return np.ascontiguousarray(mono, dtype=np.float32)
-

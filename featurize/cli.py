@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -88,17 +89,18 @@ def extract(
 def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store")) -> None:
     """List stored features: arrays, shapes, sizes, completeness."""
     fs = FeatureStore(store, create=False)
+    out = Console(width=None if sys.stdout.isatty() else 160)
     utts = fs.utterances()
     by_corpus: dict[str, int] = {}
     for u in utts:
         by_corpus[u.corpus] = by_corpus.get(u.corpus, 0) + 1
-    Console().print(f"{store}: {len(utts)} utterances ({', '.join(f'{c} {n}' for c, n in sorted(by_corpus.items()))})")
+    out.print(f"{store}: {len(utts)} utterances ({', '.join(f'{c} {n}' for c, n in sorted(by_corpus.items()))})")
     table = Table("feature", "arrays (row shape, dtype)", "utterances", "complete", "on disk", "created")
     for info in fs.features():
         arrays = "; ".join(f"{k} {s.kind} {tuple(s.tail)} {s.dtype}" for k, s in info.arrays.items())
         table.add_row(info.name, arrays, str(info.n_committed), "yes" if info.complete else "no",
                       human_bytes(info.nbytes_stored), info.created)
-    Console().print(table)
+    out.print(table)
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ def read(path: Path, sessions: list[int] | None = None) -> tuple[list[Utterance]
     if sessions is None:
         sessions = [n for n in SESSIONS if (root / f"Session{n}").is_dir()]
     utterances: list[Utterance] = []
-    for n in sessions:
+    for n in sorted(set(sessions)):
         session_dir = root / f"Session{n}"
         if not session_dir.is_dir():
             report.skip("missing session directory", str(session_dir))

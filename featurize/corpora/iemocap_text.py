@@ -33,9 +33,11 @@ def read(path: Path) -> tuple[list[Utterance], CorpusReport]:
     try:
         speakers, labels, sentences, train_ids, test_ids, valid_ids = data[:6]
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{pkl}: expected a 6-tuple (speakers, labels, sentences, train, test, valid)") from e
+        raise ValueError(f"{pkl}: expected (speakers, labels, sentences, train, test, valid) ids") from e
 
-    split_of = {d: "train" for d in train_ids} | {d: "valid" for d in valid_ids} | {d: "test" for d in test_ids}
+    split_of = {}
+    for split, ids in (("train", train_ids), ("valid", valid_ids), ("test", test_ids)):
+        split_of.update(dict.fromkeys(ids, split))
     report = CorpusReport()
     utterances: list[Utterance] = []
     for dialog in sorted(speakers):
@@ -45,7 +47,8 @@ def read(path: Path) -> tuple[list[Utterance], CorpusReport]:
             report.skip("malformed dialogue", dialog)
             continue
         session = match.group(1)
-        for turn, (who, label, text) in enumerate(zip(speakers[dialog], labels[dialog], sentences[dialog])):
+        rows = zip(speakers[dialog], labels[dialog], sentences[dialog], strict=True)  # lengths checked above
+        for turn, (who, label, text) in enumerate(rows):
             utt_id = f"iemocap/{dialog}_{turn:03d}"
             # Labels are ints; speakers are the letter of the speaking actor ('M'/'F'), as in the
             # full release's utterance ids.

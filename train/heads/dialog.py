@@ -151,7 +151,7 @@ class DialogHead(nn.Module):
         reps = {}
         for m in self.modalities:
             x = self.proj[m](self.mix[m](batch[m]))
-            x = x.masked_fill(~mask[..., None], 0.0)  # padding utterances carry zeros, whatever the loader put there
+            x = x.masked_fill(~mask[..., None], 0.0)  # padding utterances are zeros, whatever the loader sent
             for block in self.branch[m]:
                 x = block(x, mask)
             reps[m] = x
@@ -194,5 +194,6 @@ register(HeadSpec(
     build=build,
     inputs={"audio": "pooled", "text": "pooled"},
     dialogue=True,
-    description="dialogue BiGRU + self-attention, early/middle/late/logits fusion, perspective loss (Wu et al.)",
+    description="dialogue BiGRU + self-attention, early/middle/late/logits fusion, perspective loss "
+                "(Wu et al.)",
 ))

@@ -31,7 +31,7 @@ class Config:
     epochs: int = 15
     batch_size: int = 32  # not published; ours
     dropout: float = 0.6
-    soft_labels: bool = False  # train on batch["soft_labels"] (annotator shares) when the loader provides them
+    soft_labels: bool = False  # train on batch["soft_labels"] (annotator shares) when the loader has them
     cnn_channels: tuple[int, ...] = (16, 32, 64, 64, 128)  # five 3x3 conv + 2x2 max-pool blocks (VGG frame)
     audio_hidden: int = 128  # the audio branch's penultimate width (its first of two Linear layers)
     text_hidden: int = 256  # text representation width after attention pooling
@@ -51,7 +51,8 @@ class AudioCNN(nn.Module):
     def __init__(self, cfg: Config, d_in: int) -> None:
         super().__init__()
         chans = (1, *cfg.cnn_channels)
-        self.convs = nn.ModuleList([nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(len(chans) - 1)])
+        self.convs = nn.ModuleList([nn.Conv2d(chans[i], chans[i + 1], 3, padding=1)
+                                    for i in range(len(chans) - 1)])
         self.slope = cfg.leaky_slope
         freq = d_in
         for _ in self.convs:
@@ -139,5 +140,6 @@ register(HeadSpec(
     build=build,
     inputs={"text": "sequence", "audio": "sequence"},
     dialogue=False,
-    description="text layer-mix + attention pooling, audio 2-D CNN, concat -> dropout -> Linear (Zhou et al.)",
+    description="text layer-mix + attention pooling, audio 2-D CNN, concat -> dropout -> Linear "
+                "(Zhou et al.)",
 ))

@@ -64,7 +64,8 @@ class UniModal(nn.Module):
         super().__init__()
         self.mix = LayerMix(n_layers)
         self.proj = nn.Linear(d_in, cfg.d_model)
-        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, batch_first=True)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout,
+                                           batch_first=True)
         # no nested-tensor conversion: keeps padded outputs as plain zeros-or-values and the path predictable
         self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
         self.scale = nn.Sequential(nn.Linear(cfg.d_model, cfg.scale_hidden), nn.ReLU(),
@@ -86,9 +87,11 @@ class MSMSER(nn.Module):
         self.cfg = cfg
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.enc = nn.ModuleDict({m: UniModal(cfg, dims[m], layers.get(m, 1)) for m in self.modalities})
-        self.type_emb = nn.ParameterDict({m: nn.Parameter(torch.randn(cfg.d_model) * 0.02) for m in self.modalities})
+        self.type_emb = nn.ParameterDict({m: nn.Parameter(torch.randn(cfg.d_model) * 0.02)
+                                          for m in self.modalities})
         self.queries = nn.Parameter(torch.randn(cfg.n_queries, cfg.d_model) * 0.02)
-        layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout, batch_first=True)
+        layer = nn.TransformerDecoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_dim, cfg.dropout,
+                                           batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.dec_layers)
         self.pool_w = nn.Linear(cfg.d_model, cfg.d_model)
         self.pool_v = nn.Linear(cfg.d_model, 1, bias=False)
@@ -120,7 +123,7 @@ class MSMSER(nn.Module):
         for m in self.modalities:
             mask = batch[m + "_mask"]
             memory.append(self.enc[m](batch[m], mask) + self.type_emb[m])
-            memory_mask.append(mask & keep[m][:, None])  # RMM: the dropped modality's positions become padding
+            memory_mask.append(mask & keep[m][:, None])  # RMM: a dropped modality's positions become padding
         memory, memory_mask = torch.cat(memory, dim=1), torch.cat(memory_mask, dim=1)
         h = self.decoder(self.queries.expand(b, -1, -1), memory, memory_key_padding_mask=~memory_mask)
         alpha = torch.softmax(self.pool_v(torch.tanh(self.pool_w(h))).squeeze(-1), dim=1)  # [B, L]

@@ -32,7 +32,7 @@ class LayerMix(nn.Module):
     def __init__(self, n_layers: int) -> None:
         super().__init__()
         self.n_layers = n_layers
-        # zeros = a uniform mixture at the start, SUPERB's initialisation; no parameter when there is nothing to mix
+        # zeros = a uniform mixture at the start (SUPERB's initialisation); no parameter when nothing to mix
         self.weights = nn.Parameter(torch.zeros(n_layers)) if n_layers > 1 else None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,216 @@
+"""`train`: train heads from the feature store only — runs, sweeps and reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from featurize.store import DEFAULT_STORE, FeatureStore
+from train.data import CorpusData, load_data
+from train.heads import HEADS, get_head, make_config
+from train.loop import LoopOptions, run_folds
+from train.protocols import make_folds
+
+app = typer.Typer(help="Train emotion heads from cached features.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+PROTOCOL_HELP = "loso | holdout | rav4 | rav8 | speaker-kfold | stratified"
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--set wants key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    if "-" in text and "," not in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",") if s]
+
+
+def default_label_set(protocol: str, labels: str | None) -> str | None:
+    # The RAVDESS protocols name their label set.
+    return labels or (protocol if protocol in ("rav4", "rav8") else None)
+
+
+@dataclasses.dataclass
+class RunRequest:
+    head: str
+    features: list[str]
+    corpus: str
+    protocol: str
+    store: str = DEFAULT_STORE
+    labels: str | None = None
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    options: dict = dataclasses.field(default_factory=dict)
+    modality: str | None = None
+    device: str = "auto"
+    patience: int = 20
+    max_epochs: int | None = None
+    protocol_options: dict = dataclasses.field(default_factory=dict)
+
+
+def execute(req: RunRequest, out: Path, data: CorpusData | None = None) -> dict:
+    """Load (unless given), split, train every fold × seed, write the run directory and its report."""
+    spec = get_head(req.head)
+    config = make_config(spec, req.options)
+    modalities = [req.modality] if req.modality else None
+    if data is None:
+        store = FeatureStore(req.store, create=False)
+        data = load_data(store, req.corpus, req.features, spec, default_label_set(req.protocol, req.labels), modalities)
+    folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
+    if not all(f.speaker_independent for f in folds):
+        console.print(f"[yellow]warning[/]: protocol {req.protocol} is not speaker-independent")
+    dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
+    console.print(f"{req.head} on {req.corpus} ({data.label_set}: {', '.join(data.classes)}), "
+                  f"{len(data.utts)} utterances{f' ({dropped} dropped)' if dropped else ''}, "
+                  f"inputs: {', '.join(f'{m}={i.feature}:{i.array} {tuple(i.tail)}' for m, i in data.inputs.items())}, "
+                  f"{len(folds)} folds x {len(req.seeds)} seeds")
+    run_config = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(config),
+                  "label_set": data.label_set, "classes": data.classes, "protocol": req.protocol,
+                  "inputs": {m: {"feature": i.feature, "array": i.array, "tail": list(i.tail), "form": i.form}
+                             for m, i in data.inputs.items()},
+                  "folds": [{"name": f.name, "n_train": len(f.train), "n_valid": len(f.valid), "n_test": len(f.test)}
+                            for f in folds],
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    opts = LoopOptions(patience=req.patience, device=req.device, max_epochs=req.max_epochs)
+    summary = run_folds(spec, config, data, folds, req.seeds, opts, out, run_config, console)
+    from train.report import write_run_report
+
+    write_run_report(out)
+    return summary
+
+
+def print_summary(title: str, summary: dict) -> None:
+    table = Table("fold", "seed", "WA", "UA", "macro-F1", "best epoch", title=title)
+    for r in summary["per_fold"]:
+        table.add_row(str(r["fold"]), str(r["seed"]), f"{r['wa']:.4f}", f"{r['ua']:.4f}", f"{r['macro_f1']:.4f}",
+                      str(r["best_epoch"]))
+    cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("wa", "ua", "macro_f1")]
+    table.add_row("mean ± std", "", *cells, "")
+    Console().print(table)
+
+
+@app.command()
+def run(
+    head: str = typer.Option(..., help="head name: " + ", ".join(sorted(HEADS)) if HEADS else "head name"),
+    feature: str = typer.Option(..., help="feature(s), comma-separated: NAME[:ARRAY][@LAYERS], one per modality"),
+    corpus: str = typer.Option(..., help="corpus name in the store (iemocap, ravdess, iemocap-text, ...)"),
+    protocol: str = typer.Option(..., help=PROTOCOL_HELP),
+    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    out: Path = typer.Option(None, help="run directory (default runs/<head>-<corpus>-<protocol>-<time>)"),
+    labels: str = typer.Option(None, help="label set (iemocap: 4class|5class|6class; ravdess: rav4|rav8)"),
+    seeds: str = typer.Option("0", help="seeds, e.g. 0,1,2 or 0-2"),
+    set_: list[str] = typer.Option([], "--set", help="head option key=value (repeatable), e.g. --set fusion_at=late"),
+    modality: str = typer.Option(None, help="audio | text: the unimodal variant"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    patience: int = typer.Option(20, help="early stopping: epochs without a better validation UA"),
+    max_epochs: int = typer.Option(None, help="cap the head's epochs (quick runs)"),
+) -> None:
+    """Train a head over every fold × seed of a protocol and print the per-fold table."""
+    req = RunRequest(head, [f for f in feature.split(",") if f], corpus, protocol, str(store), labels,
+                     parse_seeds(seeds), parse_sets(set_), modality, device, patience, max_epochs)
+    out = out or Path("runs") / f"{head}-{corpus}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = execute(req, out)
+    print_summary(f"{head} on {corpus} / {protocol}", summary)
+    console.print(f"run written to {out} (report: {out / 'report.md'})")
+
+
+def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
+    """Cells of a sweep file: each entry of ``grid`` is a head with lists of options; every
+    combination is a cell. Top-level keys are the defaults of every cell."""
+    base = {k: v for k, v in sweep.items() if k != "grid"}
+    cells = []
+    for entry in sweep["grid"]:
+        entry = {**base, **entry}
+        options = entry.pop("options", {}) or {}
+        keys = sorted(options)
+        for values in itertools.product(*[options[k] if isinstance(options[k], list) else [options[k]] for k in keys]):
+            opts = dict(zip(keys, values))
+            name = "-".join([entry["head"]] + [f"{v}" for v in values] + ([entry["modality"]] if entry.get("modality") else []))
+            feats = entry["features"]
+            req = RunRequest(head=entry["head"], features=feats if isinstance(feats, list) else feats.split(","),
+                             corpus=entry["corpus"], protocol=entry["protocol"], store=entry.get("store", DEFAULT_STORE),
+                             labels=entry.get("labels"), seeds=list(entry.get("seeds", [0])), options=opts,
+                             modality=entry.get("modality"), device=entry.get("device", "auto"),
+                             patience=entry.get("patience", 20), max_epochs=entry.get("max_epochs"),
+                             protocol_options=entry.get("protocol_options", {}))
+            cells.append((name, req))
+    names = [n for n, _ in cells]
+    if len(set(names)) != len(names):
+        raise ValueError("two sweep cells have the same name: give them different options or modality")
+    return cells
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="sweep YAML: defaults + grid of heads x options"),
+    out: Path = typer.Option(None, help="sweep directory (default runs/sweep-<config stem>)"),
+) -> None:
+    """Run a grid of heads × options × seeds × folds; finished cells are not rerun. Prints the grid table."""
+    spec = yaml.safe_load(config.read_text())
+    cells = expand_grid(spec)
+    out = out or Path("runs") / f"sweep-{config.stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"config": spec, "cells": [n for n, _ in cells]}, indent=1))
+    console.print(f"sweep {config}: {len(cells)} cells -> {out}")
+    cache: dict[tuple, CorpusData] = {}
+    for i, (name, req) in enumerate(cells, 1):
+        cell_dir = out / "cells" / name
+        if (cell_dir / "summary.json").exists():
+            console.print(f"[{i}/{len(cells)}] {name}: done already")
+            continue
+        console.print(f"[{i}/{len(cells)}] {name}")
+        head = get_head(req.head)
+        # Features are loaded once per (features, head inputs, label set, modality) and reused by every cell.
+        key = (req.store, req.corpus, tuple(req.features), tuple(sorted(head.inputs.items())), head.dialogue,
+               default_label_set(req.protocol, req.labels), req.modality)
+        if key not in cache:
+            store = FeatureStore(req.store, create=False)
+            cache[key] = load_data(store, req.corpus, req.features, head, key[5],
+                                   [req.modality] if req.modality else None)
+        execute(req, cell_dir, cache[key])
+    from train.report import write_sweep_report
+
+    report = write_sweep_report(out)
+    print_grid(out, [n for n, _ in cells])
+    console.print(f"sweep report: {report}")
+
+
+def print_grid(out: Path, names: list[str]) -> None:
+    table = Table("cell", "WA", "UA", "macro-F1", "n", title=f"sweep {out}")
+    for name in names:
+        s = json.loads((out / "cells" / name / "summary.json").read_text())
+        table.add_row(name, *(f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" for k in ("wa", "ua", "macro_f1")),
+                      str(s["wa"]["n"]))
+    Console().print(table)
+
+
+@app.command()
+def report(path: Path = typer.Argument(..., help="a run or sweep directory")) -> None:
+    """Write report.md with confusion matrices, per-class accuracy, training curves (and the grid chart)."""
+    from train.report import write_run_report, write_sweep_report
+
+    written = write_sweep_report(path) if (path / "sweep.json").exists() else write_run_report(path)
+    console.print(f"report written: {written}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Training data from the store: load chosen features for chosen utterances into memory once, as
+ragged tensors, then collate batches in the form each head declares (see train/heads/__init__.py).
+
+A feature is named ``NAME[:ARRAY][@LAYERS]``: ``fbank``, ``minilm:sentence``, ``hubert@9,12``.
+Which modality a feature feeds (audio or text) comes from its extractor. Every input is
+standardised per dimension with statistics of the training fold only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from featurize.extractors import get_extractor
+from featurize.records import Utterance
+from featurize.store import FeatureArray, FeatureStore
+from train.heads import HeadSpec
+from train.labels import resolve_label_set, soft_target
+
+# Preferred array per input form when the user names none.
+PREFERRED = {"pooled": ("sentence", "functionals"), "sequence": ("tokens", "fbank", "hidden", "lld", "encoder"),
+             "words": ("words",)}
+NORM_SAMPLE_ROWS = 200_000  # rows used to estimate frame statistics: plenty for a per-dim mean/std
+
+
+@dataclass
+class FeatureChoice:
+    name: str
+    array: str | None = None
+    layers: list[int] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureChoice:
+        layers = None
+        if "@" in text:
+            text, spec = text.split("@", 1)
+            layers = parse_layers(spec)
+        name, _, array = text.partition(":")
+        return cls(name, array or None, layers)
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``9,12`` or ``0-12`` (inclusive) -> layer indices."""
+    out: list[int] = []
+    for part in spec.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+@dataclass
+class ModalityInput:
+    modality: str
+    feature: str  # store group
+    array: str
+    form: str  # pooled | sequence | words
+    items: list[torch.Tensor]  # one per utterance: [*tail] (pooled) or [rows, *tail]
+    tail: tuple[int, ...]
+    rows_per_second: float | None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.tail[-1]
+
+    @property
+    def layers(self) -> int:
+        return self.tail[0] if len(self.tail) == 2 else 1
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return x if self.mean is None else (x - self.mean) / self.std
+
+
+@dataclass
+class CorpusData:
+    corpus: str
+    utts: list[Utterance]
+    labels: torch.Tensor  # [N] long, -100 = outside the label set (dialogue context only)
+    classes: list[str]
+    label_set: str
+    inputs: dict[str, ModalityInput]
+    soft: torch.Tensor | None  # [N, C]
+    word_frames: list[torch.Tensor] | None  # [W, 2] per utterance, at the audio feature's frame rate
+    dialogue: bool
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {u.utt_id: i for i, u in enumerate(self.utts)}
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, u in enumerate(self.utts):
+            groups[u.dialog or u.utt_id].append(i)  # an utterance without a dialogue is its own
+        self.dialogs = {d: sorted(ix, key=lambda i: (self.utts[i].turn or 0, self.utts[i].utt_id))
+                        for d, ix in groups.items()}
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def labelled(self, ids: list[str]) -> list[int]:
+        """Row indices of these utterance ids that carry a label of the set."""
+        return [self.index[u] for u in ids if u in self.index and int(self.labels[self.index[u]]) >= 0]
+
+    def fit_normalizer(self, train_rows: list[int]) -> None:
+        """Per-dimension mean/std of each input over the training rows only."""
+        gen = np.random.default_rng(0)
+        for inp in self.inputs.values():
+            parts = [inp.items[i] for i in train_rows]
+            x = torch.stack(parts) if inp.form == "pooled" else torch.cat(parts)
+            if len(x) > NORM_SAMPLE_ROWS:
+                x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
+            x = x.float()  # float16 sums overflow: reduce in float32
+            inp.mean = x.mean(0)
+            inp.std = x.std(0).clamp_min(1e-5) if len(x) > 1 else torch.ones_like(inp.mean)
+
+    # -- batches ---------------------------------------------------------------------------------
+    def batches(self, rows: list[int], batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+                epoch: int = 0):
+        """Utterance batches, or for dialogue heads batches of the dialogues containing ``rows``
+        (whole dialogues as context; only ``rows`` carry labels)."""
+        if self.dialogue:
+            wanted = set(rows)
+            units = [d for d, ix in self.dialogs.items() if wanted.intersection(ix)]
+        else:
+            units = list(rows)
+        order = torch.randperm(len(units), generator=generator).tolist() if shuffle else range(len(units))
+        units = [units[i] for i in order]
+        for s in range(0, len(units), batch_size):
+            chunk = units[s:s + batch_size]
+            batch = self._collate_dialogues(chunk, set(rows)) if self.dialogue else self._collate(chunk)
+            batch["epoch"] = epoch
+            yield batch
+
+    def _collate(self, rows: list[int]) -> dict:
+        batch: dict = {"labels": self.labels[rows], "rows": rows}
+        for m, inp in self.inputs.items():
+            if inp.form == "pooled":
+                batch[m] = inp.normalised(torch.stack([inp.items[i] for i in rows]))
+                continue
+            seqs = [inp.items[i] for i in rows]
+            lengths = torch.tensor([len(s) for s in seqs])
+            padded = pad_sequence([inp.normalised(s) for s in seqs], batch_first=True)
+            mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+            padded = padded * mask.view(*mask.shape, *([1] * (padded.dim() - 2)))  # padding is exactly 0
+            key = "words" if inp.form == "words" else m
+            batch[key] = padded
+            batch["word_mask" if inp.form == "words" else f"{m}_mask"] = mask
+            if inp.form == "words":
+                spans = [self.word_frames[i] for i in rows]
+                batch["word_frames"] = pad_sequence(spans, batch_first=True) if spans else None
+        if self.soft is not None:
+            batch["soft_labels"] = self.soft[rows]
+        return batch
+
+    def _collate_dialogues(self, dialogs: list[str], labelled: set[int]) -> dict:
+        seqs = [self.dialogs[d] for d in dialogs]
+        n_u = max(len(s) for s in seqs)
+        batch: dict = {"utt_mask": torch.zeros(len(seqs), n_u, dtype=torch.bool),
+                       "labels": torch.full((len(seqs), n_u), -100, dtype=torch.long), "rows": seqs}
+        for b, s in enumerate(seqs):
+            batch["utt_mask"][b, :len(s)] = True
+            for j, i in enumerate(s):
+                if i in labelled:
+                    batch["labels"][b, j] = self.labels[i]
+        for m, inp in self.inputs.items():
+            if inp.form != "pooled":
+                raise ValueError("dialogue heads take one pooled vector per utterance")
+            x = torch.zeros(len(seqs), n_u, *inp.tail)
+            for b, s in enumerate(seqs):
+                x[b, :len(s)] = inp.normalised(torch.stack([inp.items[i] for i in s]))
+            batch[m] = x
+        return batch
+
+
+def _pick_array(arrays: dict, form: str, wanted: str | None, feature: str) -> str:
+    if wanted is not None:
+        if wanted not in arrays:
+            raise ValueError(f"feature {feature} has no array {wanted!r} (has {', '.join(arrays)})")
+        return wanted
+    kinds = {"pooled": ("utterance", "frames"), "sequence": ("frames",), "words": ("frames",)}[form]
+    for kind in kinds:
+        names = [n for n, s in arrays.items() if s.kind == kind and s.dtype.startswith("float")]
+        for pref in PREFERRED[form]:
+            if pref in names:
+                return pref
+        if names and form != "words":
+            return names[0]
+    raise ValueError(f"feature {feature} has no array usable as {form} input (arrays: {', '.join(arrays)})")
+
+
+def load_data(store: FeatureStore, corpus: str, features: list[str], head: HeadSpec,
+              label_set: str | None = None, modalities: list[str] | None = None) -> CorpusData:
+    """Read the utterance table and the chosen features of one corpus into memory."""
+    utts = [u for u in store.utterances() if u.corpus == corpus]
+    if not utts:
+        corpora = sorted({u.corpus for u in store.utterances()})
+        raise ValueError(f"no utterances of corpus {corpus!r} in {store.path} (it holds: {', '.join(corpora) or 'none'})")
+    set_name, mapping, classes = resolve_label_set(corpus, label_set, utts)
+    dropped: dict[str, int] = {}
+    if not head.dialogue:  # dialogue heads keep out-of-set utterances as unlabelled context
+        n0 = len(utts)
+        utts = [u for u in utts if u.label in mapping]
+        dropped["label outside the set"] = n0 - len(utts)
+
+    infos = {i.name: i for i in store.features()}
+    chosen: dict[str, tuple[FeatureChoice, str, object]] = {}
+    for text in features:
+        choice = FeatureChoice.parse(text)
+        group = store.resolve_feature(choice.name)
+        info = infos[group]
+        modality = get_extractor(info.extractor).needs
+        if modality in chosen:
+            raise ValueError(f"two {modality} features given ({chosen[modality][1]} and {group}); give one per modality")
+        if modality not in head.inputs:
+            raise ValueError(f"head {head.name} takes {', '.join(head.inputs)}; feature {group} is {modality}")
+        chosen[modality] = (choice, group, info)
+    if modalities:
+        missing = [m for m in modalities if m not in chosen]
+        if missing:
+            raise ValueError(f"modality {missing} asked for but no feature of it given (--feature)")
+        chosen = {m: c for m, c in chosen.items() if m in modalities}
+    if not chosen:
+        raise ValueError("no features chosen")
+
+    loaded: dict[str, tuple[FeatureArray, str, str]] = {}
+    for modality, (choice, group, info) in chosen.items():
+        form = head.inputs[modality]
+        array = _pick_array(info.arrays, form, choice.array, group)
+        loaded[modality] = (store.read(group, array, layers=choice.layers), group, form)
+
+    n0 = len(utts)
+    utts = [u for u in utts if all(u.utt_id in fa for fa, _, _ in loaded.values())]
+    dropped["missing a chosen feature"] = n0 - len(utts)
+
+    inputs: dict[str, ModalityInput] = {}
+    for modality, (fa, group, form) in loaded.items():
+        full = torch.from_numpy(np.ascontiguousarray(fa.data))
+        items = []
+        for u in utts:
+            i = fa.position(u.utt_id)
+            if fa.offsets is None:
+                items.append(full[i])
+            else:
+                rows = full[int(fa.offsets[i]):int(fa.offsets[i + 1])]
+                if form == "pooled":  # pool frames to one vector (in float32: float16 sums overflow)
+                    rows = rows.float().mean(0) if len(rows) else torch.zeros(fa.spec.tail)
+                items.append(rows)
+        inputs[modality] = ModalityInput(modality, group, fa.spec.name, form, items, fa.spec.tail,
+                                         fa.spec.rows_per_second)
+
+    labels = torch.tensor([classes.index(mapping[u.label]) if u.label in mapping else -100 for u in utts])
+    softs = [soft_target(u, mapping, classes) for u in utts]
+    soft = None
+    if any(s is not None for s in softs):
+        eye = torch.eye(len(classes))
+        soft = torch.stack([torch.tensor(s) if s is not None else
+                            (eye[int(y)] if y >= 0 else torch.zeros(len(classes))) for s, y in zip(softs, labels)])
+    word_frames = None
+    if any(inp.form == "words" for inp in inputs.values()):
+        rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
+        word_frames = [_word_frames(u, inputs["text"].items[k], rate) for k, u in enumerate(utts)]
+    return CorpusData(corpus, utts, labels, classes, set_name, inputs, soft, word_frames, head.dialogue, dropped)
+
+
+def _word_frames(u: Utterance, word_vectors: torch.Tensor, rate: float) -> torch.Tensor:
+    """[first, last+1) frame of each stored word. The text extractor stores one vector per entry
+    of the utterance's word list when it has one, so word i and time i are the same word; without
+    times every span is empty (the word gets no audio)."""
+    n = len(word_vectors)
+    spans = torch.zeros(n, 2, dtype=torch.long)
+    if u.words is not None and len(u.words) == n:
+        for j, w in enumerate(u.words):
+            first = int(np.floor(w.start * rate))
+            spans[j, 0] = first
+            spans[j, 1] = max(first, int(np.ceil(w.end * rate)))
+    return spans

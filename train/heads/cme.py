@@ -1,0 +1,196 @@
+"""`cme`: fine-grained cross-modality excitement (Li et al., FG-CME; heads.md section 4).
+
+1. acoustic CNN over the frame feature (40-d log-mel): Conv1d 40->64 k5, 64->128 k2, 128->128 k2, stride 1,
+   no padding and, as in the public code, no activation in between (`cnn_activation` adds ReLUs);
+2. alignment: CNN output frame t covers input frames [t, t + rf] (rf = sum(k - 1) = 6); it belongs to word
+   j if that window meets the word's span [first_j, last_j); only CNN frames computed entirely from real
+   audio are used, so padding never reaches a word;
+3. temporal alignment mean-max pooling per word -> z^a_j = [mean; max] (256-d); a word with no frames
+   gets zeros (the public code's -1e6 fill is not reproduced);
+4. text: word vectors -> Linear -> 256 = z^s_j;
+5. excitation (paper): E^a = sigmoid(W^s Z^s) gates audio, E^s = sigmoid(W^a Z^a) gates text, each
+   modality gated by the other; `excite` both | audio | text | none picks which are gated. `variant=code`
+   is the public code's form: residual x * (1 + g), with the audio gate read from a per-word-id table;
+6. g_j = [z~^a_j; z~^s_j] -> BiLSTM (256 per direction, packed) -> max over real words -> FCN 512->128->C.
+Unimodal: audio-only uses z^a, text-only z^s (no excitation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from train.heads import HeadSpec, register
+from train.heads.probe import LayerMix
+
+EXCITE = ("both", "audio", "text", "none")
+VARIANTS = ("paper", "code")
+
+
+@dataclass
+class Config:
+    conv_channels: tuple[int, ...] = (64, 128, 128)
+    conv_kernels: tuple[int, ...] = (5, 2, 2)
+    cnn_activation: bool = False  # the public code stacks the convs with no nonlinearity; paper is silent
+    text_dim: int = 256  # W^s output width
+    lstm_hidden: int = 256  # per direction
+    fcn_hidden: int = 128
+    dropout: float = 0.0  # not in the paper; before the FCN when set
+    excite: str = "both"  # which modality is gated: both | audio (E^a only) | text (E^s only) | none
+    variant: str = "paper"  # paper: Z * E ; code: Z * (1 + E), audio gate from a word-id embedding table
+    vocab_size: int = 16384  # code variant: rows of the word-id gate table (ids are taken modulo this)
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    epochs: int = 20
+    batch_size: int = 32
+
+
+def word_alignment(word_frames: Tensor, word_mask: Tensor, audio_len: Tensor, t_out: int, rf: int) -> Tensor:
+    """A [B, W, T'] bool: CNN frame t (covering input frames [t, t + rf]) lies in word j's span."""
+    t = torch.arange(t_out, device=word_frames.device)
+    first, last = word_frames[..., 0:1], word_frames[..., 1:2]  # [B, W, 1], span [first, last)
+    overlaps = (t + rf >= first) & (t < last) & (last > first)
+    # CNN frames whose window reaches past the real audio differ with the padding: never use them
+    real = t[None, None, :] < (audio_len - rf)[:, None, None]
+    return overlaps & real & word_mask[..., None]
+
+
+def aligned_mean_max(h: Tensor, align: Tensor) -> Tensor:
+    """[B, T', D] CNN frames, [B, W, T'] alignment -> [B, W, 2D] = [mean; max] per word, zeros if empty."""
+    count = align.sum(dim=-1, keepdim=True)  # [B, W, 1]
+    mean = (align.to(h.dtype) @ h) / count.clamp(min=1).to(h.dtype)
+    # masked max needs a [B, w, T', D] tensor; take words in chunks so a long utterance stays within memory
+    b, w, t = align.shape
+    step = max(1, (1 << 24) // max(1, b * t * h.size(-1)))
+    maxes = []
+    for j in range(0, w, step):
+        a = align[:, j:j + step, :, None]
+        maxes.append(h[:, None].masked_fill(~a, float("-inf")).amax(dim=2))
+    mx = torch.cat(maxes, dim=1) if maxes else h.new_zeros(b, 0, h.size(-1))
+    mx = torch.where(count > 0, mx, torch.zeros_like(mx))  # a word without frames: zeros, never -inf / -1e6
+    return torch.cat([mean, mx], dim=-1)
+
+
+class CME(nn.Module):
+    def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+                 modalities: list[str]) -> None:
+        super().__init__()
+        assert cfg.excite in EXCITE, f"excite must be one of {EXCITE}"
+        assert cfg.variant in VARIANTS, f"variant must be one of {VARIANTS}"
+        assert len(cfg.conv_channels) == len(cfg.conv_kernels)
+        self.cfg = cfg
+        self.modalities = [m for m in ("audio", "text") if m in modalities]
+        self.fused = len(self.modalities) == 2
+        d_a = 2 * cfg.conv_channels[-1]
+        d_s = cfg.text_dim
+        width = 0
+        if "audio" in self.modalities:
+            chans = (dims["audio"], *cfg.conv_channels)
+            self.mix_a = LayerMix(layers.get("audio", 1))
+            self.convs = nn.ModuleList([nn.Conv1d(chans[i], chans[i + 1], k)
+                                        for i, k in enumerate(cfg.conv_kernels)])
+            self.rf = sum(k - 1 for k in cfg.conv_kernels)  # stride 1, no padding: frame t sees [t, t + rf]
+            width += d_a
+        if "text" in self.modalities:
+            self.mix_s = LayerMix(layers.get("text", 1))
+            self.text_proj = nn.Linear(dims["text"], d_s)  # W^s of section 3.1.2
+            width += d_s
+        self.gate_audio = self.fused and cfg.excite in ("both", "audio")
+        self.gate_text = self.fused and cfg.excite in ("both", "text")
+        if self.gate_audio:
+            if cfg.variant == "paper":
+                self.excite_a = nn.Linear(d_s, d_a)  # E^a = sigmoid(W^s Z^s)
+            else:
+                # the code's audio gate: one table row per word id
+                self.excite_a = nn.Embedding(cfg.vocab_size, d_a)
+                # ids when the loader gives none: a sign hash (random hyperplanes, fixed seed, saved with the
+                # model) of the word vector, so a static vector always lands in the same row
+                bits = max(1, math.ceil(math.log2(cfg.vocab_size)))
+                gen = torch.Generator().manual_seed(0)
+                self.register_buffer("hash_planes", torch.randn(dims["text"], bits, generator=gen))
+                self.register_buffer("hash_powers", 2 ** torch.arange(bits))
+        if self.gate_text:
+            self.excite_s = nn.Linear(d_a, d_s)  # E^s = sigmoid(W^a Z^a)
+        self.lstm = nn.LSTM(width, cfg.lstm_hidden, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fcn = nn.Sequential(nn.Linear(2 * cfg.lstm_hidden, cfg.fcn_hidden), nn.ReLU(),
+                                 nn.Linear(cfg.fcn_hidden, n_classes))
+
+    def audio_words(self, batch: dict) -> Tensor:
+        """Steps 1-3: [B, W, 2C] word-level acoustic vectors z^a."""
+        x, mask = self.mix_a(batch["audio"]), batch["audio_mask"]
+        x = x.masked_fill(~mask[..., None], 0.0)
+        if x.size(1) <= self.rf:  # shorter than one CNN window: pad so the convs run (no frame is used)
+            x = F.pad(x, (0, 0, 0, self.rf + 1 - x.size(1)))
+        h = x.transpose(1, 2)  # [B, D, T]
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if self.cfg.cnn_activation and i < len(self.convs) - 1:
+                h = F.relu(h)
+        h = h.transpose(1, 2)  # [B, T - rf, C]
+        align = word_alignment(batch["word_frames"], batch["word_mask"], mask.sum(dim=1), h.size(1), self.rf)
+        return aligned_mean_max(h, align)
+
+    def word_ids(self, batch: dict) -> Tensor:
+        ids = batch.get("word_ids")
+        if ids is None:
+            raw = batch["words"]
+            if raw.dim() == 4:
+                raw = raw.mean(dim=-2)  # fixed layer average: the hash must not move as the mix trains
+            bits = (raw @ self.hash_planes > 0).long()
+            ids = (bits * self.hash_powers).sum(dim=-1)
+        return torch.remainder(ids, self.cfg.vocab_size)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        word_mask = batch["word_mask"]
+        out: dict[str, Tensor] = {}
+        z_a = self.audio_words(batch) if "audio" in self.modalities else None
+        z_s = self.text_proj(self.mix_s(batch["words"])) if "text" in self.modalities else None
+        if self.fused:
+            residual = self.cfg.variant == "code"
+            g_a = g_s = None
+            if self.gate_audio:
+                g_a = torch.sigmoid(self.excite_a(self.word_ids(batch) if residual else z_s))
+            if self.gate_text:
+                g_s = torch.sigmoid(self.excite_s(z_a))
+            # both gates read the un-excited other modality (the paper's E's are computed from Z, not Z~)
+            if g_a is not None:
+                z_a = z_a * (1 + g_a) if residual else z_a * g_a
+            if g_s is not None:
+                z_s = z_s * (1 + g_s) if residual else z_s * g_s
+        if z_a is not None:
+            out["z_audio"] = z_a  # word-level acoustic vectors after excitation, for inspection
+        g = torch.cat([z for z in (z_a, z_s) if z is not None], dim=-1)
+        g = g.masked_fill(~word_mask[..., None], 0.0)
+
+        lengths = word_mask.sum(dim=1).clamp(min=1)  # an utterance without words still runs one (zero) step
+        packed = pack_padded_sequence(g, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h, _ = self.lstm(packed)
+        h, _ = pad_packed_sequence(h, batch_first=True, total_length=g.size(1))
+        valid = torch.arange(g.size(1), device=g.device)[None, :] < lengths[:, None]
+        pooled = h.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)  # max over real words only
+        out["logits"] = self.fcn(self.drop(pooled))
+        return out
+
+    def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
+        return F.cross_entropy(out["logits"], batch["labels"], ignore_index=-100)
+
+
+def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
+          modalities: list[str]) -> nn.Module:
+    return CME(cfg, dims, layers, n_classes, modalities)
+
+
+register(HeadSpec(
+    name="cme",
+    config_cls=Config,
+    build=build,
+    inputs={"audio": "sequence", "text": "words"},
+    dialogue=False,
+    description="word-aligned CNN audio + word vectors, cross-modality excitation, BiLSTM (Li et al. FG-CME)",
+))

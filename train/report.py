@@ -1,0 +1,444 @@
+"""Reports for training runs and sweeps: Markdown tables and PNG plots from a run directory.
+
+Run directory (written by the training loop, read here)::
+
+    <run_dir>/
+      config.json        resolved config: "corpus", "features", "head", "head_options",
+                         "label_set", "labels", "protocol", "seeds" (and anything else)
+      folds/<fold>_seed<s>/
+        metrics.json     compute_metrics() dict on the TEST set, plus "fold", "seed",
+                         "best_epoch", "protocol" and, for a speaker-dependent protocol,
+                         "speaker_independent": false
+        history.json     list of per-epoch dicts: "epoch", "train_loss", optional
+                         "valid_loss", "valid_ua", "valid_wa"
+      summary.json       build_summary() over every folds/*/metrics.json: per metric
+                         {"mean", "std", "min", "max", "n"}, plus "per_fold", "protocol",
+                         "speaker_independent"
+      report.md          written by write_run_report, with its PNGs under plots/
+
+Sweep directory::
+
+    <sweep_dir>/
+      sweep.json         the grid: "grid" {param: [values]}; optional "cells" [{"name", "params"}],
+                         "metric" (the one plotted, default "ua"), "elapsed_s", "machine"
+      cells/<cell_name>/ one run directory per grid cell
+      report.md          written by write_sweep_report, with its PNG under plots/
+
+All metric values in the JSON files are fractions; tables and plots show percentages.
+Plots use matplotlib's `Figure` directly (no pyplot), so nothing needs a display and no global
+backend is changed for the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from train.metrics import METRIC_KEYS, mean_std, summarize
+from train.protocols import natural_key
+
+CONFIG_FILE = "config.json"
+FOLDS_DIR = "folds"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+SUMMARY_FILE = "summary.json"
+SWEEP_FILE = "sweep.json"
+CELLS_DIR = "cells"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
+CONFIG_KEYS = ("corpus", "features", "head", "head_options", "label_set", "labels", "protocol", "seeds")
+
+
+def fold_dir_name(fold: str, seed: int) -> str:
+    """The folder of one fold x seed run under `folds/`."""
+    return f"{fold}_seed{seed}"
+
+
+def build_summary(fold_metrics: list[dict]) -> dict:
+    """The summary.json content for a run: `summarize` over all fold x seed metrics, plus a row each."""
+    summary = summarize(fold_metrics)
+    summary["per_fold"] = [
+        {key: m.get(key) for key in ("fold", "seed", "best_epoch", "n", *METRIC_KEYS)} for m in fold_metrics
+    ]
+    protocols = sorted({str(m.get("protocol")) for m in fold_metrics})
+    summary["protocol"] = protocols[0] if len(protocols) == 1 else protocols
+    summary["speaker_independent"] = all(m.get("speaker_independent", True) for m in fold_metrics)
+    return summary
+
+
+def _read_json(path: Path) -> object:
+    with path.open() as f:
+        return json.load(f)
+
+
+def load_run(run_dir: Path) -> dict:
+    """Read a run directory: ``{"dir", "config", "runs", "summary", "summary_computed"}``.
+
+    `runs` holds one ``{"name", "fold", "seed", "metrics", "history"}`` per folds/ subfolder,
+    sorted by fold then seed. Without summary.json (a run still going, or one that crashed), the
+    summary is computed from the fold files and `summary_computed` is True.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    config = _read_json(config_path) if config_path.is_file() else {}
+    runs = []
+    for metrics_path in (run_dir / FOLDS_DIR).glob(f"*/{METRICS_FILE}"):
+        folder = metrics_path.parent
+        metrics = _read_json(metrics_path)
+        history_path = folder / HISTORY_FILE
+        # The folder name is the fallback for fold/seed, so hand-made runs still load.
+        fold, _, seed = folder.name.rpartition("_seed")
+        runs.append(
+            {
+                "name": folder.name,
+                "fold": str(metrics.get("fold", fold)),
+                "seed": int(metrics.get("seed", seed or 0)),
+                "metrics": metrics,
+                "history": _read_json(history_path) if history_path.is_file() else [],
+            }
+        )
+    if not runs:
+        raise FileNotFoundError(f"{run_dir}: no {FOLDS_DIR}/*/{METRICS_FILE}; is this a run directory?")
+    runs.sort(key=lambda r: (natural_key(r["fold"]), r["seed"]))
+
+    summary_path = run_dir / SUMMARY_FILE
+    computed = not summary_path.is_file()
+    summary = build_summary([r["metrics"] for r in runs]) if computed else _read_json(summary_path)
+    return {"dir": run_dir, "config": config, "runs": runs, "summary": summary, "summary_computed": computed}
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def _format_cell(key: str, value: object, percent: Collection[str]) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, dict) and "mean" in value and "std" in value:
+        text = f"{100 * value['mean']:.2f} ± {100 * value['std']:.2f}"
+    elif isinstance(value, float):
+        text = f"{100 * value:.2f}" if key in percent else f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        text = ", ".join(f"{k}={v}" for k, v in value.items())
+    else:
+        text = str(value)
+    # A bare | would end the Markdown cell early.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def format_table(
+    rows: list[dict], columns: Sequence[str | tuple[str, str]], percent: Collection[str] = METRIC_KEYS
+) -> str:
+    """A Markdown table of `rows`.
+
+    `columns` are row keys, or ``(key, header)`` pairs. A ``{"mean", "std"}`` cell is written the
+    way the papers do, in percent with 2 decimals (``82.58 ± 0.40``); a float under a key in
+    `percent` becomes a percentage, any other float is written with ``:g``; a missing value is –.
+    """
+    pairs = [(c, c) if isinstance(c, str) else c for c in columns]
+    lines = [
+        "| " + " | ".join(header for _, header in pairs) + " |",
+        "|" + "|".join("---" for _ in pairs) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_format_cell(key, row.get(key), percent) for key, _ in pairs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- plots
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], labels: list[str], path: Path, title: str = "") -> Path:
+    """Confusion matrix PNG: counts written in the cells, colours normalised per true-class row.
+
+    Row normalisation makes a rare class as readable as a frequent one (the colour is its recall
+    share); the counts keep the absolute picture.
+    """
+    counts = np.asarray(cm, dtype=float)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
+    size = 2.0 + 0.7 * len(labels)
+    fig = Figure(figsize=(size + 1.0, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            # White text on dark cells so the count stays legible.
+            color = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=color, fontsize=9)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_per_class(metrics_by_run: list[dict], labels: list[str], path: Path, title: str = "") -> Path:
+    """Bar chart of per-class recall, mean ± std over runs (folds x seeds).
+
+    A run where a class had no test utterances has no recall for it and is left out of that
+    class's mean, instead of pulling it down with a 0.
+    """
+    means, stds = [], []
+    for label in labels:
+        values = [
+            m["per_class"][label]["recall"]
+            for m in metrics_by_run
+            if label in m.get("per_class", {}) and m["per_class"][label]["recall"] is not None
+        ]
+        stats = mean_std(values) if values else {"mean": 0.0, "std": 0.0}
+        means.append(100 * stats["mean"])
+        stds.append(100 * stats["std"])
+    fig = Figure(figsize=(2.0 + 0.8 * len(labels), 4.0))
+    ax = fig.add_subplot()
+    ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("recall (%)")
+    ax.set_title(title or f"per-class recall, mean ± std over {len(metrics_by_run)} runs")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "", best_epoch: int | None = None) -> Path:
+    """Training curves: losses on the left, validation UA/WA on the right; `best_epoch` marked."""
+    if not history:
+        raise ValueError("empty history")
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10.0, 4.0))
+    loss_ax, score_ax = fig.subplots(1, 2)
+    for key, name in (("train_loss", "train"), ("valid_loss", "valid")):
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            loss_ax.plot(*zip(*points, strict=True), label=name)
+    loss_ax.set_ylabel("loss")
+    for key, name in (("valid_ua", "valid UA"), ("valid_wa", "valid WA")):
+        points = [(h["epoch"], 100 * h[key]) for h in history if h.get(key) is not None]
+        if points:
+            score_ax.plot(*zip(*points, strict=True), label=name)
+    score_ax.set_ylabel("validation score (%)")
+    for ax in (loss_ax, score_ax):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="gray", linestyle="--", label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.set_xlim(min(epochs), max(max(epochs), min(epochs) + 1))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_grid(rows: list[dict], path: Path, metric: str, title: str = "") -> Path:
+    """Horizontal bar chart of a sweep: one bar per row ``{"name", "mean", "std"}``, in percent."""
+    if not rows:
+        raise ValueError("no rows to plot")
+    names = [str(r["name"]) for r in rows]
+    means = [100 * r["mean"] if r.get("mean") is not None else 0.0 for r in rows]
+    stds = [100 * r["std"] if r.get("std") is not None else 0.0 for r in rows]
+    fig = Figure(figsize=(8.0, 1.5 + 0.4 * len(rows)))
+    ax = fig.add_subplot()
+    positions = range(len(rows))
+    ax.barh(positions, means, xerr=stds, capsize=3, color="tab:blue")
+    ax.set_yticks(positions, names)
+    ax.invert_yaxis()  # first row at the top, like the table
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"{METRIC_NAMES.get(metric, metric)} (%)")
+    ax.set_title(title or f"{METRIC_NAMES.get(metric, metric)}, mean ± std")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+# --------------------------------------------------------------------------------------- reports
+
+
+def _labels_of(run: dict) -> list[str]:
+    labels = run["config"].get("labels")
+    return list(labels) if labels else list(run["runs"][0]["metrics"]["labels"])
+
+
+def _speaker_independent(run: dict) -> bool:
+    return run["summary"].get("speaker_independent", True) and all(
+        r["metrics"].get("speaker_independent", True) for r in run["runs"]
+    )
+
+
+def _valid_score_at_best(history: list[dict], best_epoch: int | None, key: str) -> float | None:
+    """The validation score at the chosen epoch: what a sweep may legitimately select on."""
+    if best_epoch is None:
+        return None
+    return next((h.get(key) for h in history if h.get("epoch") == best_epoch), None)
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write `report.md` and its PNGs (under plots/) for a run directory; return the report path."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    config, summary, runs = run["config"], run["summary"], run["runs"]
+    labels = _labels_of(run)
+    plots = run_dir / PLOTS_DIR
+    lines = [f"# Run report: {run_dir.name}", ""]
+
+    settings = [{"setting": key, "value": config[key]} for key in CONFIG_KEYS if key in config]
+    if settings:
+        lines += [format_table(settings, ["setting", "value"], percent=())]
+    if not _speaker_independent(run):
+        lines += [
+            "> **Warning: not speaker-independent.** Test speakers are also in training, so these numbers are "
+            "not comparable with speaker-independent results.",
+            "",
+        ]
+
+    source = "computed from the fold files (no summary.json)" if run["summary_computed"] else "summary.json"
+    lines += [f"## Results: mean ± std over {len(runs)} fold × seed runs ({source})", ""]
+    rows = [
+        {
+            "metric": METRIC_NAMES[key],
+            "mean ± std": summary[key],
+            "min": summary[key]["min"],
+            "max": summary[key]["max"],
+            "n": summary[key]["n"],
+        }
+        for key in METRIC_KEYS
+        if key in summary
+    ]
+    lines += [format_table(rows, ["metric", "mean ± std", "min", "max", "n"], percent=("min", "max"))]
+
+    lines += ["## Per fold (test set)", ""]
+    fold_rows = [
+        {
+            "fold": r["fold"],
+            "seed": r["seed"],
+            "best_epoch": r["metrics"].get("best_epoch"),
+            "n": r["metrics"].get("n"),
+            **{key: r["metrics"].get(key) for key in METRIC_KEYS},
+        }
+        for r in runs
+    ]
+    fold_columns = [("fold", "fold"), ("seed", "seed"), ("best_epoch", "best epoch"), ("n", "n")]
+    fold_columns += [(key, METRIC_NAMES[key]) for key in METRIC_KEYS]
+    lines += [format_table(fold_rows, fold_columns)]
+
+    lines += ["## Per class (test set, mean ± std over runs)", ""]
+    class_rows = []
+    for label in labels:
+        row: dict = {"class": label, "support": 0}
+        for stat in ("recall", "precision", "f1"):
+            values = [r["metrics"]["per_class"][label][stat] for r in runs]
+            values = [v for v in values if v is not None]
+            row[stat] = mean_std(values) if values else None
+        row["support"] = sum(r["metrics"]["per_class"][label]["support"] for r in runs)
+        class_rows.append(row)
+    lines += [format_table(class_rows, ["class", "recall", "precision", "f1", ("support", "support (all runs)")])]
+
+    # Summed over every run: each fold tests different utterances, each seed repeats them, and the
+    # row-normalised colours are unchanged by that repetition.
+    total = np.sum([np.asarray(r["metrics"]["confusion"]) for r in runs], axis=0)
+    plot_confusion(total.tolist(), labels, plots / "confusion.png", f"summed over {len(runs)} runs")
+    plot_per_class([r["metrics"] for r in runs], labels, plots / "per_class.png")
+    lines += [
+        f"![confusion matrix]({PLOTS_DIR}/confusion.png)",
+        "",
+        f"![per-class recall]({PLOTS_DIR}/per_class.png)",
+        "",
+    ]
+
+    curves = [r for r in runs if r["history"]]
+    if curves:
+        lines += ["## Training curves", ""]
+        for r in curves:
+            name = f"curves_{r['name']}.png"
+            plot_curves(
+                r["history"], plots / name, f"fold {r['fold']}, seed {r['seed']}", r["metrics"].get("best_epoch")
+            )
+            lines += [f"![{r['name']}]({PLOTS_DIR}/{name})", ""]
+
+    report = run_dir / REPORT_FILE
+    report.write_text("\n".join(lines))
+    return report
+
+
+def write_sweep_report(sweep_dir: Path) -> Path:
+    """Write `report.md` for a sweep: one table row per cell and a bar chart of the grid."""
+    sweep_dir = Path(sweep_dir)
+    sweep_path = sweep_dir / SWEEP_FILE
+    sweep = _read_json(sweep_path) if sweep_path.is_file() else {}
+    metric = sweep.get("metric", "ua")
+    params_of = {c["name"]: c.get("params", {}) for c in sweep.get("cells", [])}
+    cells_root = sweep_dir / CELLS_DIR
+    cell_dirs = {d.name: d for d in cells_root.iterdir() if d.is_dir()} if cells_root.is_dir() else {}
+    if not cell_dirs:
+        raise FileNotFoundError(f"{sweep_dir}: no {CELLS_DIR}/<cell> run directories")
+    # sweep.json's order first (the grid as designed), then any cell it does not list.
+    order = [name for name in params_of if name in cell_dirs]
+    order += sorted(set(cell_dirs) - set(order), key=natural_key)
+    grid_params = list(sweep.get("grid", {}))
+
+    rows = []
+    for name in order:
+        run = load_run(cell_dirs[name])
+        params = params_of.get(name) or {p: run["config"].get(p) for p in grid_params}
+        valid = [
+            _valid_score_at_best(r["history"], r["metrics"].get("best_epoch"), f"valid_{metric}") for r in run["runs"]
+        ]
+        rows.append(
+            {
+                "cell": name,
+                **params,
+                **{key: run["summary"].get(key) for key in METRIC_KEYS},
+                "valid": mean_std(valid) if valid and None not in valid else None,
+                "runs": len(run["runs"]),
+                "speaker_independent": _speaker_independent(run),
+            }
+        )
+
+    lines = [f"# Sweep report: {sweep_dir.name}", ""]
+    if sweep.get("grid"):
+        grid_rows = [{"parameter": k, "values": v} for k, v in sweep["grid"].items()]
+        lines += [format_table(grid_rows, ["parameter", "values"], percent=())]
+    if sweep.get("elapsed_s") is not None:
+        machine = f" on {sweep['machine']}" if sweep.get("machine") else ""
+        lines += [f"Wall time: {sweep['elapsed_s'] / 60:.1f} min{machine}.", ""]
+    if not all(r["speaker_independent"] for r in rows):
+        lines += ["> **Warning:** some cells are not speaker-independent.", ""]
+    lines += [
+        "Test-set scores, mean ± std over folds × seeds. Choosing a cell by these is model selection on "
+        f"the test set; select on the validation column (valid {METRIC_NAMES.get(metric, metric)} at the best epoch).",
+        "",
+    ]
+    param_columns = sorted({k for name in order for k in params_of.get(name, {})} | set(grid_params), key=str)
+    columns = ["cell", *param_columns, *[(key, METRIC_NAMES[key]) for key in METRIC_KEYS]]
+    columns += [("valid", f"valid {METRIC_NAMES.get(metric, metric)}"), "runs"]
+    lines += [format_table(rows, columns)]
+
+    bars = [
+        {
+            "name": r["cell"],
+            "mean": r[metric]["mean"] if r.get(metric) else None,
+            "std": r[metric]["std"] if r.get(metric) else None,
+        }
+        for r in rows
+    ]
+    plot_grid(bars, sweep_dir / PLOTS_DIR / "grid.png", metric, f"test {METRIC_NAMES.get(metric, metric)} per cell")
+    lines += [f"![grid]({PLOTS_DIR}/grid.png)", ""]
+
+    report = sweep_dir / REPORT_FILE
+    report.write_text("\n".join(lines))
+    return report
