@@ -16,8 +16,9 @@ from featurize.extractors import get_extractor
 from featurize.pipeline import human_bytes, plan, run_extraction
 from featurize.store import DEFAULT_STORE, FeatureStore
 
-app = typer.Typer(help="Extract speech and text features into a chunked Zarr store, once.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Extract speech and text features into a chunked Zarr store, once.", no_args_is_help=True, add_completion=False
+)
 console = Console(stderr=True)
 
 CORPUS_HELP = "iemocap | ravdess | manifest | iemocap-text"
@@ -56,8 +57,9 @@ def extract(
     layers: str = typer.Option(None, help="hidden layers to store, e.g. 0-12 or 9,12 (neural extractors)"),
     device: str = typer.Option(None, help="cpu | cuda (default: cuda when present)"),
     batch_seconds: float = typer.Option(60.0, help="audio seconds per batch for batched extractors"),
-    option: list[str] = typer.Option([], "--option", "-o", help="extractor option key=value (repeatable), "
-                                     "e.g. -o set=egemaps for opensmile"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="extractor option key=value (repeatable), e.g. -o set=egemaps for opensmile"
+    ),
     limit: int = typer.Option(None, help="extract at most this many utterances (for a quick try)"),
     dry_run: bool = typer.Option(False, help="print the plan and the disk estimate, extract nothing"),
 ) -> None:
@@ -72,15 +74,20 @@ def extract(
     fs = FeatureStore(store)
     if dry_run:
         p, _ = plan(fs, utts, extractor)
-        console.print(f"{extractor.describe()}: {len(p.todo)} to extract, {p.already_done} stored; "
-                      f"disk estimate up to {human_bytes(p.estimate_bytes)} before compression")
+        console.print(
+            f"{extractor.describe()}: {len(p.todo)} to extract, {p.already_done} stored; "
+            f"disk estimate up to {human_bytes(p.estimate_bytes)} before compression"
+        )
         return
-    result = run_extraction(fs, utts, extractor, workers=workers, batch_seconds=batch_seconds, console=console,
-                            limit=limit)
+    result = run_extraction(
+        fs, utts, extractor, workers=workers, batch_seconds=batch_seconds, console=console, limit=limit
+    )
     rate = result.audio_seconds / max(result.seconds, 1e-9)
-    console.print(f"[green]done[/] {result.feature}: {result.processed} extracted in {result.seconds:.1f} s "
-                  f"({rate:.1f} audio-s/s), {result.already_done} were already stored, "
-                  f"{len(result.skipped)} skipped, complete={result.complete}")
+    console.print(
+        f"[green]done[/] {result.feature}: {result.processed} extracted in {result.seconds:.1f} s "
+        f"({rate:.1f} audio-s/s), {result.already_done} were already stored, "
+        f"{len(result.skipped)} skipped, complete={result.complete}"
+    )
     if result.skipped:
         raise typer.Exit(code=3)
 
@@ -98,8 +105,14 @@ def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feat
     table = Table("feature", "arrays (row shape, dtype)", "utterances", "complete", "on disk", "created")
     for info in fs.features():
         arrays = "; ".join(f"{k} {s.kind} {tuple(s.tail)} {s.dtype}" for k, s in info.arrays.items())
-        table.add_row(info.name, arrays, str(info.n_committed), "yes" if info.complete else "no",
-                      human_bytes(info.nbytes_stored), info.created)
+        table.add_row(
+            info.name,
+            arrays,
+            str(info.n_committed),
+            "yes" if info.complete else "no",
+            human_bytes(info.nbytes_stored),
+            info.created,
+        )
     out.print(table)
 
 

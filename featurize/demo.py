@@ -31,10 +31,20 @@ EMOTIONS = {
     "angry": (1.15, -0.05, 0.08, 0.70, 5.2, 0.35),
 }
 VOWELS = [(730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410), (300, 870, 2240)]
-NEUTRAL_SENTENCES = ["the meeting is at noon", "we took the train to town", "the box is on the table",
-                     "she read the letter twice", "they will call tomorrow", "the door was left open"]
-CUES = {"happy": ["this is wonderful", "i am so glad"], "sad": ["i miss her so much", "nothing went right"],
-        "angry": ["this is unacceptable", "stop doing that"], "neutral": ["as usual", "for the record"]}
+NEUTRAL_SENTENCES = [
+    "the meeting is at noon",
+    "we took the train to town",
+    "the box is on the table",
+    "she read the letter twice",
+    "they will call tomorrow",
+    "the door was left open",
+]
+CUES = {
+    "happy": ["this is wonderful", "i am so glad"],
+    "sad": ["i miss her so much", "nothing went right"],
+    "angry": ["this is unacceptable", "stop doing that"],
+    "neutral": ["as usual", "for the record"],
+}
 
 
 def _resonator(x: np.ndarray, freq: float, bw: float) -> np.ndarray:
@@ -83,8 +93,16 @@ def make_corpus(out: Path, n_speakers: int = 8, per_class: int = 8, seed: int = 
                 text = NEUTRAL_SENTENCES[int(rng.integers(len(NEUTRAL_SENTENCES)))]
                 if rng.random() < 0.5:
                     text = f"{text} {CUES[emotion][int(rng.integers(2))]}"
-                rows.append({"id": uid, "path": f"wav/{uid}.wav", "label": emotion, "speaker": f"spk{s:02d}",
-                             "session": f"spk{s:02d}", "text": text})
+                rows.append(
+                    {
+                        "id": uid,
+                        "path": f"wav/{uid}.wav",
+                        "label": emotion,
+                        "speaker": f"spk{s:02d}",
+                        "session": f"spk{s:02d}",
+                        "text": text,
+                    }
+                )
     manifest = out / "demo.csv"
     with manifest.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -118,8 +136,26 @@ def run(workdir: Path) -> None:
     results = []
     for head, feats, modality, what in cells:
         out = runs / f"{head}-{feats.replace(',', '+')}"
-        args = ["train.cli", "run", "--head", head, "--feature", feats, "--corpus", "demo", "--protocol",
-                "speaker-kfold", "--store", store, "--out", str(out), "--seeds", "0,1", "--max-epochs", "30"]
+        args = [
+            "train.cli",
+            "run",
+            "--head",
+            head,
+            "--feature",
+            feats,
+            "--corpus",
+            "demo",
+            "--protocol",
+            "speaker-kfold",
+            "--store",
+            store,
+            "--out",
+            str(out),
+            "--seeds",
+            "0,1",
+            "--max-epochs",
+            "30",
+        ]
         _sh(*args + (["--modality", modality] if modality else []))
         s = json.loads((out / "summary.json").read_text())
         results.append((what, s))

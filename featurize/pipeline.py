@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import threading
@@ -30,6 +31,8 @@ from featurize.records import Utterance
 from featurize.store import CHUNK_BYTES, FeatureStore, FeatureWriter
 
 TASK_UTTS = 8  # utterances per dask task: amortises pickling, keeps windows balanced
+# The writer commits when a data chunk's worth of rows is buffered, or after this many seconds.
+COMMIT_SECONDS = float(os.environ.get("SERCACHE_COMMIT_SECONDS", "5"))
 
 
 @dataclass
@@ -69,8 +72,9 @@ def applicable(u: Utterance, extractor: Extractor) -> bool:
     return u.text is not None and u.text.strip() != ""
 
 
-def plan(store: FeatureStore, utts: list[Utterance], extractor: Extractor,
-         limit: int | None = None) -> tuple[ExtractPlan, FeatureWriter]:
+def plan(
+    store: FeatureStore, utts: list[Utterance], extractor: Extractor, limit: int | None = None
+) -> tuple[ExtractPlan, FeatureWriter]:
     arrays = extractor.arrays()
     writer = store.writer(extractor.feature_name(), extractor.name, extractor.config(), arrays)
     done = writer.done_ids()
@@ -123,7 +127,7 @@ def _decode_batch(utts: list[Utterance], sample_rate: int) -> list[tuple[Utteran
 class _Writer(threading.Thread):
     """The one writer: buffers results and commits them in chunk-sized, atomic commits."""
 
-    def __init__(self, writer: FeatureWriter, flush_seconds: float = 5.0) -> None:
+    def __init__(self, writer: FeatureWriter, flush_seconds: float = COMMIT_SECONDS) -> None:
         super().__init__(daemon=True)
         self.writer = writer
         self.inbox: queue.Queue = queue.Queue(maxsize=64)
@@ -156,14 +160,28 @@ class _Writer(threading.Thread):
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
-def run_extraction(store: FeatureStore, utts: list[Utterance], extractor: Extractor, workers: int = 2,
-                   batch_seconds: float = 60.0, console: Console | None = None,
-                   limit: int | None = None) -> ExtractResult:
+def run_extraction(
+    store: FeatureStore,
+    utts: list[Utterance],
+    extractor: Extractor,
+    workers: int = 2,
+    batch_seconds: float = 60.0,
+    console: Console | None = None,
+    limit: int | None = None,
+) -> ExtractResult:
     """Extract ``extractor`` for ``utts`` into ``store`` (resuming), and report what happened."""
     console = console or Console(stderr=True)
     store.write_utterances(utts)
@@ -171,13 +189,18 @@ def run_extraction(store: FeatureStore, utts: list[Utterance], extractor: Extrac
     todo = p.todo
     free = shutil.disk_usage(store.path).free
     console.print(f"[bold]{extractor.describe()}[/] -> {store.path}/features/{p.feature}")
-    console.print(f"  {len(todo)} utterances to extract ({p.audio_seconds / 3600:.2f} h of audio), "
-                  f"{p.already_done} already stored, {len(p.not_applicable)} without {extractor.needs}")
-    console.print(f"  disk estimate: up to {human_bytes(p.estimate_bytes)} before compression "
-                  f"({human_bytes(free)} free)")
+    console.print(
+        f"  {len(todo)} utterances to extract ({p.audio_seconds / 3600:.2f} h of audio), "
+        f"{p.already_done} already stored, {len(p.not_applicable)} without {extractor.needs}"
+    )
+    console.print(
+        f"  disk estimate: up to {human_bytes(p.estimate_bytes)} before compression ({human_bytes(free)} free)"
+    )
     if p.estimate_bytes > free:
-        raise RuntimeError(f"not enough disk for {p.feature}: needs up to {human_bytes(p.estimate_bytes)}, "
-                           f"{human_bytes(free)} free at {store.path}")
+        raise RuntimeError(
+            f"not enough disk for {p.feature}: needs up to {human_bytes(p.estimate_bytes)}, "
+            f"{human_bytes(free)} free at {store.path}"
+        )
     result = ExtractResult(p.feature, already_done=p.already_done, not_applicable=len(p.not_applicable))
     t0 = time.monotonic()
     sink = _Writer(writer)
@@ -185,8 +208,11 @@ def run_extraction(store: FeatureStore, utts: list[Utterance], extractor: Extrac
     try:
         with _progress(console) as bar:
             task = bar.add_task(extractor.name, total=len(todo), rate="")
-            stream = _run_batched(extractor, todo, workers, batch_seconds) if extractor.batched \
+            stream = (
+                _run_batched(extractor, todo, workers, batch_seconds)
+                if extractor.batched
                 else _run_parallel(extractor, todo, workers)
+            )
             for chunk in stream:
                 good = [(uid, v) for uid, v, err in chunk if err is None]
                 for uid, _, err in chunk:
@@ -222,7 +248,7 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
     so results arrive in order and the writer stays busy while the next window computes."""
     import dask
 
-    tasks = [todo[i:i + TASK_UTTS] for i in range(0, len(todo), TASK_UTTS)]
+    tasks = [todo[i : i + TASK_UTTS] for i in range(0, len(todo), TASK_UTTS)]
     if workers <= 1:
         for t in tasks:
             yield _work(extractor, t)
@@ -230,9 +256,8 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
     window = workers * 4
     with ProcessPoolExecutor(workers) as pool:
         for start in range(0, len(tasks), window):
-            delayed = [dask.delayed(_work)(extractor, t) for t in tasks[start:start + window]]
-            for res in dask.compute(*delayed, scheduler="processes", pool=pool):
-                yield res
+            delayed = [dask.delayed(_work)(extractor, t) for t in tasks[start : start + window]]
+            yield from dask.compute(*delayed, scheduler="processes", pool=pool)
 
 
 def _batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:
@@ -273,7 +298,7 @@ def _compute(extractor: Extractor, items: list) -> list[tuple[str, dict | None, 
     ready = [(u, a) for u, a, err in items if err is None]
     out = [(u.utt_id, None, err) for u, _, err in items if err is not None]
     if ready:
-        for (u, _), v in zip(ready, extractor.process_batch(ready)):
+        for (u, _), v in zip(ready, extractor.process_batch(ready), strict=True):
             out.append((u.utt_id, v, None))
     # Keep the length-sorted order for the writer.
     order = {u.utt_id: i for i, (u, _, _) in enumerate(items)}

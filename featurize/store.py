@@ -64,8 +64,13 @@ class ArraySpec:
     rows_per_utt: float | None = None
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "tail": list(self.tail), "dtype": self.dtype,
-                "rows_per_second": self.rows_per_second, "rows_per_utt": self.rows_per_utt}
+        return {
+            "kind": self.kind,
+            "tail": list(self.tail),
+            "dtype": self.dtype,
+            "rows_per_second": self.rows_per_second,
+            "rows_per_utt": self.rows_per_utt,
+        }
 
     @classmethod
     def from_json(cls, name: str, d: dict) -> ArraySpec:
@@ -112,7 +117,7 @@ class FeatureArray:
         i = self._index[utt_id]
         if self.offsets is None:
             return self.data[i]
-        return self.data[self.offsets[i]:self.offsets[i + 1]]
+        return self.data[self.offsets[i] : self.offsets[i + 1]]
 
 
 def fingerprint(config: dict) -> str:
@@ -138,8 +143,7 @@ def _chunk_rows(tail: Sequence[int], itemsize: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # The utterance table: one column per record field. None is "" for strings, NaN for floats, -1 for
 # turn; nested fields (words, soft labels, extra) are JSON strings.
-_STR_COLS = ("utt_id", "corpus", "speaker", "label", "session", "dialog", "audio_path", "text",
-             "word_source", "split")
+_STR_COLS = ("utt_id", "corpus", "speaker", "label", "session", "dialog", "audio_path", "text", "word_source", "split")
 _FLOAT_COLS = ("start", "end", "duration")
 _JSON_COLS = ("soft_labels", "words", "extra")
 
@@ -197,8 +201,10 @@ class FeatureStore:
             self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
             version = self.root.attrs.get("schema_version")
             if version != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: store schema version {version!r}, this sercache reads "
-                                 f"version {SCHEMA_VERSION}; re-extract into a new store")
+                raise StoreError(
+                    f"{self.path}: store schema version {version!r}, this sercache reads "
+                    f"version {SCHEMA_VERSION}; re-extract into a new store"
+                )
         elif create:
             self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
             self.root.attrs.update({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
@@ -264,8 +270,13 @@ class FeatureStore:
         grp = self.root.create_group(tmp_name)
         for c, values in cols.items():
             dtype = str if values.dtype == object else values.dtype
-            arr = grp.create_array(c, shape=values.shape, dtype=dtype, chunks=(max(1, min(len(values), 65536)),),
-                                   compressors=_compressor() if dtype is not str else "auto")
+            arr = grp.create_array(
+                c,
+                shape=values.shape,
+                dtype=dtype,
+                chunks=(max(1, min(len(values), 65536)),),
+                compressors=_compressor() if dtype is not str else "auto",
+            )
             if len(values):
                 arr[:] = values
         grp.attrs["n"] = len(rows)
@@ -305,11 +316,19 @@ class FeatureStore:
         for name, grp in self._feature_groups():
             a = grp.attrs
             nbytes = sum(f.stat().st_size for f in (self.path / "features" / name).rglob("*") if f.is_file())
-            infos.append(FeatureInfo(
-                name=name, extractor=a["extractor"], fingerprint=a["fingerprint"], config=dict(a["config"]),
-                arrays={k: ArraySpec.from_json(k, v) for k, v in a["arrays"].items()},
-                n_committed=int(a["n_committed"]), complete=bool(a.get("complete", False)),
-                nbytes_stored=nbytes, created=a.get("created", "")))
+            infos.append(
+                FeatureInfo(
+                    name=name,
+                    extractor=a["extractor"],
+                    fingerprint=a["fingerprint"],
+                    config=dict(a["config"]),
+                    arrays={k: ArraySpec.from_json(k, v) for k, v in a["arrays"].items()},
+                    n_committed=int(a["n_committed"]),
+                    complete=bool(a.get("complete", False)),
+                    nbytes_stored=nbytes,
+                    created=a.get("created", ""),
+                )
+            )
         return infos
 
     def resolve_feature(self, name: str) -> str:
@@ -325,8 +344,9 @@ class FeatureStore:
         if not matches:
             known = ", ".join(names) or "none"
             raise StoreError(f"no feature {name!r} in {self.path} (stored: {known}); run `featurize extract`")
-        raise StoreError(f"{name!r} is ambiguous in {self.path}: {', '.join(matches)} (different configs); "
-                         "name one in full")
+        raise StoreError(
+            f"{name!r} is ambiguous in {self.path}: {', '.join(matches)} (different configs); name one in full"
+        )
 
     def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec]) -> FeatureWriter:
         """Open (or create) the group ``<feature_name>-<fingerprint>`` for this exact configuration.
@@ -340,20 +360,32 @@ class FeatureStore:
             for spec in arrays:
                 sub = grp.create_group(spec.name)
                 rows = _chunk_rows(spec.tail, np.dtype(spec.dtype).itemsize)
-                sub.create_array("data", shape=(0, *spec.tail), dtype=spec.dtype, chunks=(rows, *spec.tail),
-                                 compressors=_compressor())
+                sub.create_array(
+                    "data",
+                    shape=(0, *spec.tail),
+                    dtype=spec.dtype,
+                    chunks=(rows, *spec.tail),
+                    compressors=_compressor(),
+                )
                 if spec.kind == "frames":
-                    off = sub.create_array("offsets", shape=(1,), dtype="int64", chunks=(65536,),
-                                           compressors=_compressor())
+                    off = sub.create_array(
+                        "offsets", shape=(1,), dtype="int64", chunks=(65536,), compressors=_compressor()
+                    )
                     off[:] = np.zeros(1, dtype=np.int64)
             grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(65536,))
             # Attributes last: their presence marks the group as usable.
-            grp.attrs.update({
-                "extractor": extractor, "fingerprint": fp, "config": json.loads(json.dumps(config, default=str)),
-                "arrays": {s.name: s.to_json() for s in arrays}, "n_committed": 0,
-                "rows_committed": {s.name: 0 for s in arrays}, "complete": False,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            })
+            grp.attrs.update(
+                {
+                    "extractor": extractor,
+                    "fingerprint": fp,
+                    "config": json.loads(json.dumps(config, default=str)),
+                    "arrays": {s.name: s.to_json() for s in arrays},
+                    "n_committed": 0,
+                    "rows_committed": {s.name: 0 for s in arrays},
+                    "complete": False,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            )
         return FeatureWriter(feats[name], name)
 
     def committed_ids(self, feature: str) -> list[str]:
@@ -361,8 +393,9 @@ class FeatureStore:
         n = int(grp.attrs["n_committed"])
         return [str(u) for u in grp["utt_ids"][:n]] if n else []
 
-    def read(self, feature: str, array: str | None = None, layers: Sequence[int] | None = None,
-             dtype: str | None = None) -> FeatureArray:
+    def read(
+        self, feature: str, array: str | None = None, layers: Sequence[int] | None = None, dtype: str | None = None
+    ) -> FeatureArray:
         """Load one array of a feature into memory (committed utterances only).
 
         ``layers`` selects entries of the layer axis of ``[rows, layers, dim]`` arrays while
@@ -394,8 +427,9 @@ class FeatureStore:
             if bad:
                 raise StoreError(f"feature {feature}/{array} has {spec.tail[0]} layers; asked for {bad}")
             lazy = lazy[:, layers]
-            spec = ArraySpec(spec.name, spec.kind, (len(layers), spec.tail[1]), spec.dtype,
-                             spec.rows_per_second, spec.rows_per_utt)
+            spec = ArraySpec(
+                spec.name, spec.kind, (len(layers), spec.tail[1]), spec.dtype, spec.rows_per_second, spec.rows_per_utt
+            )
         if dtype is not None:
             lazy = lazy.astype(dtype)
         data = lazy.compute(scheduler="threads")
@@ -430,17 +464,22 @@ class FeatureWriter:
         new_rows: dict[str, int] = {}
         for name, spec in self.specs.items():
             parts = []
-            for uid, v in zip(utt_ids, values):
+            for uid, v in zip(utt_ids, values, strict=True):
                 x = np.asarray(v[name])
                 if spec.kind == "utterance":
                     x = x.reshape(1, *x.shape)
                 if x.shape[1:] != spec.tail:
-                    raise ValueError(f"{self.name}/{name}: utterance {uid} has rows of shape {x.shape[1:]}, "
-                                     f"the store expects {spec.tail}")
-                x = x.astype(spec.dtype, copy=False)
+                    raise ValueError(
+                        f"{self.name}/{name}: utterance {uid} has rows of shape {x.shape[1:]}, "
+                        f"the store expects {spec.tail}"
+                    )
+                with np.errstate(over="ignore"):  # an overflow becomes inf, reported just below
+                    x = x.astype(spec.dtype, copy=False)
                 if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                    raise ValueError(f"{self.name}/{name}: utterance {uid} has non-finite values "
-                                     f"(or values outside the range of {spec.dtype})")
+                    raise ValueError(
+                        f"{self.name}/{name}: utterance {uid} has non-finite values "
+                        f"(or values outside the range of {spec.dtype})"
+                    )
                 parts.append(x)
             block = np.concatenate(parts)
             start, end = self.rows[name], self.rows[name] + len(block)
@@ -454,12 +493,12 @@ class FeatureWriter:
                 offs = self.group[name]["offsets"]
                 if offs.shape[0] < self.n + len(parts) + 1:
                     offs.resize((self.n + len(parts) + 1,))
-                offs[self.n + 1: self.n + len(parts) + 1] = start + np.cumsum(lengths)
+                offs[self.n + 1 : self.n + len(parts) + 1] = start + np.cumsum(lengths)
             new_rows[name] = end
         ids = self.group["utt_ids"]
         if ids.shape[0] < self.n + len(utt_ids):
             ids.resize((self.n + len(utt_ids),))
-        ids[self.n: self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
+        ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
         # The commit marker: one atomic write of the group's attributes.
         self.n += len(utt_ids)
         self.rows = new_rows

@@ -66,8 +66,13 @@ def fake_run(run_dir: Path, accuracy: float, folds: int = 2, seeds: int = 2, wit
                 "protocol": "rav4",
             }
             history = [
-                {"epoch": e, "train_loss": 1.5 / e, "valid_loss": 1.6 / e + 0.01 * e, "valid_ua": 0.3 + 0.05 * e,
-                 "valid_wa": 0.32 + 0.05 * e}
+                {
+                    "epoch": e,
+                    "train_loss": 1.5 / e,
+                    "valid_loss": 1.6 / e + 0.01 * e,
+                    "valid_ua": 0.3 + 0.05 * e,
+                    "valid_wa": 0.32 + 0.05 * e,
+                }
                 for e in range(1, 6)
             ]
             folder = run_dir / "folds" / fold_dir_name(f"fold{k}", seed)
@@ -171,3 +176,36 @@ def test_plots_directly(tmp_path):
     assert_png(plot_grid(rows, tmp_path / "sub" / "grid.png", "ua"))
     with pytest.raises(ValueError):
         plot_curves([], tmp_path / "x.png")
+
+
+def test_layout_as_train_cli_writes_it(tmp_path):
+    """config.json nests the request and names the labels "classes"; sweep.json lists cell names only."""
+    sweep_dir = tmp_path / "sweep"
+    names = ["probe-64", "probe-128"]
+    write_json(sweep_dir / "sweep.json", {"config": {"grid": [{"head": "probe"}]}, "cells": names})
+    for name, hidden in zip(names, (64, 128), strict=True):
+        cell = fake_run(sweep_dir / "cells" / name, accuracy=0.6, folds=2, seeds=1)
+        write_json(
+            cell / "config.json",
+            {
+                "request": {"head": "probe", "corpus": "ravdess", "options": {"hidden": hidden}, "seeds": [0]},
+                "classes": LABELS,
+                "label_set": "rav4",
+                "protocol": "stratified",
+            },
+        )
+        summary = json.loads((cell / "summary.json").read_text())
+        write_json(
+            cell / "summary.json", {k: v for k, v in summary.items() if k != "speaker_independent"} | {"seconds": 60}
+        )
+        run_text = write_run_report(cell).read_text()
+        assert "| head | probe |" in run_text
+        assert "| head_options | hidden=" in run_text
+        assert "| labels | neutral, happy, sad, angry |" in run_text
+        assert "not speaker-independent" in run_text  # from the protocol name alone
+        assert "Wall time: 1.0 min." in run_text
+    text = write_sweep_report(sweep_dir).read_text()
+    assert "| cell | head | hidden | WA | UA | macro-F1 | valid UA | runs |" in text
+    assert "| probe-64 | probe | 64 |" in text
+    assert "Wall time, summed over the cells' runs: 2.0 min." in text
+    assert "some cells are not speaker-independent" in text

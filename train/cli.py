@@ -21,7 +21,10 @@ from train.protocols import make_folds
 
 app = typer.Typer(help="Train emotion heads from cached features.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
-PROTOCOL_HELP = "loso | holdout | rav4 | rav8 | speaker-kfold | stratified"
+PROTOCOL_HELP = (
+    "loso | holdout (= iemo-text; the official split when the corpus has one) | rav4 | rav8 | "
+    "speaker-kfold | stratified (not speaker-independent)"
+)
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -75,17 +78,27 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None) -> dict:
     if not all(f.speaker_independent for f in folds):
         console.print(f"[yellow]warning[/]: protocol {req.protocol} is not speaker-independent")
     dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
-    console.print(f"{req.head} on {req.corpus} ({data.label_set}: {', '.join(data.classes)}), "
-                  f"{len(data.utts)} utterances{f' ({dropped} dropped)' if dropped else ''}, "
-                  f"inputs: {', '.join(f'{m}={i.feature}:{i.array} {tuple(i.tail)}' for m, i in data.inputs.items())}, "
-                  f"{len(folds)} folds x {len(req.seeds)} seeds")
-    run_config = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(config),
-                  "label_set": data.label_set, "classes": data.classes, "protocol": req.protocol,
-                  "inputs": {m: {"feature": i.feature, "array": i.array, "tail": list(i.tail), "form": i.form}
-                             for m, i in data.inputs.items()},
-                  "folds": [{"name": f.name, "n_train": len(f.train), "n_valid": len(f.valid), "n_test": len(f.test)}
-                            for f in folds],
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    console.print(
+        f"{req.head} on {req.corpus} ({data.label_set}: {', '.join(data.classes)}), "
+        f"{len(data.utts)} utterances{f' ({dropped} dropped)' if dropped else ''}, "
+        f"inputs: {', '.join(f'{m}={i.feature}:{i.array} {tuple(i.tail)}' for m, i in data.inputs.items())}, "
+        f"{len(folds)} folds x {len(req.seeds)} seeds"
+    )
+    run_config = {
+        "request": dataclasses.asdict(req),
+        "head_config": dataclasses.asdict(config),
+        "label_set": data.label_set,
+        "classes": data.classes,
+        "protocol": req.protocol,
+        "inputs": {
+            m: {"feature": i.feature, "array": i.array, "tail": list(i.tail), "form": i.form}
+            for m, i in data.inputs.items()
+        },
+        "folds": [
+            {"name": f.name, "n_train": len(f.train), "n_valid": len(f.valid), "n_test": len(f.test)} for f in folds
+        ],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     opts = LoopOptions(patience=req.patience, device=req.device, max_epochs=req.max_epochs)
     summary = run_folds(spec, config, data, folds, req.seeds, opts, out, run_config, console)
     from train.report import write_run_report
@@ -97,8 +110,14 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None) -> dict:
 def print_summary(title: str, summary: dict) -> None:
     table = Table("fold", "seed", "WA", "UA", "macro-F1", "best epoch", title=title)
     for r in summary["per_fold"]:
-        table.add_row(str(r["fold"]), str(r["seed"]), f"{r['wa']:.4f}", f"{r['ua']:.4f}", f"{r['macro_f1']:.4f}",
-                      str(r["best_epoch"]))
+        table.add_row(
+            str(r["fold"]),
+            str(r["seed"]),
+            f"{r['wa']:.4f}",
+            f"{r['ua']:.4f}",
+            f"{r['macro_f1']:.4f}",
+            str(r["best_epoch"]),
+        )
     cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("wa", "ua", "macro_f1")]
     table.add_row("mean ± std", "", *cells, "")
     Console().print(table)
@@ -121,8 +140,20 @@ def run(
     max_epochs: int = typer.Option(None, help="cap the head's epochs (quick runs)"),
 ) -> None:
     """Train a head over every fold × seed of a protocol and print the per-fold table."""
-    req = RunRequest(head, [f for f in feature.split(",") if f], corpus, protocol, str(store), labels,
-                     parse_seeds(seeds), parse_sets(set_), modality, device, patience, max_epochs)
+    req = RunRequest(
+        head,
+        [f for f in feature.split(",") if f],
+        corpus,
+        protocol,
+        str(store),
+        labels,
+        parse_seeds(seeds),
+        parse_sets(set_),
+        modality,
+        device,
+        patience,
+        max_epochs,
+    )
     out = out or Path("runs") / f"{head}-{corpus}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = execute(req, out)
     print_summary(f"{head} on {corpus} / {protocol}", summary)
@@ -139,15 +170,26 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
         options = entry.pop("options", {}) or {}
         keys = sorted(options)
         for values in itertools.product(*[options[k] if isinstance(options[k], list) else [options[k]] for k in keys]):
-            opts = dict(zip(keys, values))
-            name = "-".join([entry["head"]] + [f"{v}" for v in values] + ([entry["modality"]] if entry.get("modality") else []))
+            opts = dict(zip(keys, values, strict=True))
+            name = "-".join(
+                [entry["head"]] + [f"{v}" for v in values] + ([entry["modality"]] if entry.get("modality") else [])
+            )
             feats = entry["features"]
-            req = RunRequest(head=entry["head"], features=feats if isinstance(feats, list) else feats.split(","),
-                             corpus=entry["corpus"], protocol=entry["protocol"], store=entry.get("store", DEFAULT_STORE),
-                             labels=entry.get("labels"), seeds=list(entry.get("seeds", [0])), options=opts,
-                             modality=entry.get("modality"), device=entry.get("device", "auto"),
-                             patience=entry.get("patience", 20), max_epochs=entry.get("max_epochs"),
-                             protocol_options=entry.get("protocol_options", {}))
+            req = RunRequest(
+                head=entry["head"],
+                features=feats if isinstance(feats, list) else feats.split(","),
+                corpus=entry["corpus"],
+                protocol=entry["protocol"],
+                store=entry.get("store", DEFAULT_STORE),
+                labels=entry.get("labels"),
+                seeds=list(entry.get("seeds", [0])),
+                options=opts,
+                modality=entry.get("modality"),
+                device=entry.get("device", "auto"),
+                patience=entry.get("patience", 20),
+                max_epochs=entry.get("max_epochs"),
+                protocol_options=entry.get("protocol_options", {}),
+            )
             cells.append((name, req))
     names = [n for n, _ in cells]
     if len(set(names)) != len(names):
@@ -176,12 +218,20 @@ def sweep(
         console.print(f"[{i}/{len(cells)}] {name}")
         head = get_head(req.head)
         # Features are loaded once per (features, head inputs, label set, modality) and reused by every cell.
-        key = (req.store, req.corpus, tuple(req.features), tuple(sorted(head.inputs.items())), head.dialogue,
-               default_label_set(req.protocol, req.labels), req.modality)
+        key = (
+            req.store,
+            req.corpus,
+            tuple(req.features),
+            tuple(sorted(head.inputs.items())),
+            head.dialogue,
+            default_label_set(req.protocol, req.labels),
+            req.modality,
+        )
         if key not in cache:
             store = FeatureStore(req.store, create=False)
-            cache[key] = load_data(store, req.corpus, req.features, head, key[5],
-                                   [req.modality] if req.modality else None)
+            cache[key] = load_data(
+                store, req.corpus, req.features, head, key[5], [req.modality] if req.modality else None
+            )
         execute(req, cell_dir, cache[key])
     from train.report import write_sweep_report
 
@@ -194,8 +244,11 @@ def print_grid(out: Path, names: list[str]) -> None:
     table = Table("cell", "WA", "UA", "macro-F1", "n", title=f"sweep {out}")
     for name in names:
         s = json.loads((out / "cells" / name / "summary.json").read_text())
-        table.add_row(name, *(f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" for k in ("wa", "ua", "macro_f1")),
-                      str(s["wa"]["n"]))
+        table.add_row(
+            name,
+            *(f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" for k in ("wa", "ua", "macro_f1")),
+            str(s["wa"]["n"]),
+        )
     Console().print(table)
 
 

@@ -22,8 +22,11 @@ from train.heads import HeadSpec
 from train.labels import resolve_label_set, soft_target
 
 # Preferred array per input form when the user names none.
-PREFERRED = {"pooled": ("sentence", "functionals"), "sequence": ("tokens", "fbank", "hidden", "lld", "encoder"),
-             "words": ("words",)}
+PREFERRED = {
+    "pooled": ("sentence", "functionals"),
+    "sequence": ("tokens", "fbank", "hidden", "lld", "encoder"),
+    "words": ("words",),
+}
 NORM_SAMPLE_ROWS = 200_000  # rows used to estimate frame statistics: plenty for a per-dim mean/std
 
 
@@ -98,8 +101,9 @@ class CorpusData:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, u in enumerate(self.utts):
             groups[u.dialog or u.utt_id].append(i)  # an utterance without a dialogue is its own
-        self.dialogs = {d: sorted(ix, key=lambda i: (self.utts[i].turn or 0, self.utts[i].utt_id))
-                        for d, ix in groups.items()}
+        self.dialogs = {
+            d: sorted(ix, key=lambda i: (self.utts[i].turn or 0, self.utts[i].utt_id)) for d, ix in groups.items()
+        }
 
     @property
     def n_classes(self) -> int:
@@ -122,8 +126,9 @@ class CorpusData:
             inp.std = x.std(0).clamp_min(1e-5) if len(x) > 1 else torch.ones_like(inp.mean)
 
     # -- batches ---------------------------------------------------------------------------------
-    def batches(self, rows: list[int], batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
-                epoch: int = 0):
+    def batches(
+        self, rows: list[int], batch_size: int, shuffle: bool, generator: torch.Generator | None = None, epoch: int = 0
+    ):
         """Utterance batches, or for dialogue heads batches of the dialogues containing ``rows``
         (whole dialogues as context; only ``rows`` carry labels)."""
         if self.dialogue:
@@ -134,7 +139,7 @@ class CorpusData:
         order = torch.randperm(len(units), generator=generator).tolist() if shuffle else range(len(units))
         units = [units[i] for i in order]
         for s in range(0, len(units), batch_size):
-            chunk = units[s:s + batch_size]
+            chunk = units[s : s + batch_size]
             batch = self._collate_dialogues(chunk, set(rows)) if self.dialogue else self._collate(chunk)
             batch["epoch"] = epoch
             yield batch
@@ -163,10 +168,13 @@ class CorpusData:
     def _collate_dialogues(self, dialogs: list[str], labelled: set[int]) -> dict:
         seqs = [self.dialogs[d] for d in dialogs]
         n_u = max(len(s) for s in seqs)
-        batch: dict = {"utt_mask": torch.zeros(len(seqs), n_u, dtype=torch.bool),
-                       "labels": torch.full((len(seqs), n_u), -100, dtype=torch.long), "rows": seqs}
+        batch: dict = {
+            "utt_mask": torch.zeros(len(seqs), n_u, dtype=torch.bool),
+            "labels": torch.full((len(seqs), n_u), -100, dtype=torch.long),
+            "rows": seqs,
+        }
         for b, s in enumerate(seqs):
-            batch["utt_mask"][b, :len(s)] = True
+            batch["utt_mask"][b, : len(s)] = True
             for j, i in enumerate(s):
                 if i in labelled:
                     batch["labels"][b, j] = self.labels[i]
@@ -175,7 +183,7 @@ class CorpusData:
                 raise ValueError("dialogue heads take one pooled vector per utterance")
             x = torch.zeros(len(seqs), n_u, *inp.tail)
             for b, s in enumerate(seqs):
-                x[b, :len(s)] = inp.normalised(torch.stack([inp.items[i] for i in s]))
+                x[b, : len(s)] = inp.normalised(torch.stack([inp.items[i] for i in s]))
             batch[m] = x
         return batch
 
@@ -196,13 +204,21 @@ def _pick_array(arrays: dict, form: str, wanted: str | None, feature: str) -> st
     raise ValueError(f"feature {feature} has no array usable as {form} input (arrays: {', '.join(arrays)})")
 
 
-def load_data(store: FeatureStore, corpus: str, features: list[str], head: HeadSpec,
-              label_set: str | None = None, modalities: list[str] | None = None) -> CorpusData:
+def load_data(
+    store: FeatureStore,
+    corpus: str,
+    features: list[str],
+    head: HeadSpec,
+    label_set: str | None = None,
+    modalities: list[str] | None = None,
+) -> CorpusData:
     """Read the utterance table and the chosen features of one corpus into memory."""
     utts = [u for u in store.utterances() if u.corpus == corpus]
     if not utts:
         corpora = sorted({u.corpus for u in store.utterances()})
-        raise ValueError(f"no utterances of corpus {corpus!r} in {store.path} (it holds: {', '.join(corpora) or 'none'})")
+        raise ValueError(
+            f"no utterances of corpus {corpus!r} in {store.path} (it holds: {', '.join(corpora) or 'none'})"
+        )
     set_name, mapping, classes = resolve_label_set(corpus, label_set, utts)
     dropped: dict[str, int] = {}
     if not head.dialogue:  # dialogue heads keep out-of-set utterances as unlabelled context
@@ -218,7 +234,9 @@ def load_data(store: FeatureStore, corpus: str, features: list[str], head: HeadS
         info = infos[group]
         modality = get_extractor(info.extractor).needs
         if modality in chosen:
-            raise ValueError(f"two {modality} features given ({chosen[modality][1]} and {group}); give one per modality")
+            raise ValueError(
+                f"two {modality} features given ({chosen[modality][1]} and {group}); give one per modality"
+            )
         if modality not in head.inputs:
             raise ValueError(f"head {head.name} takes {', '.join(head.inputs)}; feature {group} is {modality}")
         chosen[modality] = (choice, group, info)
@@ -249,20 +267,25 @@ def load_data(store: FeatureStore, corpus: str, features: list[str], head: HeadS
             if fa.offsets is None:
                 items.append(full[i])
             else:
-                rows = full[int(fa.offsets[i]):int(fa.offsets[i + 1])]
+                rows = full[int(fa.offsets[i]) : int(fa.offsets[i + 1])]
                 if form == "pooled":  # pool frames to one vector (in float32: float16 sums overflow)
                     rows = rows.float().mean(0) if len(rows) else torch.zeros(fa.spec.tail)
                 items.append(rows)
-        inputs[modality] = ModalityInput(modality, group, fa.spec.name, form, items, fa.spec.tail,
-                                         fa.spec.rows_per_second)
+        inputs[modality] = ModalityInput(
+            modality, group, fa.spec.name, form, items, fa.spec.tail, fa.spec.rows_per_second
+        )
 
     labels = torch.tensor([classes.index(mapping[u.label]) if u.label in mapping else -100 for u in utts])
     softs = [soft_target(u, mapping, classes) for u in utts]
     soft = None
     if any(s is not None for s in softs):
         eye = torch.eye(len(classes))
-        soft = torch.stack([torch.tensor(s) if s is not None else
-                            (eye[int(y)] if y >= 0 else torch.zeros(len(classes))) for s, y in zip(softs, labels)])
+        soft = torch.stack(
+            [
+                torch.tensor(s) if s is not None else (eye[int(y)] if y >= 0 else torch.zeros(len(classes)))
+                for s, y in zip(softs, labels, strict=True)
+            ]
+        )
     word_frames = None
     if any(inp.form == "words" for inp in inputs.values()):
         rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0

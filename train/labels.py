@@ -11,7 +11,10 @@ from featurize.corpora.ravdess import LABEL_SETS as RAVDESS_SETS
 from featurize.records import Utterance
 
 SETS_BY_CORPUS: dict[str, dict[str, dict[str, str]]] = {
-    "iemocap": IEMOCAP_SETS, "iemocap-text": IEMOCAP_SETS, "ravdess": RAVDESS_SETS}
+    "iemocap": IEMOCAP_SETS,
+    "iemocap-text": IEMOCAP_SETS,
+    "ravdess": RAVDESS_SETS,
+}
 DEFAULT_SET = {"iemocap": "4class", "iemocap-text": "4class", "ravdess": "rav8"}
 
 

@@ -21,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from train.data import CorpusData
 from train.heads import HeadSpec
-from train.metrics import compute_metrics, summarize
+from train.metrics import compute_metrics
 from train.protocols import Fold
+from train.report import build_summary
 
 
 @dataclasses.dataclass
@@ -52,8 +53,9 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def predict(model: torch.nn.Module, data: CorpusData, rows: list[int], batch_size: int,
-            device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    model: torch.nn.Module, data: CorpusData, rows: list[int], batch_size: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(true labels, predictions, mean loss) over the labelled utterances in ``rows``."""
     model.eval()
     ys, ps, losses, counts = [], [], 0.0, 0
@@ -70,15 +72,26 @@ def predict(model: torch.nn.Module, data: CorpusData, rows: list[int], batch_siz
     return np.concatenate(ys), np.concatenate(ps), losses / max(counts, 1)
 
 
-def train_fold(spec: HeadSpec, config: Any, data: CorpusData, fold: Fold, seed: int, opts: LoopOptions,
-               protocol: str = "", out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+def train_fold(
+    spec: HeadSpec,
+    config: Any,
+    data: CorpusData,
+    fold: Fold,
+    seed: int,
+    opts: LoopOptions,
+    protocol: str = "",
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> dict:
     """Train on fold.train, select on fold.valid, score fold.test; write metrics, history, checkpoint."""
     gen = seed_everything(seed)
     device = pick_device(opts.device)
     train_rows, valid_rows, test_rows = (data.labelled(ids) for ids in (fold.train, fold.valid, fold.test))
     if not train_rows or not valid_rows or not test_rows:
-        raise ValueError(f"fold {fold.name}: empty split (train {len(train_rows)}, valid {len(valid_rows)}, "
-                         f"test {len(test_rows)}) — are the features extracted for every utterance?")
+        raise ValueError(
+            f"fold {fold.name}: empty split (train {len(train_rows)}, valid {len(valid_rows)}, "
+            f"test {len(test_rows)}) — are the features extracted for every utterance?"
+        )
     data.fit_normalizer(train_rows)
     dims = {m: inp.dim for m, inp in data.inputs.items()}
     layers = {m: inp.layers for m, inp in data.inputs.items()}
@@ -102,37 +115,75 @@ def train_fold(spec: HeadSpec, config: Any, data: CorpusData, fold: Fold, seed: 
             n += 1
         y, p, vloss = predict(model, data, valid_rows, config.batch_size, device)
         m = compute_metrics(y, p, data.classes)
-        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_loss": vloss,
-                        "valid_wa": m["wa"], "valid_ua": m["ua"], "valid_macro_f1": m["macro_f1"]})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / max(n, 1),
+                "valid_loss": vloss,
+                "valid_wa": m["wa"],
+                "valid_ua": m["ua"],
+                "valid_macro_f1": m["macro_f1"],
+            }
+        )
         if m[opts.select_on] > best[0]:
             best = (m[opts.select_on], epoch)
             best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
-            progress.update(task, advance=1, status=f"valid {opts.select_on.upper()} {m[opts.select_on]:.3f} "
-                                                    f"(best {best[0]:.3f} @ {best[1]})")
+            progress.update(
+                task,
+                advance=1,
+                status=f"valid {opts.select_on.upper()} {m[opts.select_on]:.3f} (best {best[0]:.3f} @ {best[1]})",
+            )
         if epoch - best[1] >= opts.patience:
             break
     model.load_state_dict(best_state)
     y, p, _ = predict(model, data, test_rows, config.batch_size, device)
     metrics = compute_metrics(y, p, data.classes)
-    metrics.update({"fold": fold.name, "seed": seed, "best_epoch": best[1], "epochs_run": len(history),
-                    "protocol": protocol, "n_train": len(train_rows), "n_valid": len(valid_rows),
-                    "n_test": len(test_rows)})
+    metrics.update(
+        {
+            "fold": fold.name,
+            "seed": seed,
+            "best_epoch": best[1],
+            "epochs_run": len(history),
+            "protocol": protocol,
+            "speaker_independent": fold.speaker_independent,
+            "n_train": len(train_rows),
+            "n_valid": len(valid_rows),
+            "n_test": len(test_rows),
+        }
+    )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        torch.save({"state_dict": best_state, "config": dataclasses.asdict(config), "classes": data.classes,
-                    "dims": dims, "layers": layers, "modalities": sorted(data.inputs),
-                    "normalizer": {m: (inp.mean, inp.std) for m, inp in data.inputs.items()}},
-                   out_dir / "model.pt")
+        torch.save(
+            {
+                "state_dict": best_state,
+                "config": dataclasses.asdict(config),
+                "classes": data.classes,
+                "dims": dims,
+                "layers": layers,
+                "modalities": sorted(data.inputs),
+                "normalizer": {m: (inp.mean, inp.std) for m, inp in data.inputs.items()},
+            },
+            out_dir / "model.pt",
+        )
     if progress is not None:
         progress.remove_task(task)
     return metrics
 
 
-def run_folds(spec: HeadSpec, config: Any, data: CorpusData, folds: list[Fold], seeds: list[int],
-              opts: LoopOptions, out_dir: Path, run_config: dict, console: Console | None = None) -> dict:
+def run_folds(
+    spec: HeadSpec,
+    config: Any,
+    data: CorpusData,
+    folds: list[Fold],
+    seeds: list[int],
+    opts: LoopOptions,
+    out_dir: Path,
+    run_config: dict,
+    console: Console | None = None,
+) -> dict:
     protocol = run_config.get("protocol", "")
     """Every fold × seed; finished ones (metrics.json present) are reused, so a run resumes."""
     console = console or Console(stderr=True)
@@ -140,8 +191,15 @@ def run_folds(spec: HeadSpec, config: Any, data: CorpusData, folds: list[Fold], 
     (out_dir / "config.json").write_text(json.dumps(run_config, indent=1, default=str))
     results = []
     t0 = time.monotonic()
-    cols = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    cols = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*cols, console=console) as progress:
         overall = progress.add_task("folds x seeds", total=len(folds) * len(seeds), status="")
         for seed in seeds:
@@ -153,8 +211,7 @@ def run_folds(spec: HeadSpec, config: Any, data: CorpusData, folds: list[Fold], 
                     results.append(train_fold(spec, config, data, fold, seed, opts, protocol, cell, progress))
                 r = results[-1]
                 progress.update(overall, advance=1, status=f"last {fold.name}: WA {r['wa']:.3f} UA {r['ua']:.3f}")
-    summary = summarize(results)
-    summary["per_fold"] = [{k: r[k] for k in ("fold", "seed", "wa", "ua", "macro_f1", "best_epoch")} for r in results]
+    summary = build_summary(results)
     summary["seconds"] = time.monotonic() - t0
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

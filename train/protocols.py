@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from featurize.records import Utterance
 
 PROTOCOLS = ("loso", "holdout", "iemo-text", "rav4", "rav8", "speaker-kfold", "stratified")
+SPEAKER_DEPENDENT = {"stratified"}  # protocols whose folds share speakers between train and test
 RAVDESS_FOLDS = 5
 SPLITS = ("train", "valid", "test")
 

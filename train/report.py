@@ -4,7 +4,9 @@ Run directory (written by the training loop, read here)::
 
     <run_dir>/
       config.json        resolved config: "corpus", "features", "head", "head_options",
-                         "label_set", "labels", "protocol", "seeds" (and anything else)
+                         "label_set", "labels", "protocol", "seeds" (and anything else);
+                         each may also sit under "request", "labels" may be "classes" and
+                         "head_options" may be "options" (what train.cli writes)
       folds/<fold>_seed<s>/
         metrics.json     compute_metrics() dict on the TEST set, plus "fold", "seed",
                          "best_epoch", "protocol" and, for a speaker-dependent protocol,
@@ -13,14 +15,16 @@ Run directory (written by the training loop, read here)::
                          "valid_loss", "valid_ua", "valid_wa"
       summary.json       build_summary() over every folds/*/metrics.json: per metric
                          {"mean", "std", "min", "max", "n"}, plus "per_fold", "protocol",
-                         "speaker_independent"
+                         "speaker_independent"; optional "seconds" (wall time of the run)
       report.md          written by write_run_report, with its PNGs under plots/
 
 Sweep directory::
 
     <sweep_dir>/
-      sweep.json         the grid: "grid" {param: [values]}; optional "cells" [{"name", "params"}],
-                         "metric" (the one plotted, default "ua"), "elapsed_s", "machine"
+      sweep.json         the grid, all keys optional: "grid" {param: [values]}, "cells" (cell
+                         names, or [{"name", "params"}]), "metric" (the one plotted, default
+                         "ua"), "elapsed_s", "machine"; a cell without params shows its head
+                         and head options from its config.json
       cells/<cell_name>/ one run directory per grid cell
       report.md          written by write_sweep_report, with its PNG under plots/
 
@@ -39,7 +43,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from train.metrics import METRIC_KEYS, mean_std, summarize
-from train.protocols import natural_key
+from train.protocols import SPEAKER_DEPENDENT, natural_key
 
 CONFIG_FILE = "config.json"
 FOLDS_DIR = "folds"
@@ -53,6 +57,7 @@ PLOTS_DIR = "plots"
 
 METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
 CONFIG_KEYS = ("corpus", "features", "head", "head_options", "label_set", "labels", "protocol", "seeds")
+CONFIG_ALIASES = {"labels": ("labels", "classes"), "head_options": ("head_options", "options")}
 
 
 def fold_dir_name(fold: str, seed: int) -> str:
@@ -269,14 +274,27 @@ def _save(fig: Figure, path: Path) -> Path:
 # --------------------------------------------------------------------------------------- reports
 
 
+def config_value(config: dict, key: str) -> object:
+    """A setting from config.json, at the top level or under "request", under its name or an alias."""
+    for place in (config, config.get("request") or {}):
+        for name in CONFIG_ALIASES.get(key, (key,)):
+            if place.get(name) is not None:
+                return place[name]
+    return None
+
+
 def _labels_of(run: dict) -> list[str]:
-    labels = run["config"].get("labels")
+    labels = config_value(run["config"], "labels")
     return list(labels) if labels else list(run["runs"][0]["metrics"]["labels"])
 
 
 def _speaker_independent(run: dict) -> bool:
-    return run["summary"].get("speaker_independent", True) and all(
-        r["metrics"].get("speaker_independent", True) for r in run["runs"]
+    # The protocol name is the fallback for run directories whose files carry no flag.
+    protocols = {config_value(run["config"], "protocol"), *(r["metrics"].get("protocol") for r in run["runs"])}
+    return (
+        not protocols & SPEAKER_DEPENDENT
+        and run["summary"].get("speaker_independent", True)
+        and all(r["metrics"].get("speaker_independent", True) for r in run["runs"])
     )
 
 
@@ -296,7 +314,8 @@ def write_run_report(run_dir: Path) -> Path:
     plots = run_dir / PLOTS_DIR
     lines = [f"# Run report: {run_dir.name}", ""]
 
-    settings = [{"setting": key, "value": config[key]} for key in CONFIG_KEYS if key in config]
+    settings = [{"setting": key, "value": config_value(config, key)} for key in CONFIG_KEYS]
+    settings = [row for row in settings if row["value"] is not None]
     if settings:
         lines += [format_table(settings, ["setting", "value"], percent=())]
     if not _speaker_independent(run):
@@ -320,6 +339,8 @@ def write_run_report(run_dir: Path) -> Path:
         if key in summary
     ]
     lines += [format_table(rows, ["metric", "mean ± std", "min", "max", "n"], percent=("min", "max"))]
+    if summary.get("seconds") is not None:
+        lines += [f"Wall time: {summary['seconds'] / 60:.1f} min.", ""]
 
     lines += ["## Per fold (test set)", ""]
     fold_rows = [
@@ -365,14 +386,20 @@ def write_run_report(run_dir: Path) -> Path:
         lines += ["## Training curves", ""]
         for r in curves:
             name = f"curves_{r['name']}.png"
-            plot_curves(
-                r["history"], plots / name, f"fold {r['fold']}, seed {r['seed']}", r["metrics"].get("best_epoch")
-            )
+            plot_curves(r["history"], plots / name, f"{r['fold']}, seed {r['seed']}", r["metrics"].get("best_epoch"))
             lines += [f"![{r['name']}]({PLOTS_DIR}/{name})", ""]
 
     report = run_dir / REPORT_FILE
     report.write_text("\n".join(lines))
     return report
+
+
+def _params_from_config(config: dict, grid_params: list[str]) -> dict:
+    """A cell's parameters read back from its config: the grid's names, else head and head options."""
+    if grid_params:
+        return {p: config_value(config, p) for p in grid_params}
+    options = config_value(config, "head_options")
+    return {"head": config_value(config, "head"), **(options if isinstance(options, dict) else {})}
 
 
 def write_sweep_report(sweep_dir: Path) -> Path:
@@ -381,7 +408,9 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     sweep_path = sweep_dir / SWEEP_FILE
     sweep = _read_json(sweep_path) if sweep_path.is_file() else {}
     metric = sweep.get("metric", "ua")
-    params_of = {c["name"]: c.get("params", {}) for c in sweep.get("cells", [])}
+    # Cells may be listed by name only; their parameters then come from each cell's config.
+    listed = [c if isinstance(c, dict) else {"name": c} for c in sweep.get("cells", [])]
+    params_of = {c["name"]: c.get("params", {}) for c in listed}
     cells_root = sweep_dir / CELLS_DIR
     cell_dirs = {d.name: d for d in cells_root.iterdir() if d.is_dir()} if cells_root.is_dir() else {}
     if not cell_dirs:
@@ -389,12 +418,15 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     # sweep.json's order first (the grid as designed), then any cell it does not list.
     order = [name for name in params_of if name in cell_dirs]
     order += sorted(set(cell_dirs) - set(order), key=natural_key)
-    grid_params = list(sweep.get("grid", {}))
+    # Only a {param: values} grid names columns (train.cli keeps its head-by-head grid under "config").
+    grid = sweep["grid"] if isinstance(sweep.get("grid"), dict) else {}
+    grid_params = list(grid)
 
     rows = []
     for name in order:
         run = load_run(cell_dirs[name])
-        params = params_of.get(name) or {p: run["config"].get(p) for p in grid_params}
+        params = params_of.get(name) or _params_from_config(run["config"], grid_params)
+        params_of[name] = params
         valid = [
             _valid_score_at_best(r["history"], r["metrics"].get("best_epoch"), f"valid_{metric}") for r in run["runs"]
         ]
@@ -405,17 +437,24 @@ def write_sweep_report(sweep_dir: Path) -> Path:
                 **{key: run["summary"].get(key) for key in METRIC_KEYS},
                 "valid": mean_std(valid) if valid and None not in valid else None,
                 "runs": len(run["runs"]),
+                "seconds": run["summary"].get("seconds"),
                 "speaker_independent": _speaker_independent(run),
             }
         )
 
     lines = [f"# Sweep report: {sweep_dir.name}", ""]
-    if sweep.get("grid"):
-        grid_rows = [{"parameter": k, "values": v} for k, v in sweep["grid"].items()]
+    if grid:
+        grid_rows = [{"parameter": k, "values": v} for k, v in grid.items()]
         lines += [format_table(grid_rows, ["parameter", "values"], percent=())]
+    machine = f" on {sweep['machine']}" if sweep.get("machine") else ""
     if sweep.get("elapsed_s") is not None:
-        machine = f" on {sweep['machine']}" if sweep.get("machine") else ""
         lines += [f"Wall time: {sweep['elapsed_s'] / 60:.1f} min{machine}.", ""]
+    elif all(r["seconds"] is not None for r in rows):
+        # Cells resumed from an earlier sweep count with the time they took then.
+        lines += [
+            f"Wall time, summed over the cells' runs: {sum(r['seconds'] for r in rows) / 60:.1f} min{machine}.",
+            "",
+        ]
     if not all(r["speaker_independent"] for r in rows):
         lines += ["> **Warning:** some cells are not speaker-independent.", ""]
     lines += [
@@ -423,7 +462,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         f"the test set; select on the validation column (valid {METRIC_NAMES.get(metric, metric)} at the best epoch).",
         "",
     ]
-    param_columns = sorted({k for name in order for k in params_of.get(name, {})} | set(grid_params), key=str)
+    param_columns = list(dict.fromkeys(k for name in order for k in params_of[name]))
     columns = ["cell", *param_columns, *[(key, METRIC_NAMES[key]) for key in METRIC_KEYS]]
     columns += [("valid", f"valid {METRIC_NAMES.get(metric, metric)}"), "runs"]
     lines += [format_table(rows, columns)]

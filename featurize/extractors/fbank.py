@@ -40,9 +40,16 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_hz: float, hi
     return banks
 
 
-def kaldi_fbank(audio: np.ndarray, sample_rate: int = 16000, n_mels: int = 40, frame_ms: float = 25.0,
-                shift_ms: float = 10.0, preemph: float = 0.97, low_hz: float = 20.0,
-                high_hz: float = 0.0) -> np.ndarray:
+def kaldi_fbank(
+    audio: np.ndarray,
+    sample_rate: int = 16000,
+    n_mels: int = 40,
+    frame_ms: float = 25.0,
+    shift_ms: float = 10.0,
+    preemph: float = 0.97,
+    low_hz: float = 20.0,
+    high_hz: float = 0.0,
+) -> np.ndarray:
     """Log-mel filterbank [frames, n_mels] float32 of float audio in [-1, 1]."""
     x = np.asarray(audio, dtype=np.float64) * 32768.0
     win, hop = int(sample_rate * frame_ms / 1000), int(sample_rate * shift_ms / 1000)
@@ -73,10 +80,21 @@ class Fbank(Extractor):
         self.n_mels, self.frame_ms, self.shift_ms, self.dtype = n_mels, frame_ms, shift_ms, dtype
 
     def config(self) -> dict:
-        return {"n_mels": self.n_mels, "frame_ms": self.frame_ms, "shift_ms": self.shift_ms,
-                "sample_rate": self.sample_rate, "preemph": 0.97, "window": "povey", "dither": 0.0,
-                "low_hz": 20.0, "mel": "kaldi", "input_scale": 32768, "dtype": self.dtype,
-                "numpy": np.__version__, "code_version": 1}
+        return {
+            "n_mels": self.n_mels,
+            "frame_ms": self.frame_ms,
+            "shift_ms": self.shift_ms,
+            "sample_rate": self.sample_rate,
+            "preemph": 0.97,
+            "window": "povey",
+            "dither": 0.0,
+            "low_hz": 20.0,
+            "mel": "kaldi",
+            "input_scale": 32768,
+            "dtype": self.dtype,
+            "numpy": np.__version__,
+            "code_version": 1,
+        }
 
     def arrays(self) -> list[ArraySpec]:
         return [ArraySpec("fbank", "frames", (self.n_mels,), self.dtype, rows_per_second=1000 / self.shift_ms)]

@@ -42,8 +42,15 @@ class OpenSmile(Extractor):
         import opensmile
 
         fs, level, dim, _ = FEATURE_SETS[self.set]
-        return {"feature_set": fs, "level": level, "dim": dim, "sample_rate": self.sample_rate,
-                "input": "float32 signal in [-1, 1]", "dtype": self.dtype, "opensmile": opensmile.__version__}
+        return {
+            "feature_set": fs,
+            "level": level,
+            "dim": dim,
+            "sample_rate": self.sample_rate,
+            "input": "float32 signal in [-1, 1]",
+            "dtype": self.dtype,
+            "opensmile": opensmile.__version__,
+        }
 
     def arrays(self) -> list[ArraySpec]:
         _, level, dim, kind = FEATURE_SETS[self.set]
@@ -55,8 +62,9 @@ class OpenSmile(Extractor):
         import opensmile
 
         fs, level, _, _ = FEATURE_SETS[self.set]
-        self._smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, fs),
-                                      feature_level=getattr(opensmile.FeatureLevel, level))
+        self._smile = opensmile.Smile(
+            feature_set=getattr(opensmile.FeatureSet, fs), feature_level=getattr(opensmile.FeatureLevel, level)
+        )
 
     def __getstate__(self) -> dict:
         # The openSMILE handle is not picklable; each worker process builds its own.

@@ -38,7 +38,9 @@ from torch import nn
 class HeadSpec:
     name: str
     config_cls: type
-    build: Callable[..., nn.Module]  # build(config, dims: dict[str, int], layers: dict[str, int], n_classes, modalities)
+    build: Callable[
+        ..., nn.Module
+    ]  # build(config, dims: dict[str, int], layers: dict[str, int], n_classes, modalities)
     inputs: dict[str, str]  # modality -> "pooled" | "sequence" | "words"
     dialogue: bool = False
     description: str = ""

@@ -1,0 +1,219 @@
+"""Extraction end to end: parallel workers, broken files, resumption after SIGKILL, CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from featurize.cli import app
+from featurize.corpora import read_corpus
+from featurize.extractors.fbank import Fbank
+from featurize.extractors.opensmile import OpenSmile
+from featurize.pipeline import run_extraction
+from featurize.store import FeatureStore
+from tests.conftest import write_manifest_corpus
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every committed array of every feature group, keyed by group/array."""
+    store = FeatureStore(path, create=False)
+    out = {}
+    for info in store.features():
+        out[f"{info.name}/utt_ids"] = np.array(store.committed_ids(info.name))
+        for name in info.arrays:
+            fa = store.read(info.name, name)
+            out[f"{info.name}/{name}"] = fa.data
+            if fa.offsets is not None:
+                out[f"{info.name}/{name}/offsets"] = fa.offsets
+    return out
+
+
+def test_parallel_extraction_equals_serial_and_skips_broken_files(tmp_path):
+    manifest = write_manifest_corpus(tmp_path / "c", 41, corrupt=1, broken=2)
+    utts, report = read_corpus("manifest", manifest)
+    assert report.n_skipped == 1 and "u0000.wav" in str(report.skipped)  # not audio: skipped by the reader
+    serial = run_extraction(FeatureStore(tmp_path / "a.zarr"), utts, Fbank(), workers=1)
+    parallel = run_extraction(FeatureStore(tmp_path / "b.zarr"), utts, Fbank(), workers=2)
+    assert serial.processed == parallel.processed == 38
+    assert set(serial.skipped) == {"corpus/u0001", "corpus/u0002"}  # NaN audio: skipped while extracting
+    assert "u0001.wav" in serial.skipped["corpus/u0001"]  # the reason names the file
+    assert not serial.complete  # skips leave the feature incomplete, and say so
+    a, b = _arrays(tmp_path / "a.zarr"), _arrays(tmp_path / "b.zarr")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    fa = FeatureStore(tmp_path / "a.zarr").read("fbank")
+    u = next(u for u in utts if u.utt_id == "corpus/u0005")
+    n_samples = int(round(u.duration * 16000))
+    assert len(fa.get(u.utt_id)) == 1 + (n_samples - 400) // 160  # Kaldi snip_edges frame count
+
+
+def test_rerun_resumes_without_redoing_work(tmp_path):
+    manifest = write_manifest_corpus(tmp_path / "c", 12)
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(tmp_path / "s.zarr")
+    first = run_extraction(store, utts, Fbank(), workers=1, limit=5)
+    assert first.processed == 5 and not first.complete
+    second = run_extraction(store, utts, Fbank(), workers=1)
+    assert second.already_done == 5 and second.processed == 7 and second.complete
+    third = run_extraction(store, utts, Fbank(), workers=1)
+    assert third.processed == 0 and third.complete
+    assert len(store.committed_ids(store.resolve_feature("fbank"))) == 12
+
+
+def _committed(store_path: Path) -> int:
+    try:
+        feats = zarr.open_group(str(store_path / "features"), mode="r")
+        return max((int(feats[g].attrs.get("n_committed", 0)) for g in feats.group_keys()), default=0)
+    except Exception:
+        return 0
+
+
+def test_sigkill_mid_extraction_then_resume_gives_identical_arrays(tmp_path):
+    manifest = write_manifest_corpus(tmp_path / "c", 300, seconds=(0.8, 1.6))
+    cmd = [
+        sys.executable,
+        "-m",
+        "featurize.cli",
+        "extract",
+        "--corpus",
+        "manifest",
+        "--data",
+        str(manifest),
+        "--model",
+        "opensmile",
+        "-o",
+        "set=egemaps",
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, "SERCACHE_COMMIT_SECONDS": "0.05"}
+    killed = tmp_path / "killed.zarr"
+    kills = 0
+    for target in (60, 180):  # kill twice, at different points
+        proc = subprocess.Popen(
+            cmd + ["--store", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while _committed(killed) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert 0 < _committed(killed) < 300 or kills == 0
+    assert kills == 2, "extraction finished before it could be killed: make the corpus bigger"
+    subprocess.run(cmd + ["--store", str(killed)], env=env, check=True, capture_output=True)
+    clean = tmp_path / "clean.zarr"
+    subprocess.run(cmd + ["--store", str(clean)], env=env, check=True, capture_output=True)
+    a, b = _arrays(killed), _arrays(clean)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert len(a[next(k for k in a if k.endswith("utt_ids"))]) == 300
+    assert all(i.complete for i in FeatureStore(killed).features())
+
+
+def test_fbank_matches_kaldi_native_fbank():
+    knf = pytest.importorskip("kaldi_native_fbank")
+    from featurize.extractors.fbank import kaldi_fbank
+    from tests.conftest import tone
+
+    x = tone(1.3, 220, amp=0.5)
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0
+    opts.mel_opts.num_bins = 40
+    ref = knf.OnlineFbank(opts)
+    ref.accept_waveform(16000, (x * 32768).tolist())
+    ref.input_finished()
+    expected = np.stack([ref.get_frame(i) for i in range(ref.num_frames_ready)])
+    ours = kaldi_fbank(x)
+    assert ours.shape == expected.shape == (128, 40)
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "feature_set,dim,kind",
+    [("compare", 6373, "utterance"), ("egemaps", 88, "utterance"), ("compare_lld", 65, "frames")],
+)
+def test_opensmile_sets(tmp_path, feature_set, dim, kind):
+    manifest = write_manifest_corpus(tmp_path / "c", 3)
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, OpenSmile(feature_set), workers=1)
+    info = store.features()[0]
+    assert info.name.startswith(f"opensmile_{feature_set}-")
+    spec = next(iter(info.arrays.values()))
+    assert spec.kind == kind and spec.tail == (dim,)
+    fa = store.read(info.name)
+    x = fa.get(utts[0].utt_id)
+    assert np.isfinite(x).all() and x.shape[-1] == dim
+    if kind == "frames":  # 10 ms hop
+        assert abs(len(x) - utts[0].duration * 100) < 5
+
+
+def test_opensmile_input_scaling_matters():
+    # float32 in [-1, 1] is the one code path: the same sound scaled to int16 range gives other features.
+    from tests.conftest import tone
+
+    ex = OpenSmile("egemaps")
+    x = tone(1.0, 150)
+    a = ex.process_one(None, x)["functionals"]
+    b = ex.process_one(None, x * 32768)["functionals"]
+    assert not np.allclose(a, b)
+
+
+def test_cli_extract_ls_and_errors(tmp_path):
+    manifest = write_manifest_corpus(tmp_path / "c", 6, broken=1)
+    runner = CliRunner()
+    store = str(tmp_path / "s.zarr")
+    res = runner.invoke(
+        app,
+        [
+            "extract",
+            "--corpus",
+            "manifest",
+            "--data",
+            str(manifest),
+            "--model",
+            "fbank",
+            "--store",
+            store,
+            "--workers",
+            "1",
+        ],
+    )
+    assert res.exit_code == 3, res.output  # finished, but with skipped files
+    assert "disk estimate" in res.output and "skipped" in res.output and "u0000.wav" in res.output.replace("\n", "")
+    res = runner.invoke(app, ["ls", "--store", store])
+    assert res.exit_code == 0 and "fbank-" in res.output and "5" in res.output
+    res = runner.invoke(
+        app, ["extract", "--corpus", "manifest", "--data", str(manifest), "--model", "nope", "--store", store]
+    )
+    assert res.exit_code != 0 and "unknown extractor 'nope'" in str(res.exception)
+    res = runner.invoke(
+        app,
+        [
+            "extract",
+            "--corpus",
+            "manifest",
+            "--data",
+            str(manifest),
+            "--model",
+            "fbank",
+            "--store",
+            store,
+            "-o",
+            "bogus=1",
+        ],
+    )
+    assert res.exit_code != 0 and "takes no option" in res.output

@@ -1,0 +1,140 @@
+"""The store: round-trips, the schema check, fingerprints, atomic table swap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from featurize.records import Utterance, Word
+from featurize.store import ArraySpec, FeatureStore, StoreError
+
+
+def _utts(n: int) -> list[Utterance]:
+    return [
+        Utterance(
+            f"c/u{i}",
+            "c",
+            f"s{i % 2}",
+            "neu",
+            text=None if i == 0 else f"t {i}",
+            words=[Word("a", 0.0, 0.5)] if i == 1 else None,
+            soft_labels={"neu": 0.75, "ang": 0.25},
+            turn=i,
+            duration=1.0 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_utterance_table_round_trip(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    utts = _utts(5)
+    store.write_utterances(utts)
+    back = FeatureStore(tmp_path / "s.zarr", create=False).utterances()
+    assert back == utts
+    assert back[0].text is None and back[2].text == "t 2"  # absent text stays absent, not ""
+
+
+def test_rereading_a_corpus_keeps_asr_words(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    u = _utts(3)
+    u[2].words, u[2].word_source = [Word("x", 0.1, 0.2)], "asr"
+    store.write_utterances(u)
+    store.write_utterances(_utts(3))  # the corpus again, without words
+    assert store.utterances()[2].words == [Word("x", 0.1, 0.2)]
+    assert store.utterances()[2].word_source == "asr"
+
+
+def test_frames_and_utterance_arrays_round_trip_float16_exactly(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    specs = [ArraySpec("f", "frames", (3, 8)), ArraySpec("u", "utterance", (8,))]
+    w = store.writer("feat", "feat", {"a": 1}, specs)
+    rng = np.random.default_rng(0)
+    values = [{"f": rng.standard_normal((n, 3, 8)).astype(np.float16), "u": rng.standard_normal(8)} for n in (4, 0, 7)]
+    w.commit(["c/a", "c/b"], values[:2])
+    w.commit(["c/c"], values[2:])
+    w.finish(True)
+    f = store.read("feat", "f")
+    assert f.utt_ids == ["c/a", "c/b", "c/c"]
+    assert list(f.offsets) == [0, 4, 4, 11]
+    for uid, v in zip(f.utt_ids, values, strict=True):
+        np.testing.assert_array_equal(f.get(uid), v["f"])  # float16 in, float16 out: bit-exact
+    assert f.get("c/b").shape == (0, 3, 8)
+    sub = store.read("feat", "f", layers=[2, 0])
+    np.testing.assert_array_equal(sub.get("c/c"), values[2]["f"][:, [2, 0]])
+    np.testing.assert_allclose(store.read("feat", "u").get("c/c"), values[2]["u"].astype(np.float16))
+    with pytest.raises(StoreError, match="has 3 layers"):
+        store.read("feat", "f", layers=[5])
+
+
+def test_commit_rejects_wrong_shape_and_non_finite_values(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    w = store.writer("feat", "feat", {}, [ArraySpec("f", "frames", (4,))])
+    with pytest.raises(ValueError, match="c/x has rows of shape"):
+        w.commit(["c/x"], [{"f": np.zeros((2, 5))}])
+    with pytest.raises(ValueError, match="c/y has non-finite values"):
+        w.commit(["c/y"], [{"f": np.array([[1e6, 0, 0, 0]])}])  # overflows float16
+    assert store.features()[0].n_committed == 0
+
+
+def test_changed_config_makes_a_new_group_and_names_resolve(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    spec = [ArraySpec("f", "frames", (4,))]
+    a = store.writer("fbank", "fbank", {"n_mels": 40}, spec)
+    a.commit(["c/a"], [{"f": np.ones((2, 4))}])
+    assert store.writer("fbank", "fbank", {"n_mels": 40}, spec).name == a.name  # same config: resumed
+    b = store.writer("fbank", "fbank", {"n_mels": 80}, spec)
+    assert b.name != a.name
+    assert store.committed_ids(a.name) == ["c/a"] and store.committed_ids(b.name) == []
+    with pytest.raises(StoreError, match="ambiguous"):
+        store.resolve_feature("fbank")
+    assert store.resolve_feature(a.name) == a.name
+    with pytest.raises(StoreError, match="no feature 'hubert'"):
+        store.resolve_feature("hubert")
+
+
+def test_schema_is_checked_on_open(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    store.write_utterances(_utts(2))
+    w = store.writer("feat", "feat", {}, [ArraySpec("f", "frames", (4,))])
+    meta = tmp_path / "s.zarr" / "features" / w.name / "zarr.json"
+    doc = json.loads(meta.read_text())
+    del doc["attributes"]["n_committed"]
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="lacks attributes"):
+        FeatureStore(tmp_path / "s.zarr")
+    root = tmp_path / "t.zarr"
+    FeatureStore(root)
+    doc = json.loads((root / "zarr.json").read_text())
+    doc["attributes"]["schema_version"] = 99
+    (root / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="schema version 99"):
+        FeatureStore(root)
+    with pytest.raises(StoreError, match="no feature store"):
+        FeatureStore(tmp_path / "missing.zarr", create=False)
+
+
+def test_interrupted_table_swap_recovers(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = FeatureStore(path)
+    store.write_utterances(_utts(3))
+    # A kill between the two renames of a table swap: only utterances.old is left.
+    (path / "utterances").rename(path / "utterances.old")
+    assert len(FeatureStore(path).utterances()) == 3
+    assert not (path / "utterances.old").exists()
+
+
+def test_uncommitted_rows_are_invisible_and_trimmed(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    w = store.writer("feat", "feat", {}, [ArraySpec("f", "frames", (2,))])
+    w.commit(["c/a"], [{"f": np.ones((3, 2))}])
+    data = w.group["f"]["data"]
+    data.resize((10, 2))  # what a run killed after writing data but before its commit marker leaves
+    data[3:10] = np.full((7, 2), 5.0)
+    again = FeatureStore(tmp_path / "s.zarr").writer("feat", "feat", {}, [ArraySpec("f", "frames", (2,))])
+    assert again.done_ids() == {"c/a"}
+    assert store.read("feat", "f").data.shape == (3, 2)
+    again.finish(False)
+    assert w.group["f"]["data"].shape == (3, 2)
