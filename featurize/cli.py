@@ -92,6 +92,44 @@ def extract(
         raise typer.Exit(code=3)
 
 
+@app.command()
+def transcribe(
+    corpus: str = typer.Option(..., help=CORPUS_HELP),
+    data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
+    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    model_path: Path = typer.Option(None, help="CTranslate2 Whisper directory (default: tiny.en from `make models`)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    compute_type: str = typer.Option(None, help="CTranslate2 compute type (default int8 on cpu, float16 on cuda)"),
+    beam_size: int = typer.Option(5, help="beam size (1 = greedy, faster)"),
+    workers: int = typer.Option(1, help="utterances decoded at once (faster-whisper num_workers)"),
+    threads: int = typer.Option(0, help="CPU threads per worker (0: cores / workers)"),
+    language: str = typer.Option(None, help="language code (default: en for *.en models, else detected)"),
+    limit: int = typer.Option(None, help="transcribe at most this many utterances (for a quick try)"),
+    force: bool = typer.Option(False, help="redo utterances that already have ASR words"),
+) -> None:
+    """Whisper ASR words with start/end times into the store's utterance table (forced alignments are kept)."""
+    from featurize.asr import Transcriber, transcribe_store
+
+    utts, report = read_corpus(corpus, data)
+    console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
+    workers = max(1, workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    model = Transcriber(str(model_path) if model_path else None, device=device, compute_type=compute_type,
+                        beam_size=beam_size, threads=threads, workers=workers, language=language)
+    result = transcribe_store(FeatureStore(store), utts, model, workers=workers, force=force, limit=limit,
+                              console=console)
+    rate = result.audio_seconds / max(result.seconds, 1e-9)
+    console.print(f"[green]done[/] {result.transcribed} transcribed in {result.seconds:.1f} s ({rate:.1f} audio-s/s), "
+                  f"{result.already} already had ASR words, {result.kept_alignment} kept forced alignments, "
+                  f"{len(result.failed)} failed")
+    for uid, reason in list(result.failed.items())[:20]:
+        console.print(f"  [yellow]failed[/] {uid}: {reason}")
+    if result.wer_utterances:
+        print(f"WER vs corpus transcripts: {100 * result.wer:.2f}% ({result.wer_utterances} utterances)")
+    if result.failed:
+        raise typer.Exit(code=3)
+
+
 @app.command("ls")
 def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store")) -> None:
     """List stored features: arrays, shapes, sizes, completeness."""

@@ -45,14 +45,17 @@ def write_manifest_corpus(
             sf.write(path, np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
         else:
             dur = float(rng.uniform(*seconds))
-            sf.write(path, tone(dur, 100 + 40 * (i % 4), seed=i), 16000, subtype="PCM_16")
+            # The pitch carries the label (learnable); speakers cycle independently of labels.
+            sf.write(path, tone(dur, 100 + 60 * (i % 4), seed=i), 16000, subtype="PCM_16")
         rows.append(
             {
                 "id": f"u{i:04d}",
                 "path": f"wav/{path.name}",
                 "label": labels[i % 4],
-                "speaker": f"s{i % 4}",
+                "speaker": f"s{(i // 4) % 8}",
                 "text": f"utterance number {i}",
+                "dialog": f"d{i // 8}",
+                "turn": str(i % 8),
             }
         )
     manifest = root / "corpus.csv"

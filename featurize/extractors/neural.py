@@ -56,6 +56,19 @@ def _layer_index(text: str, n_layers: int) -> int:
     return i
 
 
+def length_groups(lengths: list[int], cap: float, equal_only: bool = False) -> list[list[int]]:
+    """Indices grouped into forward passes: sorted by length, padded size (longest × count) at most
+    ``cap``; with ``equal_only`` a group holds inputs of one exact length (nothing is padded)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        cur = groups[-1] if groups else None
+        if cur and (len(cur) + 1) * lengths[i] <= cap and (not equal_only or lengths[cur[0]] == lengths[i]):
+            cur.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def describe_layers(layers: list[int]) -> str:
     if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"

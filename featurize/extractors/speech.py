@@ -47,6 +47,7 @@ from featurize.extractors.neural import (
     autocast_context,
     describe_layers,
     is_local,
+    length_groups,
     location,
     model_identity,
     parse_layers,
@@ -173,7 +174,9 @@ class SpeechEncoder(Extractor):
             return
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # the pipeline draws its own bar
         local = self.model_path is not None
         model = AutoModel.from_pretrained(location(self.model_id, self.model_path), revision=self.revision,
                                           local_files_only=local, dtype=torch.float32)
@@ -211,23 +214,6 @@ class SpeechEncoder(Extractor):
         while starts[-1] + size < n_samples:
             starts.append(starts[-1] + step)
         return starts
-
-    def _groups(self, lengths: list[int]) -> list[list[int]]:
-        """Indices of pieces per forward pass: equal lengths only unless padding is allowed; padded
-        size (longest × count) under max_batch_seconds."""
-        pad = self._resolve()["pad"]
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        limit = self.max_batch_seconds * self.sample_rate
-        groups: list[list[int]] = []
-        for i in order:
-            cur = groups[-1] if groups else None
-            fits = cur is not None and (len(cur) + 1) * lengths[i] <= limit
-            same = cur is not None and lengths[cur[0]] == lengths[i]
-            if fits and (same or pad in ("mask", "zeros")):
-                cur.append(i)
-            else:
-                groups.append([i])
-        return groups
 
     def _forward(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
         """Hidden states of the selected layers for each piece, cut to its real frames:
@@ -268,7 +254,10 @@ class SpeechEncoder(Extractor):
                     pieces.append(piece)
                     owner.append((i, start))
         results: list[np.ndarray | None] = [None] * len(pieces)
-        for group in self._groups([len(p) for p in pieces]):
+        # Group-norm models are batched over equal lengths only unless zero padding is allowed.
+        equal_only = r["pad"] == "none"
+        cap = self.max_batch_seconds * self.sample_rate
+        for group in length_groups([len(p) for p in pieces], cap, equal_only):
             for j, states in zip(group, self._forward([pieces[j] for j in group])):
                 results[j] = states
         out = []

@@ -105,7 +105,7 @@ class Fusion(nn.Module):
             self.proj = nn.Linear(2 * d, d)  # W_f
         elif method == "attention":
             self.proj = nn.Linear(d, d)  # W, shared by both modalities so their u live in one space
-            self.score = nn.Linear(d, 1, bias=False).requires_grad_(False)  # w, trained (the public code never updates it)
+            self.score = nn.Linear(d, 1, bias=False)  # w, trained (the public code never updates it)
 
     def forward(self, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.method == "add":

@@ -99,7 +99,7 @@ class MSMSER(nn.Module):
                                  nn.Linear(cfg.mlp_hidden, n_classes))
 
     def rmm_p(self, epoch: int) -> float:
-        return self.cfg.rmm_p0 * max(0.0, 1.0 - epoch / self.cfg.rmm_end_epoch)
+        return self.cfg.rmm_p0
 
     def keep_masks(self, batch: dict, b: int, device: torch.device) -> dict[str, Tensor]:
         """Per sample, whether each modality stays visible to the queries ([B] bool each)."""

@@ -1,0 +1,96 @@
+"""Training end to end from a real store: `train run`, repeatability, reports, sweeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from featurize.corpora import read_corpus
+from featurize.extractors.fbank import Fbank
+from featurize.extractors.opensmile import OpenSmile
+from featurize.pipeline import run_extraction
+from featurize.store import FeatureStore
+from tests.conftest import write_manifest_corpus
+from train.cli import app
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    manifest = write_manifest_corpus(root / "c", 96, seconds=(0.6, 1.0))
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(root / "s.zarr")
+    run_extraction(store, utts, Fbank(), workers=1)
+    run_extraction(store, utts, OpenSmile("egemaps"), workers=1)
+    return root / "s.zarr"
+
+
+def _run(store_path: Path, out: Path, *extra: str) -> dict:
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
+                                   "speaker-kfold", "--out", str(out), *extra])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_linear_run_writes_a_complete_run_directory(store_path, tmp_path):
+    out = tmp_path / "run"
+    summary = _run(store_path, out, "--head", "linear", "--feature", "opensmile", "--max-epochs", "40")
+    assert len(summary["per_fold"]) == 5
+    assert summary["ua"]["mean"] > 0.6  # pitch separates the labels: far above chance (0.25)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["protocol"] == "speaker-kfold" and cfg["classes"] == ["angry", "happy", "neutral", "sad"]
+    for fold in (out / "folds").iterdir():
+        m = json.loads((fold / "metrics.json").read_text())
+        assert set(m) >= {"wa", "ua", "macro_f1", "confusion", "best_epoch", "protocol"}
+        assert (fold / "model.pt").exists() and (fold / "history.json").exists()
+    report = (out / "report.md").read_text()
+    assert "±" in report
+    pngs = list(out.rglob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_same_seed_same_metrics_and_resume(store_path, tmp_path):
+    args = ("--head", "probe", "--feature", "fbank", "--max-epochs", "5", "--seeds", "3")
+    a = _run(store_path, tmp_path / "a", *args)
+    b = _run(store_path, tmp_path / "b", *args)
+    assert a["per_fold"] == b["per_fold"]
+    # A finished fold is not retrained: its metrics file is reused as written.
+    fold = next((tmp_path / "a" / "folds").iterdir())
+    m = json.loads((fold / "metrics.json").read_text())
+    m["wa"] = 0.123456
+    (fold / "metrics.json").write_text(json.dumps(m))
+    again = _run(store_path, tmp_path / "a", *args)
+    assert 0.123456 in [r["wa"] for r in again["per_fold"]]
+
+
+def test_head_options_and_errors(store_path, tmp_path):
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
+                                   "speaker-kfold", "--head", "linear", "--feature", "fbank", "--set", "nope=1",
+                                   "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "has no option 'nope'" in str(res.exception)
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "other", "--protocol",
+                                   "speaker-kfold", "--head", "linear", "--feature", "fbank"])
+    assert res.exit_code != 0 and "no utterances of corpus 'other'" in str(res.exception)
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
+                                   "speaker-kfold", "--head", "linear", "--feature", "fbank,opensmile"])
+    assert res.exit_code != 0 and "two audio features" in str(res.exception)
+
+
+def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_path):
+    sweep = {"corpus": "corpus", "protocol": "speaker-kfold", "store": str(store_path), "seeds": [0],
+             "max_epochs": 3, "features": ["opensmile"],
+             "grid": [{"head": "dialog", "modality": "audio", "options": {"loss": ["single"]}},
+                      {"head": "linear", "options": {"lr": [0.01, 0.001]}}]}
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "dialog-single-audio" in res.output and "linear-0.01" in res.output and "±" in res.output
+    assert (out / "report.md").exists()
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
+    assert res.output.count("done already") == 3
