@@ -163,16 +163,19 @@ def run(
 def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
     """Cells of a sweep file: each entry of ``grid`` is a head with lists of options; every
     combination is a cell. Top-level keys are the defaults of every cell."""
-    base = {k: v for k, v in sweep.items() if k != "grid"}
+    base = {k: v for k, v in sweep.items() if k not in ("grid", "name")}
     cells = []
     for entry in sweep["grid"]:
         entry = {**base, **entry}
-        options = entry.pop("options", {}) or {}
+        options = {**(base.get("options") or {}), **(entry.pop("options", None) or {})}
         keys = sorted(options)
         for values in itertools.product(*[options[k] if isinstance(options[k], list) else [options[k]] for k in keys]):
             opts = dict(zip(keys, values, strict=True))
+            # A cell is named by its entry's `name` (default: the head), the values of its swept
+            # options and its modality, e.g. dialog-logits-add-perspective or cme-audio.
+            swept = [f"{v}" for k, v in zip(keys, values, strict=True) if isinstance(options[k], list)]
             name = "-".join(
-                [entry["head"]] + [f"{v}" for v in values] + ([entry["modality"]] if entry.get("modality") else [])
+                [entry.get("name", entry["head"])] + swept + ([entry["modality"]] if entry.get("modality") else [])
             )
             feats = entry["features"]
             req = RunRequest(
@@ -201,43 +204,63 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
 def sweep(
     config: Path = typer.Argument(..., help="sweep YAML: defaults + grid of heads x options"),
     out: Path = typer.Option(None, help="sweep directory (default runs/sweep-<config stem>)"),
+    store: Path = typer.Option(None, help="override the sweep file's store"),
+    keep_going: bool = typer.Option(False, help="report a failing cell and go on with the others"),
 ) -> None:
     """Run a grid of heads × options × seeds × folds; finished cells are not rerun. Prints the grid table."""
     spec = yaml.safe_load(config.read_text())
+    if store is not None:
+        spec["store"] = str(store)
     cells = expand_grid(spec)
     out = out or Path("runs") / f"sweep-{config.stem}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"config": spec, "cells": [n for n, _ in cells]}, indent=1))
     console.print(f"sweep {config}: {len(cells)} cells -> {out}")
     cache: dict[tuple, CorpusData] = {}
+    failed = []
     for i, (name, req) in enumerate(cells, 1):
         cell_dir = out / "cells" / name
         if (cell_dir / "summary.json").exists():
             console.print(f"[{i}/{len(cells)}] {name}: done already")
             continue
         console.print(f"[{i}/{len(cells)}] {name}")
-        head = get_head(req.head)
-        # Features are loaded once per (features, head inputs, label set, modality) and reused by every cell.
-        key = (
-            req.store,
-            req.corpus,
-            tuple(req.features),
-            tuple(sorted(head.inputs.items())),
-            head.dialogue,
-            default_label_set(req.protocol, req.labels),
-            req.modality,
-        )
-        if key not in cache:
-            store = FeatureStore(req.store, create=False)
-            cache[key] = load_data(
-                store, req.corpus, req.features, head, key[5], [req.modality] if req.modality else None
-            )
-        execute(req, cell_dir, cache[key])
+        try:
+            run_cell(req, cell_dir, cache)
+        except Exception as e:
+            if not keep_going:
+                raise
+            failed.append(name)
+            console.print(f"[red]cell {name} failed[/]: {type(e).__name__}: {e}")
     from train.report import write_sweep_report
 
+    done = [n for n, _ in cells if (out / "cells" / n / "summary.json").exists()]
     report = write_sweep_report(out)
-    print_grid(out, [n for n, _ in cells])
+    print_grid(out, done)
     console.print(f"sweep report: {report}")
+    if failed:
+        console.print(f"[red]{len(failed)} cells failed[/]: {', '.join(failed)}")
+
+
+def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> None:
+    """One sweep cell. Features are loaded once per (features, head inputs, label set, modality)
+    and reused by every cell that needs the same."""
+    head = get_head(req.head)
+    label_set = default_label_set(req.protocol, req.labels)
+    key = (
+        req.store,
+        req.corpus,
+        tuple(req.features),
+        tuple(sorted(head.inputs.items())),
+        head.dialogue,
+        label_set,
+        req.modality,
+    )
+    if key not in cache:
+        store = FeatureStore(req.store, create=False)
+        cache[key] = load_data(
+            store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None
+        )
+    execute(req, cell_dir, cache[key])
 
 
 def print_grid(out: Path, names: list[str]) -> None:

@@ -1,0 +1,138 @@
+"""Accuracy on real data (`make bench-accuracy`): rav4, rav8 and iemo-text, every head that can run.
+
+    python bench/accuracy.py --data ../shared/data [--store cache/bench.zarr] [--only rav4]
+
+1. Makes sure the features exist (each step resumes, so a rerun only does what is missing):
+   RAVDESS: Whisper ASR words, fbank, ComParE functionals, Whisper encoder, MiniLM;
+   IEMOCAP transcripts: MiniLM, and MPNet when `make models` has installed it.
+2. Runs the sweeps in bench/sweeps/ (5 folds x 3 seeds on RAVDESS; resumable cell by cell).
+3. Writes bench/results/accuracy.md (WA / UA / macro-F1 mean ± std) and checks that no fused head
+   is worse than its own audio-only variant on RAVDESS, whose text carries no emotion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+
+SWEEPS = {
+    "rav4": "bench/sweeps/rav4.yaml",
+    "rav8": "bench/sweeps/rav8.yaml",
+    "iemo-text": "bench/sweeps/iemo-text.yaml",
+}
+
+
+def sh(*args: str, ok=(0,)) -> int:
+    print("$", " ".join(args), flush=True)
+    rc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT).returncode
+    if rc not in ok:
+        raise SystemExit(f"failed ({rc}): {' '.join(args)}")
+    return rc
+
+
+def mpnet_available() -> bool:
+    try:
+        from featurize.models import resolve_model
+
+        resolve_model("mpnet")
+        return True
+    except Exception:
+        return False
+
+
+def ensure_features(data: Path, store: str, which: list[str]) -> None:
+    if any(w.startswith("rav") for w in which):
+        rav = ["--corpus", "ravdess", "--data", str(data / "ravdess"), "--store", store]
+        sh("featurize.cli", "transcribe", *rav)
+        for model, extra in (("fbank", []), ("opensmile", []), ("whisper", []), ("minilm", [])):
+            sh("featurize.cli", "extract", *rav, "--model", model, *extra, ok=(0, 3))
+    if "iemo-text" in which:
+        iemo = ["--corpus", "iemocap-text", "--data", str(data / "iemocap_text"), "--store", store]
+        sh("featurize.cli", "extract", *iemo, "--model", "minilm", ok=(0, 3))
+        if mpnet_available():
+            sh("featurize.cli", "extract", *iemo, "--model", "mpnet", ok=(0, 3))
+
+
+def collect(out: Path) -> list[dict]:
+    rows = []
+    for cell in json.loads((out / "sweep.json").read_text())["cells"]:
+        summary = out / "cells" / cell / "summary.json"
+        if summary.exists():
+            s = json.loads(summary.read_text())
+            cfg = json.loads((out / "cells" / cell / "config.json").read_text())
+            feats = ", ".join(f"{m}={i['feature'].rsplit('-', 1)[0]}:{i['array']}" for m, i in cfg["inputs"].items())
+            rows.append({"cell": cell, "features": feats, **{k: s[k] for k in ("wa", "ua", "macro_f1")}})
+    return rows
+
+
+def fmt(m: dict) -> str:
+    return f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--store", default="cache/bench.zarr")
+    ap.add_argument("--only", action="append", choices=list(SWEEPS), help="run only these benchmarks")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    a = ap.parse_args()
+    which = a.only or list(SWEEPS)
+    if not a.data.exists():
+        raise SystemExit(f"no corpora at {a.data}: point --data at the folder holding ravdess/ and iemocap_text/")
+    ensure_features(a.data.resolve(), a.store, which)
+    lines = [f"# Accuracy on real data\n\n{machine()}; `python bench/accuracy.py --data {a.data}`\n"]
+    defects = []
+    for bench in which:
+        sweep = ROOT / SWEEPS[bench]
+        if bench == "iemo-text" and not mpnet_available():
+            print("MPNet not installed (`make models`): its iemo-text cells fail and are left out")
+        out = a.out / bench
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "train.cli",
+                "sweep",
+                str(sweep),
+                "--out",
+                str(out),
+                "--store",
+                a.store,
+                "--keep-going",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
+        rows = collect(ROOT / out if not out.is_absolute() else out)
+        lines.append(f"\n## {bench}\n\n| cell | inputs | WA | UA | macro-F1 |\n|---|---|---|---|---|")
+        lines += [
+            f"| {r['cell']} | {r['features']} | {fmt(r['wa'])} | {fmt(r['ua'])} | {fmt(r['macro_f1'])} |" for r in rows
+        ]
+        by_name = {r["cell"]: r for r in rows}
+        for r in rows:
+            audio = by_name.get(f"{r['cell']}-audio")
+            if bench.startswith("rav") and audio is not None:
+                gap = r["ua"]["mean"] - audio["ua"]["mean"]
+                verdict = "ok" if gap > -max(r["ua"]["std"], audio["ua"]["std"]) else "DEFECT: fused below audio-only"
+                lines.append(f"\n{r['cell']}: fused UA {fmt(r['ua'])} vs audio-only {fmt(audio['ua'])} -> {verdict}")
+                if verdict != "ok":
+                    defects.append(f"{bench}/{r['cell']}")
+    result = ROOT / "bench" / "results" / "accuracy.md"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if defects:
+        print(f"fused heads below their audio-only variant: {', '.join(defects)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared by the benchmarks: machine description, repeated timing, printing ratios."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {time.strftime('%Y-%m-%d')}"
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def spread(values: list[float]) -> str:
+    return f"min {min(values):.3g} / median {statistics.median(values):.3g} / max {max(values):.3g}"
+
+
+def ratio_line(name: str, ratios: list[float], goal: str) -> str:
+    return f"{name}: {spread(ratios)}  (goal {goal})"
