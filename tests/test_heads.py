@@ -28,6 +28,15 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the models are tiny: one thread is as fast and does not slow down under a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build(name: str, modalities: tuple[str, ...] = ("audio", "text"), **overrides):
     spec = get_head(name)
     cfg = make_config(spec, {**TINY[name], **overrides})
@@ -163,6 +172,18 @@ def test_output_shapes(name: str, modalities: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("name", HEADS)
+def test_paper_defaults_build_and_run(name: str) -> None:
+    torch.manual_seed(0)
+    spec = get_head(name)
+    cfg = make_config(spec)
+    assert all(hasattr(cfg, k) for k in ("lr", "weight_decay", "epochs", "batch_size"))
+    assert not hasattr(cfg, "modalities")  # a constructor argument, not an option
+    model = spec.build(cfg, DIMS, LAYERS, C, ["audio", "text"]).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(make_batch(name, b=2))["logits"]).all()
+
+
+@pytest.mark.parametrize("name", HEADS)
 def test_padding_invariance(name: str) -> None:
     torch.manual_seed(0)
     model = build(name).eval()
@@ -205,6 +226,19 @@ def test_same_seed_same_training(name: str) -> None:
     (out1, params1), (out2, params2) = run(), run()
     assert torch.equal(out1, out2)
     assert all(torch.equal(p, q) for p, q in zip(params1, params2, strict=True))
+
+
+@pytest.mark.parametrize("name", ["probe", "late_concat", "msmser", "cme"])
+def test_item_without_text_is_finite(name: str) -> None:
+    """An utterance with no tokens / words (empty transcript) must not turn into NaN, forward or backward."""
+    torch.manual_seed(0)
+    model = build(name)
+    batch = make_batch(name)
+    batch["word_mask" if name == "cme" else "text_mask"][1] = False
+    out = model(batch)
+    assert torch.isfinite(out["logits"]).all()
+    model.loss(out, batch).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 # ---------------------------------------------------------------- dialog
@@ -342,6 +376,16 @@ def test_cme_empty_words_are_zero_and_finite(variant: str) -> None:
     assert z[3].abs().sum() == 0
 
 
+def test_cme_batch_without_any_word() -> None:
+    torch.manual_seed(0)
+    model = build("cme")
+    batch = make_batch("cme")
+    batch = dict(batch, words=batch["words"][:, :0], word_mask=batch["word_mask"][:, :0],
+                 word_frames=batch["word_frames"][:, :0])
+    out = model(batch)
+    assert out["logits"].shape == (5, C) and torch.isfinite(out["logits"]).all()
+
+
 @pytest.mark.parametrize("excite", ["both", "audio", "text", "none"])
 @pytest.mark.parametrize("variant", ["paper", "code"])
 def test_cme_variants_run(excite: str, variant: str) -> None:
@@ -371,6 +415,19 @@ def test_cme_gates_match_paper() -> None:
         z_a = model.audio_words(batch)  # before excitation
         z_s = model.text_proj(model.mix_s(batch["words"]))
         torch.testing.assert_close(out["z_audio"], z_a * torch.sigmoid(model.excite_a(z_s)))
+
+
+def test_cme_audio_only_without_word_list() -> None:
+    # the loader sends words only with text: audio-only pools fixed spans, still padding-invariant
+    torch.manual_seed(0)
+    model = build("cme", ("audio",), audio_segment=4).eval()
+    batch = {k: v for k, v in make_batch("cme").items() if k not in ("words", "word_mask", "word_frames")}
+    padded = dict(batch, audio=torch.cat([batch["audio"], torch.randn(5, 9, DIMS["audio"])], 1),
+                  audio_mask=torch.cat([batch["audio_mask"], torch.zeros(5, 9, dtype=torch.bool)], 1))
+    with torch.no_grad():
+        out = model(batch)
+        assert out["z_audio"].shape == (5, 6, 16)  # ceil(21 / 4) spans of [mean; max] of 8 channels
+        torch.testing.assert_close(model(padded)["logits"], out["logits"], atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- late_concat / linear

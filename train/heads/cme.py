@@ -12,7 +12,8 @@
    modality gated by the other; `excite` both | audio | text | none picks which are gated. `variant=code`
    is the public code's form: residual x * (1 + g), with the audio gate read from a per-word-id table;
 6. g_j = [z~^a_j; z~^s_j] -> BiLSTM (256 per direction, packed) -> max over real words -> FCN 512->128->C.
-Unimodal: audio-only uses z^a, text-only z^s (no excitation).
+Unimodal: audio-only uses z^a, text-only z^s (no excitation). An audio-only batch without a word list
+(the loader sends words only with text) pools fixed `audio_segment`-frame spans (~a word's length) instead.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Config:
     excite: str = "both"  # which modality is gated: both | audio (E^a only) | text (E^s only) | none
     variant: str = "paper"  # paper: Z * E ; code: Z * (1 + E), audio gate from a word-id embedding table
     vocab_size: int = 16384  # code variant: rows of the word-id gate table (ids are taken modulo this)
+    audio_segment: int = 25  # audio-only without a word list: fixed spans of this many frames act as words
     lr: float = 5e-4
     weight_decay: float = 0.0
     epochs: int = 20
@@ -58,6 +60,14 @@ def word_alignment(word_frames: Tensor, word_mask: Tensor, audio_len: Tensor, t_
     # CNN frames whose window reaches past the real audio differ with the padding: never use them
     real = t[None, None, :] < (audio_len - rf)[:, None, None]
     return overlaps & real & word_mask[..., None]
+
+
+def fixed_segments(audio_mask: Tensor, size: int) -> dict[str, Tensor]:
+    """Pseudo-words [k * size, (k + 1) * size) covering each item's real frames: word_frames, word_mask."""
+    b, t = audio_mask.shape
+    starts = torch.arange(0, max(t, 1), size, device=audio_mask.device)
+    frames = torch.stack([starts, starts + size], dim=-1).expand(b, -1, -1)
+    return {"word_frames": frames, "word_mask": starts[None, :] < audio_mask.sum(dim=1, keepdim=True)}
 
 
 def aligned_mean_max(h: Tensor, align: Tensor) -> Tensor:
@@ -147,6 +157,8 @@ class CME(nn.Module):
         return torch.remainder(ids, self.cfg.vocab_size)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
+        if "text" not in self.modalities and batch.get("word_frames") is None:
+            batch = {**batch, **fixed_segments(batch["audio_mask"], self.cfg.audio_segment)}
         word_mask = batch["word_mask"]
         out: dict[str, Tensor] = {}
         z_a = self.audio_words(batch) if "audio" in self.modalities else None
@@ -167,6 +179,8 @@ class CME(nn.Module):
             out["z_audio"] = z_a  # word-level acoustic vectors after excitation, for inspection
         g = torch.cat([z for z in (z_a, z_s) if z is not None], dim=-1)
         g = g.masked_fill(~word_mask[..., None], 0.0)
+        if g.size(1) == 0:  # no item of the batch has a word: each gets one zero step
+            g = g.new_zeros(g.size(0), 1, g.size(2))
 
         lengths = word_mask.sum(dim=1).clamp(min=1)  # an utterance without words still runs one (zero) step
         packed = pack_padded_sequence(g, lengths.cpu(), batch_first=True, enforce_sorted=False)

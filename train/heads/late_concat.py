@@ -88,6 +88,8 @@ class TextPool(nn.Module):
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         h = h.masked_fill(~mask[..., None], 0.0)
         scores = self.v(torch.tanh(self.w(h))).squeeze(-1).masked_fill(~mask, float("-inf"))
+        # an item without tokens would softmax over nothing (NaN): give it uniform weights over its zeros
+        scores = torch.where(mask.any(dim=1, keepdim=True), scores, torch.zeros_like(scores))
         alpha = torch.softmax(scores, dim=1)  # exact zeros on padding
         return F.relu(self.fc((alpha[..., None] * h).sum(dim=1)))
 

@@ -57,6 +57,13 @@ def sinusoid(n: int, d: int, device: torch.device) -> Tensor:
     return pe
 
 
+def at_least_one(mask: Tensor) -> Tensor:
+    """The pad mask with position 0 counted as real in rows that have no real position: attention over an
+    all-masked row is a softmax over nothing (NaN), which would reach the loss through 0 * NaN."""
+    first = torch.arange(mask.size(1), device=mask.device)[None, :] == 0
+    return mask | (~mask.any(dim=1, keepdim=True) & first)
+
+
 class UniModal(nn.Module):
     """Steps 1-3 for one modality: [B, T, (L,) D] -> [B, T, d_model] scaled features."""
 
@@ -75,7 +82,7 @@ class UniModal(nn.Module):
         x = self.proj(self.mix(x))
         x = x + sinusoid(x.size(1), x.size(2), x.device)
         x = x.masked_fill(~mask[..., None], 0.0)
-        x = self.encoder(x, src_key_padding_mask=~mask)
+        x = self.encoder(x, src_key_padding_mask=~at_least_one(mask))
         return torch.sigmoid(self.scale(x)) * x
 
 
@@ -99,7 +106,7 @@ class MSMSER(nn.Module):
                                  nn.Linear(cfg.mlp_hidden, n_classes))
 
     def rmm_p(self, epoch: int) -> float:
-        return self.cfg.rmm_p0
+        return self.cfg.rmm_p0 * max(0.0, 1.0 - epoch / self.cfg.rmm_end_epoch)
 
     def keep_masks(self, batch: dict, b: int, device: torch.device) -> dict[str, Tensor]:
         """Per sample, whether each modality stays visible to the queries ([B] bool each)."""
@@ -124,7 +131,7 @@ class MSMSER(nn.Module):
             mask = batch[m + "_mask"]
             memory.append(self.enc[m](batch[m], mask) + self.type_emb[m])
             memory_mask.append(mask & keep[m][:, None])  # RMM: a dropped modality's positions become padding
-        memory, memory_mask = torch.cat(memory, dim=1), torch.cat(memory_mask, dim=1)
+        memory, memory_mask = torch.cat(memory, dim=1), at_least_one(torch.cat(memory_mask, dim=1))
         h = self.decoder(self.queries.expand(b, -1, -1), memory, memory_key_padding_mask=~memory_mask)
         alpha = torch.softmax(self.pool_v(torch.tanh(self.pool_w(h))).squeeze(-1), dim=1)  # [B, L]
         pooled = (alpha[..., None] * h).sum(dim=1)
