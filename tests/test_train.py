@@ -94,3 +94,43 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     assert (out / "report.md").exists()
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
     assert res.output.count("done already") == 3
+
+
+def _data(store_path: Path, head: str, features: list[str]):
+    from train.data import load_data
+    from train.heads import get_head
+
+    return load_data(FeatureStore(store_path, create=False), "corpus", features, get_head(head))
+
+
+def test_normaliser_sees_training_rows_only(store_path):
+    data = _data(store_path, "probe", ["fbank"])
+    train_rows, test_row = list(range(10)), 50
+    data.fit_normalizer(train_rows)
+    mean = data.inputs["audio"].mean.clone()
+    data.inputs["audio"].items[test_row] = data.inputs["audio"].items[test_row] + 1000  # a wild test utterance
+    data.fit_normalizer(train_rows)
+    assert (data.inputs["audio"].mean == mean).all()
+
+
+def test_sequence_batches_pad_with_zeros_and_mask_real_frames(store_path):
+    data = _data(store_path, "probe", ["fbank"])
+    data.fit_normalizer(list(range(len(data.utts))))
+    rows = [0, 1, 2, 3]
+    batch = next(data.batches(rows, batch_size=4, shuffle=False))
+    lengths = [len(data.inputs["audio"].items[i]) for i in rows]
+    assert batch["audio"].shape[:2] == (4, max(lengths))
+    assert batch["audio_mask"].sum(1).tolist() == lengths
+    assert (batch["audio"][~batch["audio_mask"]] == 0).all()
+    assert batch["labels"].tolist() == [int(data.labels[i]) for i in rows]
+
+
+def test_dialogue_batches_label_only_the_requested_rows(store_path):
+    data = _data(store_path, "dialog", ["opensmile"])
+    data.fit_normalizer(list(range(len(data.utts))))
+    rows = [0, 2]  # two utterances of dialogue d0 (8 turns): the others are context only
+    batch = next(data.batches(rows, batch_size=4, shuffle=False))
+    assert batch["audio"].shape[:2] == batch["utt_mask"].shape == (1, 8)
+    labelled = (batch["labels"][0] >= 0).nonzero().flatten().tolist()
+    order = data.dialogs[data.utts[0].dialog]
+    assert sorted(order[j] for j in labelled) == rows

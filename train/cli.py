@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def print_summary(title: str, summary: dict) -> None:
         )
     cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("wa", "ua", "macro_f1")]
     table.add_row("mean ± std", "", *cells, "")
-    Console().print(table)
+    wide_console().print(table)
 
 
 @app.command()
@@ -263,6 +264,11 @@ def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) ->
     execute(req, cell_dir, cache[key])
 
 
+def wide_console() -> Console:
+    # Tables keep one line per row when printed to a file or a CI log (rich assumes 80 columns there).
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
 def print_grid(out: Path, names: list[str]) -> None:
     table = Table("cell", "WA", "UA", "macro-F1", "n", title=f"sweep {out}")
     for name in names:
@@ -272,7 +278,7 @@ def print_grid(out: Path, names: list[str]) -> None:
             *(f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" for k in ("wa", "ua", "macro_f1")),
             str(s["wa"]["n"]),
         )
-    Console().print(table)
+    wide_console().print(table)
 
 
 @app.command()

@@ -161,6 +161,11 @@ class CorpusData:
             if inp.form == "words":
                 spans = [self.word_frames[i] for i in rows]
                 batch["word_frames"] = pad_sequence(spans, batch_first=True) if spans else None
+        if self.word_frames is not None and "text" not in self.inputs:  # audio-only word-level head
+            spans = [self.word_frames[i] for i in rows]
+            batch["word_frames"] = pad_sequence(spans, batch_first=True)
+            lengths = torch.tensor([len(sp) for sp in spans])
+            batch["word_mask"] = torch.arange(batch["word_frames"].shape[1])[None, :] < lengths[:, None]
         if self.soft is not None:
             batch["soft_labels"] = self.soft[rows]
         return batch
@@ -287,17 +292,20 @@ def load_data(
             ]
         )
     word_frames = None
+    rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
     if any(inp.form == "words" for inp in inputs.values()):
-        rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
-        word_frames = [_word_frames(u, inputs["text"].items[k], rate) for k, u in enumerate(utts)]
+        word_frames = [_word_frames(u, len(inputs["text"].items[k]), rate) for k, u in enumerate(utts)]
+    elif head.inputs.get("text") == "words" and "audio" in inputs and any(u.words for u in utts):
+        # A word-level head run audio-only still pools by the real word alignment (its own
+        # audio-only variant), from the utterances' word times.
+        word_frames = [_word_frames(u, len(u.words or []), rate) for u in utts]
     return CorpusData(corpus, utts, labels, classes, set_name, inputs, soft, word_frames, head.dialogue, dropped)
 
 
-def _word_frames(u: Utterance, word_vectors: torch.Tensor, rate: float) -> torch.Tensor:
-    """[first, last+1) frame of each stored word. The text extractor stores one vector per entry
-    of the utterance's word list when it has one, so word i and time i are the same word; without
-    times every span is empty (the word gets no audio)."""
-    n = len(word_vectors)
+def _word_frames(u: Utterance, n: int, rate: float) -> torch.Tensor:
+    """[first, last+1) frame of each of the ``n`` stored words. The text extractor stores one
+    vector per entry of the utterance's word list when it has one, so word i and time i are the
+    same word; without times every span is empty (the word gets no audio)."""
     spans = torch.zeros(n, 2, dtype=torch.long)
     if u.words is not None and len(u.words) == n:
         for j, w in enumerate(u.words):
