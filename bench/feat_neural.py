@@ -1,0 +1,156 @@
+"""feat-neural: end-to-end `featurize extract` of a neural encoder vs a naive loop and the compute limit.
+
+Three ways over the same utterances, interleaved in every repeat so machine noise hits all alike:
+
+* e2e   ``run_extraction`` into a fresh temporary store (decoding in worker processes, batching,
+        the writer thread, the utterance table: everything ``featurize extract`` does);
+* (a)   a naive loop: one utterance at a time, one process, one ``.npy`` file per utterance;
+* (b)   the compute limit: the same forward passes (``process_batch``) on the same batches as e2e,
+        audio already decoded in memory, nothing stored.
+
+Speed is audio-seconds per second; text encoders are timed on the same utterances' transcripts
+(the rate still counts their audio seconds, so the numbers compare). Models: ``hubert`` is a
+base-size HuBERT with random weights (12 layers, 768-d, HubertConfig() defaults: no real weights
+install offline, and the cost is the same); ``minilm`` / ``mpnet`` / ``whisper`` are the real
+offline models (``make models``). Setup (loading the model) is done once, outside the timings.
+
+    python bench/feat_neural.py --data ../shared/data/ravdess --model hubert --limit 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from featurize.audio import load_audio
+from featurize.corpora import read_corpus
+from featurize.extractors import Extractor, get_extractor
+from featurize.pipeline import _batches, _seconds, run_extraction
+from featurize.records import Utterance
+from featurize.store import FeatureStore
+
+
+def build_extractor(model: str, tmp: Path) -> Extractor:
+    if model != "hubert":
+        return get_extractor(model)()
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    path = tmp / "hubert-base-random"
+    HubertModel(HubertConfig()).save_pretrained(path)
+    # hubert-base-ls960's preprocessing: group-norm model, so no attention mask.
+    Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=False).save_pretrained(path)
+    return get_extractor("hubert")(model_path=str(path))
+
+
+def subset(utts: list[Utterance], extractor: Extractor, limit: int) -> list[Utterance]:
+    """Every k-th applicable utterance, so speakers and lengths vary across the subset."""
+    ok = [u for u in utts if (u.audio_path if extractor.needs == "audio" else (u.text or "").strip())]
+    step = max(1, len(ok) // limit)
+    return ok[::step][:limit]
+
+
+def time_e2e(extractor: Extractor, utts: list[Utterance], tmp: Path, workers: int, batch_seconds: float) -> float:
+    store_dir = tmp / "e2e.zarr"
+    shutil.rmtree(store_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    result = run_extraction(FeatureStore(store_dir), utts, extractor, workers=workers, batch_seconds=batch_seconds,
+                            console=Console(quiet=True))
+    elapsed = time.perf_counter() - t0
+    if result.processed != len(utts):
+        raise RuntimeError(f"e2e processed {result.processed} of {len(utts)} (skipped: {result.skipped})")
+    return elapsed
+
+
+def time_naive(extractor: Extractor, utts: list[Utterance], tmp: Path) -> float:
+    out_dir = tmp / "naive"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    t0 = time.perf_counter()
+    for i, u in enumerate(utts):
+        audio = load_audio(u.audio_path, u.start, u.end) if extractor.needs == "audio" else None
+        values = extractor.process_batch([(u, audio)])[0]
+        for name, v in values.items():
+            np.save(out_dir / f"{i}_{name}.npy", v)
+    return time.perf_counter() - t0
+
+
+def time_compute(extractor: Extractor, batches: list[list[tuple[Utterance, np.ndarray | None]]]) -> float:
+    t0 = time.perf_counter()
+    for items in batches:
+        extractor.process_batch(items)
+    return time.perf_counter() - t0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def spread(values: list[float]) -> str:
+    return f"min {min(values):7.2f}  median {statistics.median(values):7.2f}  max {max(values):7.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/ravdess"))
+    parser.add_argument("--corpus", default="ravdess")
+    parser.add_argument("--model", default="hubert", choices=["hubert", "minilm", "mpnet", "whisper"])
+    parser.add_argument("--limit", type=int, default=96, help="utterances in the subset")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode workers for e2e")
+    parser.add_argument("--batch-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+
+    utts, _ = read_corpus(args.corpus, args.data)
+    with tempfile.TemporaryDirectory(prefix="feat_neural_") as tmp_name:
+        tmp = Path(tmp_name)
+        extractor = build_extractor(args.model, tmp)
+        utts = subset(utts, extractor, args.limit)
+        audio_seconds = sum(_seconds(u) for u in utts)
+        extractor.setup()
+        extractor.config()  # hashes a local model once (cached), as a real run's plan() does
+        # (b)'s batches: the pipeline's own batching of the length-sorted utterances, decoded up front.
+        ordered = sorted(utts, key=lambda u: (_seconds(u), u.utt_id))
+        batches = [[(u, load_audio(u.audio_path, u.start, u.end) if extractor.needs == "audio" else None) for u in b]
+                   for b in _batches(ordered, args.batch_seconds)]
+        time_compute(extractor, batches[:1])  # warm-up: first-call allocations and kernel selection
+        print(f"feat-neural  {extractor.describe()}")
+        print(f"  {len(utts)} utterances of {args.corpus}, {audio_seconds:.1f} s of audio, {len(batches)} batches "
+              f"(batch_seconds {args.batch_seconds:g}), e2e decode workers {args.workers}, {args.repeats} repeats")
+        rates: dict[str, list[float]] = {"e2e": [], "naive (a)": [], "compute (b)": []}
+        for r in range(args.repeats):
+            timings = {"compute (b)": time_compute(extractor, batches),
+                       "naive (a)": time_naive(extractor, utts, tmp),
+                       "e2e": time_e2e(extractor, utts, tmp, args.workers, args.batch_seconds)}
+            for k, secs in timings.items():
+                rates[k].append(audio_seconds / secs)
+            print(f"  repeat {r + 1}: " + ", ".join(f"{k} {audio_seconds / s:.2f}" for k, s in timings.items()))
+    print("audio-seconds per second:")
+    for k, v in rates.items():
+        print(f"  {k:12s} {spread(v)}")
+    vs_b = [e / b for e, b in zip(rates["e2e"], rates["compute (b)"], strict=True)]
+    vs_a = [e / a for e, a in zip(rates["e2e"], rates["naive (a)"], strict=True)]
+    print(f"e2e / compute (b): {spread(vs_b)}   (goal >= 0.9)")
+    print(f"e2e / naive (a):   {spread(vs_a)}")
+    import torch
+
+    print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), torch threads {torch.get_num_threads()}, "
+          f"python {platform.python_version()}, torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+if __name__ == "__main__":
+    main()
