@@ -92,6 +92,9 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "dialog-single-audio" in res.output and "linear-0.01" in res.output and "±" in res.output
     assert (out / "report.md").exists()
+    assert not (out / "cells" / "linear-0.01" / "report.md").exists()  # per-cell pictures only on request
+    res = CliRunner().invoke(app, ["report", str(out / "cells" / "linear-0.01")])
+    assert res.exit_code == 0 and (out / "cells" / "linear-0.01" / "report.md").exists()
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
     assert res.output.count("done already") == 3
 
@@ -145,8 +148,8 @@ def test_full_dialog_grid_sweep_on_dialogue_data(store_path, tmp_path):
     store = FeatureStore(store_path)
     run_extraction(store, store.utterances(), MiniLMEncoder(), workers=1)
     grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "bench/sweeps/dialog-grid.yaml").read_text())
-    grid.update({"corpus": "corpus", "protocol": "speaker-kfold", "labels": None, "seeds": [0], "max_epochs": 2,
-                 "features": ["opensmile", "minilm"], "store": str(store_path)})
+    grid.update({"corpus": "corpus", "protocol": "speaker-kfold", "protocol_options": {"k": 3}, "labels": None,
+                 "seeds": [0], "max_epochs": 2, "features": ["opensmile", "minilm"], "store": str(store_path)})
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(yaml.safe_dump(grid))
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "grid")])

