@@ -57,9 +57,7 @@ EVAL_1 = (
     "C-E2:\tAnger;\t()\n"
     "\n"
 )
-MALFORMED_EVAL_LINE = next(
-    n for n, line in enumerate(EVAL_1.splitlines(), 1) if line.startswith("[5.0000 - ]")
-)
+MALFORMED_EVAL_LINE = next(n for n, line in enumerate(EVAL_1.splitlines(), 1) if line.startswith("[5.0000 - ]"))
 
 EVAL_2 = (
     EVAL_HEADER + "[0.5000 - 1.3000]\tSes02M_script01_1_F000\tang\t[1.5000, 4.0000, 4.5000]\n"
@@ -111,7 +109,14 @@ WDSEG = {
         (45, 80, "FORMS"),
         (81, 89, "</s>"),
     ],
-    "Ses01F_impro01_F001": [(0, 4, "<s>"), (5, 40, "YEAH"), (41, 52, "GREAT"), (53, 59, "</s>")],
+    # ++LAUGHTER++ is one of the aligner's noise tokens: not a word, dropped.
+    "Ses01F_impro01_F001": [
+        (0, 4, "<s>"),
+        (5, 40, "YEAH"),
+        (41, 44, "++LAUGHTER++"),
+        (45, 52, "GREAT"),
+        (53, 59, "</s>"),
+    ],
     "Ses02M_script01_1_F000": [(0, 19, "<s>"), (20, 39, "GET"), (40, 69, "OUT"), (70, 79, "</s>")],
     "Ses02M_script01_1_M000": [(0, 9, "<s>"), (10, 59, "SURPRISE"), (60, 69, "</s>")],
 }
@@ -198,7 +203,7 @@ def make_iemocap_fixture(root: Path) -> dict:
         "words": {
             i + "Ses01F_impro01_F000": [("excuse", 0.33, 0.49), ("me", 0.49, 0.75)],
             i + "Ses01F_impro01_M000": [("do", 0.10, 0.25), ("you", 0.31, 0.45), ("forms", 0.45, 0.81)],
-            i + "Ses01F_impro01_F001": [("yeah", 0.05, 0.41), ("great", 0.41, 0.53)],
+            i + "Ses01F_impro01_F001": [("yeah", 0.05, 0.41), ("great", 0.45, 0.53)],
             i + "Ses01F_impro01_F002": None,
             i + "Ses02M_script01_1_F000": [("get", 0.20, 0.40), ("out", 0.40, 0.70)],
             i + "Ses02M_script01_1_M000": [("surprise", 0.10, 0.60)],
@@ -233,9 +238,7 @@ def make_iemocap_fixture(root: Path) -> dict:
             "malformed EmoEvaluation line": [f"Session1/dialog/EmoEvaluation/{D1}.txt:{MALFORMED_EVAL_LINE}"],
             "transcription id with XX": ["Ses01F_impro01_MXX0"],
             "transcription line without timing": ["Ses01F_impro01_F003"],
-            "malformed transcription line": [
-                f"Session2/dialog/transcriptions/{D2}.txt:{MALFORMED_TRANSCRIPT_LINE}"
-            ],
+            "malformed transcription line": [f"Session2/dialog/transcriptions/{D2}.txt:{MALFORMED_TRANSCRIPT_LINE}"],
             "no EmoEvaluation entry": ["Ses02M_script01_1_F001"],
             "malformed wdseg line": [f"Session2/sentences/ForcedAlignment/{D2}/{BROKEN_WDSEG}.wdseg:3"],
         },

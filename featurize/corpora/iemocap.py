@@ -264,7 +264,8 @@ def _read_wdseg(file: Path, root: Path, report: CorpusReport) -> list[Word] | No
         except (ValueError, IndexError):
             report.skip("malformed wdseg line", _where(file, root, lineno))
             return None
-        if token in _NOT_WORDS:
+        if token in _NOT_WORDS or (token.startswith("++") and token.endswith("++")):
+            # ++LAUGHTER++, ++BREATHING++, ++GARBAGE++: the aligner's noise tokens, not words of the text.
             continue
         # Frame f covers [f, f+1) * 10 ms, so a word ends after its last frame. Dividing (rather than
         # multiplying by 0.01) gives the double nearest the decimal, e.g. exactly 0.33 for frame 33.
