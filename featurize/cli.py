@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -152,6 +153,33 @@ def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feat
             info.created,
         )
     out.print(table)
+
+
+@app.command()
+def export(
+    feature: str = typer.Option(..., help="feature name (e.g. fbank, opensmile_compare, minilm)"),
+    out: Path = typer.Option(..., help="HDF5 file to write"),
+    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    array: list[str] = typer.Option([], help="arrays to export (default: all)"),
+) -> None:
+    """Copy one feature to HDF5 for other tools: /<array>/<utt_id> datasets, the config as attributes."""
+    import h5py
+
+    fs = FeatureStore(store, create=False)
+    name = fs.resolve_feature(feature)
+    info = next(i for i in fs.features() if i.name == name)
+    arrays = array or list(info.arrays)
+    tmp = out.with_name(out.name + ".partial")  # never leave a half-written file under the real name
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs["feature"] = name
+        h5.attrs["config"] = json.dumps(info.config)
+        for arr in arrays:
+            fa = fs.read(name, arr)
+            grp = h5.create_group(arr)
+            for uid in fa.utt_ids:
+                grp.create_dataset(uid, data=fa.get(uid), compression="gzip" if fa.offsets is not None else None)
+    tmp.replace(out)
+    console.print(f"exported {name} ({', '.join(arrays)}; {info.n_committed} utterances) to {out}")
 
 
 def main() -> None:

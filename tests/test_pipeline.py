@@ -217,3 +217,21 @@ def test_cli_extract_ls_and_errors(tmp_path):
         ],
     )
     assert res.exit_code != 0 and "takes no option" in res.output
+
+
+def test_export_to_hdf5(tmp_path):
+    import h5py
+
+    manifest = write_manifest_corpus(tmp_path / "c", 4)
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, Fbank(), workers=1)
+    res = CliRunner().invoke(
+        app, ["export", "--feature", "fbank", "--out", str(tmp_path / "f.h5"), "--store", str(tmp_path / "s.zarr")]
+    )
+    assert res.exit_code == 0, res.output
+    fa = store.read("fbank")
+    with h5py.File(tmp_path / "f.h5") as h5:
+        assert '"n_mels": 40' in h5.attrs["config"]
+        for uid in fa.utt_ids:
+            np.testing.assert_array_equal(h5["fbank"][uid][()], fa.get(uid))
