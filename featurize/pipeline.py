@@ -76,7 +76,8 @@ def plan(
     store: FeatureStore, utts: list[Utterance], extractor: Extractor, limit: int | None = None
 ) -> tuple[ExtractPlan, FeatureWriter]:
     arrays = extractor.arrays()
-    writer = store.writer(extractor.feature_name(), extractor.name, extractor.config(), arrays)
+    writer = store.writer(extractor.feature_name(), extractor.name, extractor.config(), arrays,
+                          init_options=getattr(extractor, "init_options", {}))
     done = writer.done_ids()
     ok = [u for u in utts if applicable(u, extractor)]
     not_applicable = [u.utt_id for u in utts if not applicable(u, extractor)]

@@ -91,6 +91,7 @@ class FeatureInfo:
     complete: bool
     nbytes_stored: int
     created: str = ""
+    init_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -331,6 +332,7 @@ class FeatureStore:
                     complete=bool(a.get("complete", False)),
                     nbytes_stored=nbytes,
                     created=a.get("created", ""),
+                init_options=dict(a.get("init_options", {})),
                 )
             )
         return infos
@@ -352,10 +354,11 @@ class FeatureStore:
             f"{name!r} is ambiguous in {self.path}: {', '.join(matches)} (different configs); name one in full"
         )
 
-    def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec]) -> FeatureWriter:
+    def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
+               init_options: dict | None = None) -> FeatureWriter:
         """Open (or create) the group ``<feature_name>-<fingerprint>`` for this exact configuration.
         An existing group with the same fingerprint is resumed; a different configuration never
-        touches it."""
+        touches it. ``init_options`` (how the extractor was built) are kept so it can be rebuilt."""
         fp = fingerprint({"extractor": extractor, "arrays": [s.to_json() for s in arrays], **config})
         name = f"{feature_name}-{fp}"
         feats = self.root.require_group("features")
@@ -388,6 +391,7 @@ class FeatureStore:
                     "rows_committed": {s.name: 0 for s in arrays},
                     "complete": False,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "init_options": init_options or {},
                 }
             )
         return FeatureWriter(feats[name], name)

@@ -159,3 +159,32 @@ def test_full_dialog_grid_sweep_on_dialogue_data(store_path, tmp_path):
     for name in cells:
         assert name in res.output
         assert (tmp_path / "grid" / "cells" / name / "summary.json").exists()
+
+
+def test_predict_new_audio_with_every_checkpoint(store_path, tmp_path):
+    import soundfile as sf
+
+    from tests.conftest import tone
+    from train.predict import predict_files
+
+    out = tmp_path / "run"
+    _run(store_path, out, "--head", "linear", "--feature", "opensmile", "--max-epochs", "5")
+    wav = tmp_path / "new.wav"
+    sf.write(wav, tone(0.8, 160, sr=44100), 44100)  # another rate: the loader resamples
+    res = CliRunner().invoke(app, ["predict", str(out), str(wav), "--json", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    [pred] = json.loads((tmp_path / "p.json").read_text())
+    assert pred["label"] in ("angry", "happy", "neutral", "sad")
+    assert abs(sum(pred["probabilities"].values()) - 1) < 1e-5
+    # Features of another configuration are refused, not silently fed to the model.
+    cfg = json.loads((out / "config.json").read_text())
+    zjson = store_path / "features" / cfg["inputs"]["audio"]["feature"] / "zarr.json"
+    original = zjson.read_text()
+    doc = json.loads(original)
+    doc["attributes"]["fingerprint"] = "00000000"
+    zjson.write_text(json.dumps(doc))
+    try:
+        with pytest.raises(ValueError, match="does not reproduce"):
+            predict_files(out, [wav])
+    finally:
+        zjson.write_text(original)

@@ -291,6 +291,26 @@ def report(path: Path = typer.Argument(..., help="a run or sweep directory")) ->
     console.print(f"report written: {written}")
 
 
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="a finished run directory (train run --out ...)"),
+    audio: list[Path] = typer.Argument(..., help="audio files (WAV / FLAC, any rate)"),
+    text: str = typer.Option(None, help="transcript for text heads (default: Whisper ASR)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the predictions as JSON"),
+) -> None:
+    """Predict emotions for new audio with every checkpoint of a run (probabilities averaged)."""
+    from train.predict import predict_files
+
+    preds = predict_files(run_dir, audio, text)
+    classes = list(preds[0].probabilities) if preds else []
+    table = Table("file", "prediction", *classes, title=f"predictions of {run_dir}")
+    for p in preds:
+        table.add_row(Path(p.path).name, p.label, *(f"{p.probabilities[c]:.3f}" for c in classes))
+    wide_console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps([p.__dict__ for p in preds], indent=1))
+
+
 def main() -> None:
     app()
 

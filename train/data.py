@@ -272,10 +272,7 @@ def load_data(
             if fa.offsets is None:
                 items.append(full[i])
             else:
-                rows = full[int(fa.offsets[i]) : int(fa.offsets[i + 1])]
-                if form == "pooled":  # pool frames to one vector (in float32: float16 sums overflow)
-                    rows = rows.float().mean(0) if len(rows) else torch.zeros(fa.spec.tail)
-                items.append(rows)
+                items.append(as_item(full[int(fa.offsets[i]) : int(fa.offsets[i + 1])], form, fa.spec.tail))
         inputs[modality] = ModalityInput(
             modality, group, fa.spec.name, form, items, fa.spec.tail, fa.spec.rows_per_second
         )
@@ -291,18 +288,26 @@ def load_data(
                 for s, y in zip(softs, labels, strict=True)
             ]
         )
-    word_frames = None
+    spans = None
     rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
     if any(inp.form == "words" for inp in inputs.values()):
-        word_frames = [_word_frames(u, len(inputs["text"].items[k]), rate) for k, u in enumerate(utts)]
+        spans = [word_frames(u, len(inputs["text"].items[k]), rate) for k, u in enumerate(utts)]
     elif head.inputs.get("text") == "words" and "audio" in inputs and any(u.words for u in utts):
         # A word-level head run audio-only still pools by the real word alignment (its own
         # audio-only variant), from the utterances' word times.
-        word_frames = [_word_frames(u, len(u.words or []), rate) for u in utts]
-    return CorpusData(corpus, utts, labels, classes, set_name, inputs, soft, word_frames, head.dialogue, dropped)
+        spans = [word_frames(u, len(u.words or []), rate) for u in utts]
+    return CorpusData(corpus, utts, labels, classes, set_name, inputs, soft, spans, head.dialogue, dropped)
 
 
-def _word_frames(u: Utterance, n: int, rate: float) -> torch.Tensor:
+def as_item(rows: torch.Tensor, form: str, tail: tuple[int, ...]) -> torch.Tensor:
+    """One utterance's frames as the head wants them: pooled heads get the mean frame (computed
+    in float32: float16 sums overflow), the others the frames themselves."""
+    if form != "pooled":
+        return rows
+    return rows.float().mean(0) if len(rows) else torch.zeros(tail)
+
+
+def word_frames(u: Utterance, n: int, rate: float) -> torch.Tensor:
     """[first, last+1) frame of each of the ``n`` stored words. The text extractor stores one
     vector per entry of the utterance's word list when it has one, so word i and time i are the
     same word; without times every span is empty (the word gets no audio)."""

@@ -15,6 +15,7 @@ group, and the arrays it writes (``arrays``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from typing import Any, ClassVar
 
@@ -29,6 +30,14 @@ class Extractor:
     needs: ClassVar[str] = "audio"  # "audio" or "text": what an utterance must have to be processed
     batched: ClassVar[bool] = False
     sample_rate: ClassVar[int] = 16000
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Record how this extractor was built (stored with its features), so that `train predict`
+        # can rebuild the same one for new audio. Every constructor argument has a default.
+        obj = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+        obj.init_options = {k: str(v) for k, v in bound.arguments.items() if k != "self" and v is not None}
+        return obj
 
     def config(self) -> dict[str, Any]:
         """The complete configuration, library versions included: any change makes a new group."""

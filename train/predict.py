@@ -1,0 +1,129 @@
+"""Predictions on new audio with a trained run: `train predict RUN_DIR file.wav ...`.
+
+Each input feature is recomputed for the new files by the same extractor, rebuilt from what its
+store group recorded; if the rebuilt configuration does not fingerprint the same (another model,
+other library versions) the prediction is refused rather than fed features of another kind.
+Utterances without a transcript are transcribed with Whisper when the head needs text. The class
+probabilities are averaged over every fold × seed checkpoint of the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurize.audio import audio_duration, load_audio
+from featurize.extractors import get_extractor
+from featurize.records import Utterance
+from featurize.store import FeatureStore, fingerprint
+from train.data import CorpusData, FeatureChoice, ModalityInput, as_item, word_frames
+from train.heads import get_head, make_config
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    probabilities: dict[str, float]
+    text: str | None
+
+
+def _extractor_for(store: FeatureStore, group: str):
+    info = next(i for i in store.features() if i.name == group)
+    cls = get_extractor(info.extractor)
+    extractor = cls(**info.init_options)
+    arrays = extractor.arrays()
+    fp = fingerprint({"extractor": extractor.name, "arrays": [a.to_json() for a in arrays], **extractor.config()})
+    if fp != info.fingerprint:
+        raise ValueError(
+            f"{group} was extracted with a configuration this machine does not reproduce "
+            f"(fingerprint {fp} here): install the same model and library versions, or retrain"
+        )
+    return extractor
+
+
+def _utterances(paths: list[Path], text: str | None, need_words: bool) -> list[Utterance]:
+    utts = []
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"no audio file {p}")
+        utts.append(
+            Utterance(f"new/{p.stem}", "new", "unknown", audio_path=str(p), duration=audio_duration(p), text=text)
+        )
+    if need_words:
+        from featurize.asr import Transcriber
+
+        asr = Transcriber()
+        for u in utts:
+            asr_text, words = asr.transcribe(load_audio(u.audio_path))
+            u.text = u.text or asr_text
+            u.words, u.word_source = words, "asr"
+    return utts
+
+
+def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> list[Prediction]:
+    cfg = json.loads((run_dir / "config.json").read_text())
+    req = cfg["request"]
+    spec = get_head(req["head"])
+    config = make_config(spec, req["options"])
+    classes = cfg["classes"]
+    store = FeatureStore(req["store"], create=False)
+    choices = {FeatureChoice.parse(f).name: FeatureChoice.parse(f) for f in req["features"]}
+    need_text = "text" in cfg["inputs"]
+    utts = _utterances(paths, text, need_words=need_text and text is None)
+    inputs: dict[str, ModalityInput] = {}
+    for modality, inp in cfg["inputs"].items():
+        extractor = _extractor_for(store, inp["feature"])
+        extractor.setup()
+        items = []
+        for u in utts:
+            audio = load_audio(u.audio_path) if extractor.needs == "audio" else None
+            values = extractor.process_batch([(u, audio)])[0][inp["array"]]
+            rows = torch.from_numpy(np.asarray(values, dtype=np.float32))
+            choice = next((c for n, c in choices.items() if inp["feature"].startswith(n) or n == extractor.name), None)
+            if choice is not None and choice.layers is not None:
+                rows = rows[:, choice.layers]
+            is_frames = extractor.arrays()[[a.name for a in extractor.arrays()].index(inp["array"])].kind == "frames"
+            items.append(as_item(rows, inp["form"], tuple(inp["tail"])) if is_frames else rows)
+        spec_arr = next(a for a in extractor.arrays() if a.name == inp["array"])
+        inputs[modality] = ModalityInput(
+            modality, inp["feature"], inp["array"], inp["form"], items, tuple(inp["tail"]), spec_arr.rows_per_second
+        )
+    spans = None
+    if spec.inputs.get("text") == "words":
+        rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
+        n_words = [len(inputs["text"].items[k]) if "text" in inputs else len(u.words or []) for k, u in enumerate(utts)]
+        spans = [word_frames(u, n, rate) for u, n in zip(utts, n_words, strict=True)]
+    data = CorpusData(
+        "new", utts, torch.full((len(utts),), -100), classes, cfg["label_set"], inputs, None, spans, spec.dialogue
+    )
+    checkpoints = sorted(run_dir.glob("folds/*/model.pt"))
+    if not checkpoints:
+        raise FileNotFoundError(f"no checkpoints under {run_dir}/folds: is this a finished run?")
+    probs = torch.zeros(len(utts), len(classes))
+    for ckpt in checkpoints:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model = spec.build(config, state["dims"], state["layers"], len(classes), state["modalities"])
+        model.load_state_dict(state["state_dict"])
+        model.eval()
+        for m, (mean, std) in state["normalizer"].items():
+            data.inputs[m].mean, data.inputs[m].std = mean, std
+        with torch.no_grad():
+            for batch in data.batches(list(range(len(utts))), 16, shuffle=False):
+                logits = model(batch)["logits"]
+                rows = batch["rows"]
+                if spec.dialogue:  # one utterance per "dialogue" here
+                    logits = logits[:, 0]
+                    rows = [r[0] for r in rows]
+                probs[rows] += torch.softmax(logits, -1)
+    probs /= len(checkpoints)
+    return [
+        Prediction(
+            u.audio_path, classes[int(p.argmax())], {c: float(v) for c, v in zip(classes, p, strict=True)}, u.text
+        )
+        for u, p in zip(utts, probs, strict=True)
+    ]
