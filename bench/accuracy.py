@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 
+# Cheapest first, so an interrupted run has the most to show.
 SWEEPS = {
+    "iemo-text": "bench/sweeps/iemo-text.yaml",
     "rav4": "bench/sweeps/rav4.yaml",
     "rav8": "bench/sweeps/rav8.yaml",
-    "iemo-text": "bench/sweeps/iemo-text.yaml",
 }
 
 
