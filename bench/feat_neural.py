@@ -24,6 +24,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,7 +114,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode workers for e2e")
     parser.add_argument("--batch-seconds", type=float, default=60.0)
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default, one per core); on a shared machine "
+                             "fewer threads than cores avoids stalls when another process holds a core")
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped to a log
 
     utts, _ = read_corpus(args.corpus, args.data)
     with tempfile.TemporaryDirectory(prefix="feat_neural_") as tmp_name:

@@ -57,7 +57,7 @@ def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
 def word_error_rate(refs: Iterable[str], hyps: Iterable[str]) -> float:
     """Corpus WER: total edits over total reference words (not a mean of per-utterance rates)."""
     edits = n_ref = 0
-    for ref, hyp in zip(refs, hyps):
+    for ref, hyp in zip(refs, hyps, strict=True):
         r, h = normalize_words(ref), normalize_words(hyp)
         edits += edit_distance(r, h)
         n_ref += len(r)

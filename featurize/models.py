@@ -82,8 +82,9 @@ def local_model(short_name: str) -> Path | None:
 
 def hub_offline() -> bool:
     """True when the user switched the hub off, or it cannot be reached within a few seconds."""
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
+            return True
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=3):
             return False

@@ -136,6 +136,11 @@ def test_long_audio_is_chunked_on_the_frame_grid(tiny_hubert: Path):
         f = start // 320
         mid = slice(f + 13, f + 60)  # away from the overlap cuts (12 frames into each window)
         np.testing.assert_allclose(out[mid], window[13:60], atol=ATOL)
+    # The defaults (30 s windows, 1 s overlap) on a 61 s utterance: three windows, nothing lost.
+    default = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32")
+    audio = _noise(61.0, 4)
+    assert len(default._windows(len(audio))) == 3
+    assert default.process_batch([(_utt("min"), audio)])[0]["hidden"].shape == ((len(audio) - 400) // 320 + 1, 64)
 
 
 def test_normalisation_from_preprocessor_or_fallback(tmp_path: Path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,22 +76,37 @@ def describe_layers(layers: list[int]) -> str:
     return ",".join(str(i) for i in layers)
 
 
+@lru_cache(maxsize=32)
 def model_identity(model_id: str | None, model_path: str | None, revision: str | None) -> dict[str, Any]:
     """What names the weights in a fingerprint: a local directory by a hash of its content (so a
     moved copy keeps its groups and different weights get new ones); a hub id by its commit hash
-    when it can be resolved (from the local cache when offline), else by the revision asked for."""
+    when it can be resolved (from the local cache when offline), else by the revision asked for.
+    Cached per process: config() is asked for more than once per run, and hashing a model takes a second."""
     from featurize.models import path_fingerprint
 
     if model_path is not None:
-        return {"model_path": str(Path(model_path).resolve()), "model_hash": path_fingerprint(model_path)}
+        # Content only, not the path: the same weights in another checkout resume the same groups.
+        return {"model_hash": path_fingerprint(model_path)}
     commit = None
     try:
         from transformers.utils.hub import resolve_revision
 
         commit = resolve_revision(model_id, revision)
-    except Exception:  # noqa: BLE001 - best effort: offline without a cache entry, or an older transformers
+    except Exception:  # best effort: offline without a cache entry, or an older transformers
         commit = None
     return {"model_id": model_id, "revision": commit or revision or "main"}
+
+
+def load_config(where: str, revision: str | None, local: bool) -> Any:
+    """The model's config (no weights), with an error that says what to do when it cannot be had."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(where, revision=revision, local_files_only=local)
+    except OSError as e:
+        hint = "check the directory" if local else \
+            "the hub is unreachable and the model is not in the local cache: pass --model-path DIR"
+        raise RuntimeError(f"cannot load the model config of {where}: {hint} ({e})") from e
 
 
 def location(model_id: str | None, model_path: str | None) -> str:

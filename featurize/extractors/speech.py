@@ -48,6 +48,7 @@ from featurize.extractors.neural import (
     describe_layers,
     is_local,
     length_groups,
+    load_config,
     location,
     model_identity,
     parse_layers,
@@ -86,8 +87,10 @@ class SpeechEncoder(Extractor):
         self.pad_opt = pad
         self.chunk_seconds = as_float(chunk_seconds, "chunk_seconds")
         self.chunk_overlap = as_float(chunk_overlap, "chunk_overlap")
-        if not 0 <= self.chunk_overlap < self.chunk_seconds / 2:
-            raise ValueError("chunk_overlap must be at least 0 and under half of chunk_seconds")
+        # Windows must overlap by more than a frame's receptive field (25 ms for these models), or the
+        # frames straddling a window boundary would be missing.
+        if not 0.05 <= self.chunk_overlap < self.chunk_seconds / 2:
+            raise ValueError("chunk_overlap must be at least 0.05 s and under half of chunk_seconds")
         self.max_batch_seconds = as_float(max_batch_seconds, "max_batch_seconds")
         self._resolved: dict[str, Any] | None = None
         self._model = None
@@ -97,11 +100,11 @@ class SpeechEncoder(Extractor):
         """Read the model's config and feature-extractor settings once (cheap: no weights)."""
         if self._resolved is not None:
             return self._resolved
-        from transformers import AutoConfig, AutoFeatureExtractor
+        from transformers import AutoFeatureExtractor
 
         where = location(self.model_id, self.model_path)
         local = self.model_path is not None
-        cfg = AutoConfig.from_pretrained(where, revision=self.revision, local_files_only=local)
+        cfg = load_config(where, self.revision, local)
         n_layers = int(cfg.num_hidden_layers)
         layer_norm_front = getattr(cfg, "feat_extract_norm", "group") == "layer"
         try:
@@ -258,7 +261,7 @@ class SpeechEncoder(Extractor):
         equal_only = r["pad"] == "none"
         cap = self.max_batch_seconds * self.sample_rate
         for group in length_groups([len(p) for p in pieces], cap, equal_only):
-            for j, states in zip(group, self._forward([pieces[j] for j in group])):
+            for j, states in zip(group, self._forward([pieces[j] for j in group]), strict=True):
                 results[j] = states
         out = []
         n_layers, dim = len(r["layers"]), r["hidden_size"]
@@ -272,6 +275,9 @@ class SpeechEncoder(Extractor):
                 # Keep frames from the middle of this window's overlap with its neighbours.
                 lo = first + half if k > 0 else 0
                 hi = mine[k + 1][0] // stride + half if k + 1 < len(mine) else total
+                if hi - first > len(states):
+                    raise RuntimeError(f"window at sample {start} has {len(states)} frames, stitching needs "
+                                       f"{hi - first}: raise chunk_overlap")
                 frames[lo:hi] = states[lo - first:hi - first]
             value = frames[:, 0] if n_layers == 1 else frames
             out.append({"hidden": value.astype(self.dtype)})

@@ -39,6 +39,7 @@ from featurize.extractors.neural import (
     describe_layers,
     is_local,
     length_groups,
+    load_config,
     location,
     model_identity,
     parse_layers,
@@ -102,10 +103,7 @@ class TextEncoder(Extractor):
     def _resolve(self) -> dict[str, Any]:
         if self._resolved is not None:
             return self._resolved
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(location(self.model_id, self.model_path), revision=self.revision,
-                                         local_files_only=self.model_path is not None)
+        cfg = load_config(location(self.model_id, self.model_path), self.revision, self.model_path is not None)
         n_layers = int(cfg.num_hidden_layers)
         self._resolved = {"n_layers": n_layers, "hidden_size": int(cfg.hidden_size), "model_type": cfg.model_type,
                           "layers": parse_layers(self.layer_spec, n_layers)}
@@ -156,7 +154,10 @@ class TextEncoder(Extractor):
         hf_logging.disable_progress_bar()  # the pipeline draws its own bar
         where = location(self.model_id, self.model_path)
         local = self.model_path is not None
-        tok = AutoTokenizer.from_pretrained(where, revision=self.revision, local_files_only=local)
+        # add_prefix_space: byte-level BPE tokenizers (RoBERTa) then give pre-split words the leading
+        # space they have in running text; WordPiece tokenizers (BERT, MPNet) are unaffected.
+        tok = AutoTokenizer.from_pretrained(where, revision=self.revision, local_files_only=local,
+                                            add_prefix_space=True)
         if not tok.is_fast:
             raise ValueError(f"{where}: needs a fast tokenizer (tokenizer.json) for the token-to-word map")
         model = AutoModel.from_pretrained(where, revision=self.revision, local_files_only=local, dtype=torch.float32)
@@ -168,6 +169,8 @@ class TextEncoder(Extractor):
 
     def _windows(self, words: list[str]) -> list[tuple[int, int]]:
         """Word ranges [a, b) whose word-pieces fit in max_length with the special tokens."""
+        if not words:
+            raise ValueError("no words to encode (the pipeline skips utterances without text)")
         budget = self.max_length - self._n_special
         enc = self._tok(words, is_split_into_words=True, add_special_tokens=False)
         counts = np.bincount([w for w in enc.word_ids() if w is not None], minlength=len(words))
@@ -228,7 +231,7 @@ class TextEncoder(Extractor):
         last: list[np.ndarray | None] = [None] * len(seqs)
         # Sorted by length with a cap on padded tokens per pass, so short texts are not padded to long ones.
         for group in length_groups([len(s) for s in seqs], self.max_batch_tokens):
-            for j, p, h in zip(group, *self._forward([seqs[j] for j in group])):
+            for j, p, h in zip(group, *self._forward([seqs[j] for j in group]), strict=True):
                 picked[j], last[j] = p, h
         dim = self._resolve()["hidden_size"]
         out = []

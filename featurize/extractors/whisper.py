@@ -132,9 +132,9 @@ class WhisperEncoder(Extractor):
         for b in range(0, len(windows), self.batch_windows):
             chunk = windows[b:b + self.batch_windows]
             encoded = self._encode(np.stack([self._mel(w) for _, w in chunk]))
-            states.extend(e[:math.ceil(len(w) / SAMPLES_PER_FRAME)] for e, (_, w) in zip(encoded, chunk))
+            states.extend(e[:math.ceil(len(w) / SAMPLES_PER_FRAME)] for e, (_, w) in zip(encoded, chunk, strict=True))
         out = []
         for i in range(len(items)):
-            mine = [s for s, (u, _) in zip(states, windows) if u == i]
+            mine = [s for s, (u, _) in zip(states, windows, strict=True) if u == i]
             out.append({"encoder": np.concatenate(mine).astype(self.dtype)})
         return out
