@@ -134,13 +134,13 @@ class _Writer(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(maxsize=64)
         self.flush_seconds = flush_seconds
         self.error: BaseException | None = None
-        row_bytes = {k: int(np.prod(s.tail)) * np.dtype(s.dtype).itemsize for k, s in writer.specs.items()}
-        self.row_bytes = max(row_bytes.values())
 
     def run(self) -> None:
         ids: list[str] = []
         vals: list[dict] = []
-        rows = 0
+        # Bytes waiting per array: a commit is due once any array has a chunk's worth. Counting per array
+        # matters: an utterance adds many rows to a frame array but one row to an utterance-level one.
+        pending: dict[str, int] = {}
         last = time.monotonic()
         while True:
             item = self.inbox.get()
@@ -148,14 +148,16 @@ class _Writer(threading.Thread):
                 for uid, v in item:
                     ids.append(uid)
                     vals.append(v)
-                    rows += max(len(np.atleast_1d(x)) for x in v.values())
-            due = item is None or rows * self.row_bytes >= CHUNK_BYTES or time.monotonic() - last > self.flush_seconds
+                    for name, x in v.items():
+                        pending[name] = pending.get(name, 0) + np.asarray(x).nbytes
+            full = max(pending.values(), default=0) >= CHUNK_BYTES
+            due = item is None or full or time.monotonic() - last > self.flush_seconds
             if due and ids and self.error is None:
                 try:
                     self.writer.commit(ids, vals)
                 except BaseException as e:  # surfaced to the main thread, which stops the run
                     self.error = e
-                ids, vals, rows, last = [], [], 0, time.monotonic()
+                ids, vals, pending, last = [], [], {}, time.monotonic()
             if item is None:
                 return
 

@@ -256,7 +256,8 @@ class FeatureStore:
         the new table is built beside the old one and swapped in by directory renames.
 
         Re-reading a corpus never erases what a later step added: when the incoming record has no
-        transcript or no word times but the stored one has (from `featurize transcribe`), those are kept.
+        transcript or no word times but the stored one has (from `featurize transcribe`), those are kept,
+        and so are stored ``extra`` entries the incoming record does not set (the ASR transcript).
         """
         current = {u.utt_id: u for u in self.utterances()}
         for u in utts:
@@ -266,6 +267,7 @@ class FeatureStore:
                     u.words, u.word_source = old.words, old.word_source
                 if u.text is None and old.text is not None:
                     u.text = old.text
+                u.extra = {**old.extra, **u.extra}
             current[u.utt_id] = u
         rows = list(current.values())
         cols = _table_columns(rows)

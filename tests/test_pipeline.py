@@ -18,8 +18,8 @@ from featurize.cli import app
 from featurize.corpora import read_corpus
 from featurize.extractors.fbank import Fbank
 from featurize.extractors.opensmile import OpenSmile
-from featurize.pipeline import run_extraction
-from featurize.store import FeatureStore
+from featurize.pipeline import _Writer, run_extraction
+from featurize.store import CHUNK_BYTES, ArraySpec, FeatureStore
 from tests.conftest import write_manifest_corpus
 
 
@@ -235,3 +235,25 @@ def test_export_to_hdf5(tmp_path):
         assert '"n_mels": 40' in h5.attrs["config"]
         for uid in fa.utt_ids:
             np.testing.assert_array_equal(h5["fbank"][uid][()], fa.get(uid))
+
+
+def test_writer_commits_when_an_array_has_a_chunk_not_per_utterance_vector(tmp_path):
+    """The writer sizes commits by the bytes each array holds: an utterance-level vector is one row,
+    so 1 MiB of frames is what triggers a commit, not the vector's width counted as rows."""
+    store = FeatureStore(tmp_path / "s.zarr")
+    specs = [ArraySpec("tokens", "frames", (384,)), ArraySpec("sentence", "utterance", (384,))]
+    writer = store.writer("t", "t", {}, specs)
+    commits: list[int] = []
+    real_commit = writer.commit
+    writer.commit = lambda ids, vals: (commits.append(len(ids)), real_commit(ids, vals))  # count, then commit
+    sink = _Writer(writer, flush_seconds=1e9)
+    sink.start()
+    frames = np.zeros((20, 384), np.float16)  # 15 KiB of tokens per utterance: ~68 to a 1 MiB chunk
+    for i in range(200):
+        sink.inbox.put([(f"c/u{i}", {"tokens": frames, "sentence": frames[0]})])
+    sink.inbox.put(None)
+    sink.join()
+    assert sink.error is None
+    per_chunk = -(-CHUNK_BYTES // frames.nbytes)
+    assert commits[:2] == [per_chunk, per_chunk] and sum(commits) == 200
+    assert store.committed_ids(writer.name) == [f"c/u{i}" for i in range(200)]

@@ -41,10 +41,14 @@ def test_rereading_a_corpus_keeps_asr_words(tmp_path):
     store = FeatureStore(tmp_path / "s.zarr")
     u = _utts(3)
     u[2].words, u[2].word_source = [Word("x", 0.1, 0.2)], "asr"
+    u[2].extra = {"asr_text": "x", "note": "old"}
     store.write_utterances(u)
-    store.write_utterances(_utts(3))  # the corpus again, without words
+    again = _utts(3)  # the corpus again, without words
+    again[2].extra = {"note": "new"}
+    store.write_utterances(again)
     assert store.utterances()[2].words == [Word("x", 0.1, 0.2)]
     assert store.utterances()[2].word_source == "asr"
+    assert store.utterances()[2].extra == {"asr_text": "x", "note": "new"}  # kept, and the corpus's own wins
 
 
 def test_frames_and_utterance_arrays_round_trip_float16_exactly(tmp_path):
