@@ -24,7 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", default="cache/features.zarr")
     ap.add_argument("--feature", default="fbank")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--loads", type=int, default=5, help="loads per timing (one load is tens of ms: too short to time alone)")
     a = ap.parse_args()
     store = FeatureStore(a.store, create=False)
     name = store.resolve_feature(a.feature)
@@ -51,8 +52,8 @@ def main() -> None:
 
     ratios = []
     for _ in range(a.repeats):
-        t_plain = timed(plain, 1)[0]
-        t_store = timed(lambda: store.read(name), 1)[0]
+        t_plain = sum(timed(plain, a.loads))
+        t_store = sum(timed(lambda: store.read(name), a.loads))
         ratios.append(t_plain / t_store)
     os.remove(raw)
     print(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from featurize.records import Utterance, Word
-from featurize.store import ArraySpec, FeatureStore, StoreError
+from featurize.store import CHUNK_BYTES, ArraySpec, FeatureStore, StoreError
 
 
 def _utts(n: int) -> list[Utterance]:
@@ -71,6 +71,26 @@ def test_frames_and_utterance_arrays_round_trip_float16_exactly(tmp_path):
     np.testing.assert_allclose(store.read("feat", "u").get("c/c"), values[2]["u"].astype(np.float16))
     with pytest.raises(StoreError, match="has 3 layers"):
         store.read("feat", "f", layers=[5])
+
+
+def test_whole_feature_read_matches_zarr_across_chunks_zero_chunks_and_uncommitted_rows(tmp_path):
+    """store.read decodes chunk files itself: it must agree with zarr on full chunks, a chunk zarr never
+    wrote (all fill value), the partial last chunk, and rows written past the commit marker."""
+    store = FeatureStore(tmp_path / "s.zarr")
+    w = store.writer("feat", "feat", {}, [ArraySpec("f", "frames", (64,))])
+    per_chunk = CHUNK_BYTES // (64 * 2)  # float16 rows in one chunk
+    rng = np.random.default_rng(1)
+    first = rng.standard_normal((per_chunk + 5, 64)).astype(np.float16)
+    zeros = np.zeros((per_chunk * 2, 64), np.float16)  # covers a whole chunk: zarr skips writing it
+    last = rng.standard_normal((37, 64)).astype(np.float16)
+    w.commit(["c/a", "c/b", "c/c"], [{"f": first}, {"f": zeros}, {"f": last}])
+    data = store.root["features"][w.name]["f"]["data"]
+    data.resize((data.shape[0] + 10, 64))
+    data[-10:] = 7.0  # a killed run's rows past rows_committed: never read
+    got = store.read("feat", "f")
+    want = np.concatenate([first, zeros, last])
+    np.testing.assert_array_equal(got.data, want)
+    np.testing.assert_array_equal(got.data, data[: len(want)])
 
 
 def test_commit_rejects_wrong_shape_and_non_finite_values(tmp_path):
