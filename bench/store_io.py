@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--store", default="cache/features.zarr")
     ap.add_argument("--feature", default="fbank")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--loads", type=int, default=5, help="loads per timing (one load is tens of ms: too short to time alone)")
+    ap.add_argument("--loads", type=int, default=5, help="loads per timing sample (one load takes tens of ms)")
     a = ap.parse_args()
     store = FeatureStore(a.store, create=False)
     name = store.resolve_feature(a.feature)

@@ -162,3 +162,12 @@ def test_uncommitted_rows_are_invisible_and_trimmed(tmp_path):
     assert store.read("feat", "f").data.shape == (3, 2)
     again.finish(False)
     assert w.group["f"]["data"].shape == (3, 2)
+
+
+def test_schema_file_states_the_layout_the_code_writes():
+    from featurize.store import ID_CHUNK, SCHEMA_VERSION, load_schema
+
+    schema = load_schema()
+    defaults = schema["feature"]["defaults"]
+    assert defaults["chunk_bytes"] == CHUNK_BYTES and defaults["id_chunk"] == ID_CHUNK
+    assert schema["schema_version"] == SCHEMA_VERSION
