@@ -33,6 +33,9 @@ from featurize.store import CHUNK_BYTES, FeatureStore, FeatureWriter
 TASK_UTTS = 8  # utterances per dask task: amortises pickling, keeps windows balanced
 # The writer commits when a data chunk's worth of rows is buffered, or after this many seconds.
 COMMIT_SECONDS = float(os.environ.get("SERCACHE_COMMIT_SECONDS", "5"))
+# A commit is due once an array holds this much: a few chunks, so the fixed cost of a commit (ids,
+# offsets, the marker, the partly filled chunk rewritten) is paid rarely, and a crash loses little.
+COMMIT_BYTES = 4 * CHUNK_BYTES
 
 
 @dataclass
@@ -150,7 +153,7 @@ class _Writer(threading.Thread):
                     vals.append(v)
                     for name, x in v.items():
                         pending[name] = pending.get(name, 0) + np.asarray(x).nbytes
-            full = max(pending.values(), default=0) >= CHUNK_BYTES
+            full = max(pending.values(), default=0) >= COMMIT_BYTES
             due = item is None or full or time.monotonic() - last > self.flush_seconds
             if due and ids and self.error is None:
                 try:

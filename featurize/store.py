@@ -268,6 +268,7 @@ class FeatureStore:
         and so are stored ``extra`` entries the incoming record does not set (the ASR transcript).
         """
         current = {u.utt_id: u for u in self.utterances()}
+        changed = False
         for u in utts:
             old = current.get(u.utt_id)
             if old is not None:
@@ -276,7 +277,10 @@ class FeatureStore:
                 if u.text is None and old.text is not None:
                     u.text = old.text
                 u.extra = {**old.extra, **u.extra}
+            changed = changed or u != old
             current[u.utt_id] = u
+        if not changed and "utterances" in self.root:  # a resumed run: the table is already right
+            return
         rows = list(current.values())
         cols = _table_columns(rows)
         tmp_name = "utterances.new"
@@ -505,6 +509,14 @@ def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
     return out
 
 
+def _grow(arr: zarr.Array, rows: int) -> None:
+    """Make room for ``rows`` rows, growing by at least half so that appends rewrite the array's
+    metadata only now and then. Rows past the commit marker are ignored by readers and trimmed by
+    ``FeatureWriter.finish``."""
+    if arr.shape[0] < rows:
+        arr.resize((max(rows, arr.shape[0] * 3 // 2), *arr.shape[1:]))
+
+
 class FeatureWriter:
     """Appends utterances to one feature group in commits that are atomic per call of ``commit``."""
 
@@ -514,6 +526,10 @@ class FeatureWriter:
         self.specs = {k: ArraySpec.from_json(k, v) for k, v in group.attrs["arrays"].items()}
         self.n = int(group.attrs["n_committed"])
         self.rows = {k: int(v) for k, v in group.attrs["rows_committed"].items()}
+        # Array handles opened once: every lookup by name re-reads metadata from disk.
+        self._data = {k: group[k]["data"] for k in self.specs}
+        self._offsets = {k: group[k]["offsets"] for k, s in self.specs.items() if s.kind == "frames"}
+        self._ids = group["utt_ids"]
 
     def done_ids(self) -> set[str]:
         return {str(u) for u in self.group["utt_ids"][: self.n]} if self.n else set()
@@ -546,22 +562,18 @@ class FeatureWriter:
                 parts.append(x)
             block = np.concatenate(parts)
             start, end = self.rows[name], self.rows[name] + len(block)
-            arr = self.group[name]["data"]
-            if arr.shape[0] < end:
-                arr.resize((end, *spec.tail))
+            arr = self._data[name]
+            _grow(arr, end)
             if len(block):
                 arr[start:end] = block
             if spec.kind == "frames":
                 lengths = np.array([len(p) for p in parts], dtype=np.int64)
-                offs = self.group[name]["offsets"]
-                if offs.shape[0] < self.n + len(parts) + 1:
-                    offs.resize((self.n + len(parts) + 1,))
+                offs = self._offsets[name]
+                _grow(offs, self.n + len(parts) + 1)
                 offs[self.n + 1 : self.n + len(parts) + 1] = start + np.cumsum(lengths)
             new_rows[name] = end
-        ids = self.group["utt_ids"]
-        if ids.shape[0] < self.n + len(utt_ids):
-            ids.resize((self.n + len(utt_ids),))
-        ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
+        _grow(self._ids, self.n + len(utt_ids))
+        self._ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
         # The commit marker: one atomic write of the group's attributes.
         self.n += len(utt_ids)
         self.rows = new_rows
@@ -570,11 +582,11 @@ class FeatureWriter:
     def finish(self, complete: bool, skipped: dict[str, str] | None = None) -> None:
         """Trim rows a killed run left past the commit marker, and record completeness."""
         for name, spec in self.specs.items():
-            arr = self.group[name]["data"]
+            arr = self._data[name]
             if arr.shape[0] != self.rows[name]:
                 arr.resize((self.rows[name], *spec.tail))
-            if spec.kind == "frames" and self.group[name]["offsets"].shape[0] != self.n + 1:
-                self.group[name]["offsets"].resize((self.n + 1,))
-        if self.group["utt_ids"].shape[0] != self.n:
-            self.group["utt_ids"].resize((self.n,))
+            if spec.kind == "frames" and self._offsets[name].shape[0] != self.n + 1:
+                self._offsets[name].resize((self.n + 1,))
+        if self._ids.shape[0] != self.n:
+            self._ids.resize((self.n,))
         self.group.attrs.update({"complete": complete, "skipped": skipped or {}})

@@ -18,8 +18,8 @@ from featurize.cli import app
 from featurize.corpora import read_corpus
 from featurize.extractors.fbank import Fbank
 from featurize.extractors.opensmile import OpenSmile
-from featurize.pipeline import _Writer, run_extraction
-from featurize.store import CHUNK_BYTES, ArraySpec, FeatureStore
+from featurize.pipeline import COMMIT_BYTES, _Writer, run_extraction
+from featurize.store import ArraySpec, FeatureStore
 from tests.conftest import write_manifest_corpus
 
 
@@ -239,7 +239,7 @@ def test_export_to_hdf5(tmp_path):
 
 def test_writer_commits_when_an_array_has_a_chunk_not_per_utterance_vector(tmp_path):
     """The writer sizes commits by the bytes each array holds: an utterance-level vector is one row,
-    so 1 MiB of frames is what triggers a commit, not the vector's width counted as rows."""
+    so a few MiB of frames is what triggers a commit, not the vector's width counted as rows."""
     store = FeatureStore(tmp_path / "s.zarr")
     specs = [ArraySpec("tokens", "frames", (384,)), ArraySpec("sentence", "utterance", (384,))]
     writer = store.writer("t", "t", {}, specs)
@@ -248,12 +248,12 @@ def test_writer_commits_when_an_array_has_a_chunk_not_per_utterance_vector(tmp_p
     writer.commit = lambda ids, vals: (commits.append(len(ids)), real_commit(ids, vals))  # count, then commit
     sink = _Writer(writer, flush_seconds=1e9)
     sink.start()
-    frames = np.zeros((20, 384), np.float16)  # 15 KiB of tokens per utterance: ~68 to a 1 MiB chunk
-    for i in range(200):
+    frames = np.zeros((20, 384), np.float16)  # 15 KiB of tokens per utterance
+    for i in range(700):
         sink.inbox.put([(f"c/u{i}", {"tokens": frames, "sentence": frames[0]})])
     sink.inbox.put(None)
     sink.join()
     assert sink.error is None
-    per_chunk = -(-CHUNK_BYTES // frames.nbytes)
-    assert commits[:2] == [per_chunk, per_chunk] and sum(commits) == 200
-    assert store.committed_ids(writer.name) == [f"c/u{i}" for i in range(200)]
+    per_commit = -(-COMMIT_BYTES // frames.nbytes)
+    assert commits[:2] == [per_commit, per_commit] and sum(commits) == 700
+    assert store.committed_ids(writer.name) == [f"c/u{i}" for i in range(700)]
