@@ -1,6 +1,6 @@
 """feat-cpu: openSMILE and filterbank extraction with all workers vs one worker, same run.
 
-python bench/feat_cpu.py --data ../shared/data --limit 240
+python bench/feat_cpu.py --data ../shared/data --limit 480
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from featurize.store import FeatureStore  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--limit", type=int, default=240)
+    ap.add_argument("--limit", type=int, default=480)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()

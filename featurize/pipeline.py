@@ -118,6 +118,22 @@ def _work(extractor: Extractor, utts: list[Utterance]) -> list[tuple[str, dict |
     return out
 
 
+# The extractor of a worker process, built once when the process starts (openSMILE's setup takes
+# a good fraction of a second: paying it per task made two workers barely faster than one).
+_worker_extractor: Extractor | None = None
+
+
+def _start_worker(extractor: Extractor) -> None:
+    global _worker_extractor
+    extractor.setup()
+    _worker_extractor = extractor
+
+
+def _work_in_worker(utts: list[Utterance]) -> list[tuple[str, dict | None, str | None]]:
+    assert _worker_extractor is not None, "worker started without _start_worker"
+    return _work(_worker_extractor, utts)
+
+
 def _decode_batch(utts: list[Utterance], sample_rate: int) -> list[tuple[Utterance, np.ndarray | None, str | None]]:
     out = []
     for u in utts:
@@ -259,10 +275,10 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
         for t in tasks:
             yield _work(extractor, t)
         return
-    window = workers * 4
-    with ProcessPoolExecutor(workers) as pool:
+    window = workers * 8
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor,)) as pool:
         for start in range(0, len(tasks), window):
-            delayed = [dask.delayed(_work)(extractor, t) for t in tasks[start : start + window]]
+            delayed = [dask.delayed(_work_in_worker)(t) for t in tasks[start : start + window]]
             yield from dask.compute(*delayed, scheduler="processes", pool=pool)
 
 
