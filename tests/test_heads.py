@@ -301,6 +301,23 @@ def test_dialog_loss_ignores_padding_labels() -> None:
 
 # ---------------------------------------------------------------- msmser
 
+def test_msmser_audio_pool_is_padding_invariant_and_means_real_frames() -> None:
+    from train.heads.msmser import pool_frames
+
+    torch.manual_seed(0)
+    model = build("msmser", audio_pool=3).eval()
+    batch = make_batch("msmser")  # t = 21 audio frames: pads to groups of 3 only where lengths are not multiples
+    with torch.no_grad():
+        a, b = model(batch)["logits"], model(pad_batch("msmser", batch))["logits"]
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+    x = torch.arange(7, dtype=torch.float32).view(1, 7, 1)
+    mask = torch.tensor([[True] * 5 + [False] * 2])
+    pooled, pooled_mask = pool_frames(x, mask, 3)
+    assert pooled.flatten().tolist() == [1.0, 3.5, 0.0]  # (0+1+2)/3, (3+4)/2 (frame 5 is padding), all padding
+    assert pooled_mask.tolist() == [[True, True, False]]
+
+
 def test_msmser_eval_mask_hides_modality() -> None:
     for hidden, shown in (("text", "audio"), ("audio", "text")):
         torch.manual_seed(0)

@@ -67,6 +67,17 @@ def test_same_seed_same_metrics_and_resume(store_path, tmp_path):
     assert 0.123456 in [r["wa"] for r in again["per_fold"]]
 
 
+def test_changed_configuration_never_reuses_a_run_directory(store_path, tmp_path):
+    args = ("--head", "probe", "--feature", "fbank", "--max-epochs", "3")
+    _run(store_path, tmp_path / "a", *args, "--seeds", "0")
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
+                                   "speaker-kfold", "--out", str(tmp_path / "a"), *args, "--set", "lr=0.1"])
+    assert res.exit_code != 0
+    assert "different configuration" in str(res.exception) and "head_config.lr" in str(res.exception)
+    more = _run(store_path, tmp_path / "a", *args, "--seeds", "0,1")  # more seeds: same results, resumed
+    assert len(more["per_fold"]) == 10
+
+
 def test_head_options_and_errors(store_path, tmp_path):
     res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
                                    "speaker-kfold", "--head", "linear", "--feature", "fbank", "--set", "nope=1",
@@ -97,6 +108,10 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     assert res.exit_code == 0 and (out / "cells" / "linear-0.01" / "report.md").exists()
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
     assert res.output.count("done already") == 3
+    sweep["grid"][1]["options"]["weight_decay"] = 0.5  # the linear cells' results are now stale
+    cfg.write_text(yaml.safe_dump(sweep))
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
+    assert res.exit_code != 0 and "head_config.weight_decay" in str(res.exception)
 
 
 def _data(store_path: Path, head: str, features: list[str]):

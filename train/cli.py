@@ -17,7 +17,7 @@ from rich.table import Table
 from featurize.store import DEFAULT_STORE, FeatureStore
 from train.data import CorpusData, load_data
 from train.heads import HEADS, get_head, make_config
-from train.loop import LoopOptions, run_folds
+from train.loop import LoopOptions, changed_settings, run_folds
 from train.protocols import make_folds
 
 app = typer.Typer(help="Train emotion heads from cached features.", no_args_is_help=True, add_completion=False)
@@ -222,7 +222,7 @@ def sweep(
     failed = []
     for i, (name, req) in enumerate(cells, 1):
         cell_dir = out / "cells" / name
-        if (cell_dir / "summary.json").exists():
+        if (cell_dir / "summary.json").exists() and cell_is_current(cell_dir, req):
             console.print(f"[{i}/{len(cells)}] {name}: done already")
             continue
         console.print(f"[{i}/{len(cells)}] {name}")
@@ -241,6 +241,21 @@ def sweep(
     console.print(f"sweep report: {report}")
     if failed:
         console.print(f"[red]{len(failed)} cells failed[/]: {', '.join(failed)}")
+
+
+def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
+    """Whether a finished sweep cell was run as the sweep file now asks. New seeds mean it is not finished
+    (the run resumes and adds them); any other change is an error, never a silently reused result."""
+    old = json.loads((cell_dir / "config.json").read_text())
+    head_config = make_config(get_head(req.head), req.options)
+    new = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(head_config)}
+    changed = changed_settings(old, new)
+    if changed:
+        raise ValueError(
+            f"sweep cell {cell_dir} was run with another configuration ({', '.join(changed)} changed): "
+            "delete that cell's directory to rerun it, or give the sweep another --out"
+        )
+    return old["request"]["seeds"] == req.seeds
 
 
 def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> None:

@@ -173,6 +173,34 @@ def train_fold(
     return metrics
 
 
+# What a run's results depend on. Seeds are left out (adding seeds resumes a run), and so are where the
+# store lives and which device trains: neither changes what is computed.
+_RESULT_KEYS = ("head_config", "label_set", "classes", "protocol", "inputs", "folds")
+_REQUEST_KEYS_IGNORED = ("seeds", "store", "device")
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The settings (dotted names) that differ between two run configurations, compared on the parts
+    present in ``new``; a setting missing on one side counts as changed."""
+    new = json.loads(json.dumps(new, default=str))  # compare as stored: tuples become lists
+    changed = []
+    for part in ("request", *_RESULT_KEYS):
+        if part not in new:
+            continue
+        a, b = old.get(part), new[part]
+        if part == "request":
+            a = {k: v for k, v in (a or {}).items() if k not in _REQUEST_KEYS_IGNORED}
+            b = {k: v for k, v in b.items() if k not in _REQUEST_KEYS_IGNORED}
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+        elif a != b:
+            changed.append(part)
+    return changed
+
+
+_MISSING = object()
+
+
 def run_folds(
     spec: HeadSpec,
     config: Any,
@@ -184,9 +212,17 @@ def run_folds(
     run_config: dict,
     console: Console | None = None,
 ) -> dict:
+    """Every fold × seed; finished ones (metrics.json present) are reused, so a run resumes — but only
+    when the directory's results come from the same configuration."""
     protocol = run_config.get("protocol", "")
-    """Every fold × seed; finished ones (metrics.json present) are reused, so a run resumes."""
     console = console or Console(stderr=True)
+    if (out_dir / "config.json").exists():
+        changed = changed_settings(json.loads((out_dir / "config.json").read_text()), run_config)
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds results of a different configuration ({', '.join(changed)} changed): "
+                "give another --out, or delete that directory to rerun it"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(run_config, indent=1, default=str))
     results = []
