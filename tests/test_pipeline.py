@@ -78,6 +78,20 @@ def _committed(store_path: Path) -> int:
         return 0
 
 
+def _layout(store_path: Path) -> str:
+    """What a store's feature groups say of themselves and what files they hold: printed when the
+    kill-and-resume comparison fails, so a failure says how the stores differ."""
+    feats = zarr.open_group(str(store_path / "features"), mode="r")
+    lines = []
+    for g in feats.group_keys():
+        attrs = dict(feats[g].attrs)
+        shapes = {k: feats[g][k]["data"].shape for k in attrs["arrays"]}
+        files = sorted(str(p.relative_to(store_path)) for p in (store_path / "features" / g).rglob("*") if p.is_file())
+        lines.append(f"{g}: n_committed {attrs['n_committed']}, rows_committed {attrs['rows_committed']}, "
+                     f"data shapes {shapes}, utt_ids {feats[g]['utt_ids'].shape}, files {files}")
+    return "; ".join(lines)
+
+
 def test_sigkill_mid_extraction_then_resume_gives_identical_arrays(tmp_path):
     manifest = write_manifest_corpus(tmp_path / "c", 300, seconds=(0.8, 1.6))
     cmd = [
@@ -118,7 +132,7 @@ def test_sigkill_mid_extraction_then_resume_gives_identical_arrays(tmp_path):
     a, b = _arrays(killed), _arrays(clean)
     assert a.keys() == b.keys()
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{k}\nkilled: {_layout(killed)}\nclean: {_layout(clean)}")
     assert len(a[next(k for k in a if k.endswith("utt_ids"))]) == 300
     assert all(i.complete for i in FeatureStore(killed).features())
 
