@@ -364,6 +364,31 @@ def test_msmser_rmm_schedule_and_rates() -> None:
 
 # ---------------------------------------------------------------- cme
 
+def test_cme_mean_max_equals_masked_max_forward_and_backward() -> None:
+    from train.heads.cme import aligned_mean_max
+
+    g = torch.Generator().manual_seed(0)
+    b, w, t, d = 3, 5, 40, 6
+    bounds = torch.sort(torch.randint(0, t, (b, w + 1), generator=g), dim=1).values
+    frames = torch.arange(t)
+    # spans that overlap their neighbours by a frame, as receptive-field alignment does; one empty word
+    align = (frames >= bounds[:, :-1, None] - 1) & (frames < bounds[:, 1:, None] + 1)
+    align[1, 2] = False
+    h = torch.randn(b, t, d, generator=g, requires_grad=True)
+    h_ref = h.detach().clone().requires_grad_(True)
+    got = aligned_mean_max(h, align)
+    count = align.sum(-1, keepdim=True)
+    mean = (align.float() @ h_ref) / count.clamp(min=1)
+    mx = h_ref[:, None].masked_fill(~align[..., None], float("-inf")).amax(dim=2)
+    want = torch.cat([mean, torch.where(count > 0, mx, torch.zeros_like(mx))], dim=-1)
+    torch.testing.assert_close(got, want)
+    assert (got[1, 2] == 0).all()
+    weights = torch.randn(got.shape, generator=g)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(h.grad, h_ref.grad)
+
+
 def test_cme_alignment_follows_receptive_field() -> None:
     # k = 5, 2, 2 valid convs: CNN frame t sees input frames [t, t + 6]
     frames = torch.tensor([[[10, 12], [3, 3], [18, 25]]])
