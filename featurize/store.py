@@ -220,7 +220,7 @@ class FeatureStore:
                 )
         elif create:
             self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
-            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
+            self.root.update_attributes({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
             self.root.require_group("features")
         else:
             raise StoreError(f"no feature store at {self.path} (run `featurize extract` first)")
@@ -395,7 +395,7 @@ class FeatureStore:
                     off[:] = np.zeros(1, dtype=np.int64)
             grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(ID_CHUNK,))
             # Attributes last: their presence marks the group as usable.
-            grp.attrs.update(
+            grp.update_attributes(
                 {
                     "extractor": extractor,
                     "fingerprint": fp,
@@ -574,10 +574,12 @@ class FeatureWriter:
             new_rows[name] = end
         _grow(self._ids, self.n + len(utt_ids))
         self._ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
-        # The commit marker: one atomic write of the group's attributes.
+        # The commit marker: one atomic write of the group's attributes. (Not `attrs.update`: zarr's
+        # attribute mapping writes the file once per key, and a kill between those writes left a
+        # marker whose utterance count ran ahead of its row counts.)
         self.n += len(utt_ids)
         self.rows = new_rows
-        self.group.attrs.update({"n_committed": self.n, "rows_committed": self.rows})
+        self.group.update_attributes({"n_committed": self.n, "rows_committed": self.rows})
 
     def finish(self, complete: bool, skipped: dict[str, str] | None = None) -> None:
         """Trim rows a killed run left past the commit marker, and record completeness."""
@@ -589,4 +591,4 @@ class FeatureWriter:
                 self._offsets[name].resize((self.n + 1,))
         if self._ids.shape[0] != self.n:
             self._ids.resize((self.n,))
-        self.group.attrs.update({"complete": complete, "skipped": skipped or {}})
+        self.group.update_attributes({"complete": complete, "skipped": skipped or {}})

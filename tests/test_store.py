@@ -171,3 +171,28 @@ def test_schema_file_states_the_layout_the_code_writes():
     defaults = schema["feature"]["defaults"]
     assert defaults["chunk_bytes"] == CHUNK_BYTES and defaults["id_chunk"] == ID_CHUNK
     assert schema["schema_version"] == SCHEMA_VERSION
+
+
+def test_commit_marker_is_one_write_of_consistent_attributes(tmp_path, monkeypatch):
+    """Every state of a feature group's attributes that ever reaches the disk is consistent: a kill
+    can land between any two file writes, so the marker must never be written key by key."""
+    import zarr.storage._local as local
+
+    store = FeatureStore(tmp_path / "s.zarr")
+    spec = ArraySpec("vec", "utterance", (3,), "float32")
+    writer = store.writer("toy", "toy", {"v": 1}, [spec])
+    seen: list[dict] = []
+    real_put = local._put
+
+    def recording_put(path, value, exclusive=False):
+        if path.name == "zarr.json" and path.parent.name == writer.name:
+            seen.append(json.loads(bytes(value.as_buffer_like()))["attributes"])
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(local, "_put", recording_put)
+    for k in range(3):
+        writer.commit([f"u{k}a", f"u{k}b"], [{"vec": np.ones(3)}, {"vec": np.zeros(3)}])
+    writer.finish(complete=True)
+    assert len(seen) == 4  # one write per commit, one for finish
+    assert all(a["rows_committed"]["vec"] == a["n_committed"] for a in seen)
+    assert [a["n_committed"] for a in seen] == [2, 4, 6, 6]
