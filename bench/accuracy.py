@@ -73,7 +73,9 @@ def collect(out: Path) -> list[dict]:
         s = json.loads(summary.read_text())
         cfg = json.loads((out / "cells" / cell / "config.json").read_text())
         feats = ", ".join(f"{m}={i['feature'].rsplit('-', 1)[0]}:{i['array']}" for m, i in cfg["inputs"].items())
-        rows.append({"cell": cell, "features": feats, "seconds": s.get("seconds"),
+        # training time summed over folds when every fold recorded it (a resumed cell's wall time
+        # counts only its last invocation)
+        rows.append({"cell": cell, "features": feats, "seconds": s.get("train_seconds") or s.get("seconds"),
                      **{k: s[k] for k in ("wa", "ua", "macro_f1")}})
     return rows
 

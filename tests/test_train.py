@@ -74,8 +74,11 @@ def test_changed_configuration_never_reuses_a_run_directory(store_path, tmp_path
                                    "speaker-kfold", "--out", str(tmp_path / "a"), *args, "--set", "lr=0.1"])
     assert res.exit_code != 0
     assert "different configuration" in str(res.exception) and "head_config.lr" in str(res.exception)
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
     more = _run(store_path, tmp_path / "a", *args, "--seeds", "0,1")  # more seeds: same results, resumed
     assert len(more["per_fold"]) == 10
+    # the cost counts every fold's own time, also the folds this invocation reused
+    assert more["train_seconds"] > first["train_seconds"] > 0
 
 
 def test_head_options_and_errors(store_path, tmp_path):

@@ -84,6 +84,7 @@ def train_fold(
     progress: Progress | None = None,
 ) -> dict:
     """Train on fold.train, select on fold.valid, score fold.test; write metrics, history, checkpoint."""
+    t0 = time.monotonic()
     gen = seed_everything(seed)
     device = pick_device(opts.device)
     train_rows, valid_rows, test_rows = (data.labelled(ids) for ids in (fold.train, fold.valid, fold.test))
@@ -150,6 +151,7 @@ def train_fold(
             "n_train": len(train_rows),
             "n_valid": len(valid_rows),
             "n_test": len(test_rows),
+            "seconds": time.monotonic() - t0,  # this fold's own cost, whatever else the run resumed
         }
     )
     if out_dir is not None:

@@ -74,6 +74,10 @@ def build_summary(fold_metrics: list[dict]) -> dict:
     protocols = sorted({str(m.get("protocol")) for m in fold_metrics})
     summary["protocol"] = protocols[0] if len(protocols) == 1 else protocols
     summary["speaker_independent"] = all(m.get("speaker_independent", True) for m in fold_metrics)
+    # Training cost summed over the folds (each fold records its own): unlike the run's wall time,
+    # it does not shrink when a resumed run reuses finished folds. None if any fold predates it.
+    fold_seconds = [m.get("seconds") for m in fold_metrics]
+    summary["train_seconds"] = None if None in fold_seconds else float(sum(fold_seconds))
     return summary
 
 
@@ -437,7 +441,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
                 **{key: run["summary"].get(key) for key in METRIC_KEYS},
                 "valid": mean_std(valid) if valid and None not in valid else None,
                 "runs": len(run["runs"]),
-                "seconds": run["summary"].get("seconds"),
+                "seconds": run["summary"].get("train_seconds") or run["summary"].get("seconds"),
                 "speaker_independent": _speaker_independent(run),
             }
         )
