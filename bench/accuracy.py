@@ -1,28 +1,41 @@
 """Accuracy on real data (`make bench-accuracy`): rav4, rav8 and iemo-text, every head that can run.
 
-    python bench/accuracy.py --data ../shared/data [--store cache/bench.zarr] [--only rav4]
+    python bench/accuracy.py --data ../shared/data [--store cache/bench.zarr] [--only rav4] [--missing] [--jobs 2]
 
 1. Makes sure the features exist (each step resumes, so a rerun only does what is missing):
    RAVDESS: Whisper ASR words, fbank, ComParE functionals, Whisper encoder, MiniLM;
    IEMOCAP transcripts: MiniLM, and MPNet when `make models` has installed it.
 2. Runs the sweeps in bench/sweeps/ (5 folds x 3 seeds on RAVDESS; resumable cell by cell).
-3. Writes bench/results/accuracy-<bench>.md for each benchmark run and gathers the latest of all three
-   into bench/results/accuracy.md (WA / UA / macro-F1 mean ± std, minutes per cell) and checks that no fused head
-   is worse than its own audio-only variant on RAVDESS, whose text carries no emotion.
+3. Records every finished cell in bench/results/cells/<bench>/<cell>.json (its settings, per-fold
+   metrics, training time, machine, date, code version), writes bench/results/accuracy-<bench>.md
+   from those records and gathers all three into bench/results/accuracy.md (WA / UA / macro-F1
+   mean ± std, minutes per cell), and checks that no fused head is worse than its own audio-only
+   variant on RAVDESS, whose text carries no emotion.
+
+The records are committed, so a benchmark too long for one sitting (rav8 is hours on 2 cores) is
+finished over several: `--missing` trains only the cells without a record made with the settings the
+sweep file asks now; a record made with other settings is never shown. `--jobs N` trains N cells at
+once, each with cores / N torch threads (small heads use 2 cores better as 2 one-thread jobs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
+from train.cli import RunRequest, expand_grid  # noqa: E402
+from train.heads import get_head, make_config  # noqa: E402
 
 # Cheapest first, so an interrupted run has the most to show.
 SWEEPS = {
@@ -30,6 +43,8 @@ SWEEPS = {
     "rav4": "bench/sweeps/rav4.yaml",
     "rav8": "bench/sweeps/rav8.yaml",
 }
+RESULTS = ROOT / "bench" / "results"
+METRICS = ("wa", "ua", "macro_f1")
 
 
 def sh(*args: str, ok=(0,)) -> int:
@@ -63,21 +78,91 @@ def ensure_features(data: Path, store: str, which: list[str]) -> None:
             sh("featurize.cli", "extract", *iemo, "--model", "mpnet", ok=(0, 3))
 
 
-def collect(out: Path) -> list[dict]:
-    rows = []
-    for cell in json.loads((out / "sweep.json").read_text())["cells"]:
-        summary = out / "cells" / cell / "summary.json"
-        if not summary.exists():  # not run yet, or stopped part-way: shown as such, never left out silently
-            rows.append({"cell": cell, "features": "", "seconds": None, "wa": None, "ua": None, "macro_f1": None})
-            continue
-        s = json.loads(summary.read_text())
-        cfg = json.loads((out / "cells" / cell / "config.json").read_text())
-        feats = ", ".join(f"{m}={i['feature'].rsplit('-', 1)[0]}:{i['array']}" for m, i in cfg["inputs"].items())
-        # training time summed over folds when every fold recorded it (a resumed cell's wall time
-        # counts only its last invocation)
-        rows.append({"cell": cell, "features": feats, "seconds": s.get("train_seconds") or s.get("seconds"),
-                     **{k: s[k] for k in ("wa", "ua", "macro_f1")}})
-    return rows
+def sweep_cells(bench: str) -> list[tuple[str, RunRequest]]:
+    return expand_grid(yaml.safe_load((ROOT / SWEEPS[bench]).read_text()))
+
+
+def cell_settings(req: RunRequest) -> dict:
+    """What a cell's figures depend on, as the sweep file asks it now (where the store lives and which
+    device trains do not change them)."""
+    request = {k: v for k, v in dataclasses.asdict(req).items() if k not in ("store", "device")}
+    head_config = dataclasses.asdict(make_config(get_head(req.head), req.options))
+    return json.loads(json.dumps({"request": request, "head_config": head_config}))
+
+
+def record_path(bench: str, cell: str) -> Path:
+    return RESULTS / "cells" / bench / f"{cell}.json"
+
+
+def read_record(bench: str, cell: str, req: RunRequest) -> dict | None:
+    """The committed record of a cell, if it was made with the settings the sweep file asks now."""
+    path = record_path(bench, cell)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record["settings"] == cell_settings(req) else None
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> None:
+    """Turn a finished sweep cell into its committed record (kept as is when the figures are unchanged)."""
+    summary_file = cell_dir / "summary.json"
+    if not summary_file.exists():
+        return
+    run_config = json.loads((cell_dir / "config.json").read_text())
+    settings = cell_settings(req)
+    if {"request": {k: v for k, v in run_config["request"].items() if k not in ("store", "device")},
+            "head_config": run_config["head_config"]} != settings:
+        return  # the run directory holds an older configuration: `train sweep` refuses it, so do we
+    summary = json.loads(summary_file.read_text())
+    per_fold = [{k: r.get(k) for k in ("fold", "seed", "best_epoch", *METRICS)} for r in summary["per_fold"]]
+    old = read_record(bench, cell, req)
+    if old is not None and old["per_fold"] == per_fold:
+        return
+    inputs = ", ".join(f"{m}={i['feature'].rsplit('-', 1)[0]}:{i['array']}" for m, i in run_config["inputs"].items())
+    record = {
+        "bench": bench,
+        "cell": cell,
+        "settings": settings,
+        "inputs": inputs,
+        **{k: summary[k] for k in METRICS},
+        "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
+        "per_fold": per_fold,
+        "machine": machine(),
+        "code": code_version(),
+    }
+    path = record_path(bench, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def train_cells(bench: str, names: list[str], out: Path, store: str, jobs: int) -> None:
+    """Train the named cells of a sweep, ``jobs`` cells at a time (each job a `train sweep` process)."""
+    if not names:
+        return
+    jobs = max(1, min(jobs, len(names)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    groups = [names[i::jobs] for i in range(jobs)]
+    procs = []
+    for group in groups:
+        cmd = [sys.executable, "-m", "train.cli", "sweep", SWEEPS[bench], "--out", str(out), "--store", store,
+               "--keep-going", "--cells", ",".join(group), "--threads", str(threads)]
+        if jobs > 1:
+            cmd.append("--no-report")  # the jobs share one sweep directory: one report, written below
+        print("$", " ".join(cmd[1:]), flush=True)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT))
+    codes = [p.wait() for p in procs]
+    if jobs > 1:
+        subprocess.run([sys.executable, "-m", "train.cli", "report", str(out)], cwd=ROOT)
+    if any(codes):
+        raise SystemExit(f"train sweep failed for {bench} (exit codes {codes})")
 
 
 def minutes(seconds: float | None) -> str:
@@ -88,64 +173,78 @@ def fmt(m: dict | None) -> str:
     return "not finished" if m is None else f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}"
 
 
+def table(bench: str, data: Path) -> tuple[list[str], list[str]]:
+    """(Markdown lines, cells whose fused head is worse than its audio-only variant) from the records."""
+    cells = sweep_cells(bench)
+    rows = []
+    for name, req in cells:
+        r = read_record(bench, name, req)
+        rows.append({"cell": name, **(r or {"inputs": "", "train_seconds": None, "machine": ""})})
+    lines = [
+        f"## {bench}\n",
+        f"`python bench/accuracy.py --data {data} --only {bench}`; one record per cell in "
+        f"`bench/results/cells/{bench}/` (settings, per-fold metrics, machine, date, code version)\n",
+        "| cell | inputs | WA | UA | macro-F1 | minutes | machine, date |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['cell']} | {r['inputs']} | {fmt(r.get('wa'))} | {fmt(r.get('ua'))} | {fmt(r.get('macro_f1'))} | "
+        f"{minutes(r['train_seconds'])} | {r['machine']} |"
+        for r in rows
+    ]
+    defects = []
+    by_name = {r["cell"]: r for r in rows}
+    for r in rows:
+        audio = by_name.get(f"{r['cell']}-audio")
+        if bench.startswith("rav") and audio is not None and r.get("ua") and audio.get("ua"):
+            gap = r["ua"]["mean"] - audio["ua"]["mean"]
+            noise = max(r["ua"]["std"], audio["ua"]["std"])
+            verdict = (
+                "ok" if gap >= 0
+                else "ok (below by less than one std: noise)" if gap > -noise
+                else "DEFECT: fused below audio-only"
+            )
+            lines.append(f"\n{r['cell']}: fused UA {fmt(r['ua'])} vs audio-only {fmt(audio['ua'])} -> {verdict}")
+            if verdict.startswith("DEFECT"):
+                defects.append(f"{bench}/{r['cell']}")
+    return lines, defects
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--store", default="cache/bench.zarr")
     ap.add_argument("--only", action="append", choices=list(SWEEPS), help="run only these benchmarks")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--missing", action="store_true",
+                    help="train only the cells without a current record in bench/results/cells/")
+    ap.add_argument("--jobs", type=int, default=1, help="cells trained at once (cores shared between them)")
     ap.add_argument("--collect-only", action="store_true",
-                    help="extract and train nothing: write the tables from the cells that have finished")
+                    help="extract and train nothing: record the finished cells and write the tables")
     a = ap.parse_args()
     which = a.only or list(SWEEPS)
-    if not a.data.exists():
-        raise SystemExit(f"no corpora at {a.data}: point --data at the folder holding ravdess/ and iemocap_text/")
+    out_root = a.out if a.out.is_absolute() else ROOT / a.out
     if not a.collect_only:
+        if not a.data.exists():
+            raise SystemExit(f"no corpora at {a.data}: point --data at the folder holding ravdess/ and iemocap_text/")
         ensure_features(a.data.resolve(), a.store, which)
-    results = ROOT / "bench" / "results"
     defects = []
     for bench in which:
-        sweep = ROOT / SWEEPS[bench]
         if bench == "iemo-text" and not mpnet_available():
             print("MPNet not installed (`make models`): its iemo-text cells fail and are left out")
-        out = a.out / bench
-        if a.collect_only and not (out / "sweep.json").exists():
-            continue
+        out = out_root / bench
+        cells = sweep_cells(bench)
         if not a.collect_only:
-            cmd = ["-m", "train.cli", "sweep", str(sweep), "--out", str(out), "--store", a.store, "--keep-going"]
-            subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
-        rows = collect(ROOT / out if not out.is_absolute() else out)
-        lines = [
-            f"## {bench}\n",
-            f"{machine()}; `python bench/accuracy.py --data {a.data} --only {bench}`\n",
-            "| cell | inputs | WA | UA | macro-F1 | minutes |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['cell']} | {r['features']} | {fmt(r['wa'])} | {fmt(r['ua'])} | {fmt(r['macro_f1'])} | "
-            f"{minutes(r['seconds'])} |"
-            for r in rows
-        ]
-        by_name = {r["cell"]: r for r in rows}
-        for r in rows:
-            audio = by_name.get(f"{r['cell']}-audio")
-            if bench.startswith("rav") and audio is not None and r["ua"] is not None and audio["ua"] is not None:
-                gap = r["ua"]["mean"] - audio["ua"]["mean"]
-                noise = max(r["ua"]["std"], audio["ua"]["std"])
-                verdict = (
-                    "ok" if gap >= 0
-                    else "ok (below by less than one std: noise)" if gap > -noise
-                    else "DEFECT: fused below audio-only"
-                )
-                lines.append(f"\n{r['cell']}: fused UA {fmt(r['ua'])} vs audio-only {fmt(audio['ua'])} -> {verdict}")
-                if verdict.startswith("DEFECT"):
-                    defects.append(f"{bench}/{r['cell']}")
-        # One file per benchmark, so `--only X` refreshes X and keeps the others' latest results.
-        results.mkdir(parents=True, exist_ok=True)
-        (results / f"accuracy-{bench}.md").write_text("\n".join(lines) + "\n")
+            names = [n for n, req in cells if not (a.missing and read_record(bench, n, req) is not None)]
+            train_cells(bench, names, out, a.store, a.jobs)
+        for name, req in cells:
+            record_finished(bench, name, req, out / "cells" / name)
+        lines, bad = table(bench, a.data)
+        defects += bad
+        (RESULTS / f"accuracy-{bench}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
-    sections = [(results / f"accuracy-{b}.md").read_text() for b in SWEEPS if (results / f"accuracy-{b}.md").exists()]
-    (results / "accuracy.md").write_text("# Accuracy on real data\n\n" + "\n".join(sections))
+    sections = [(RESULTS / f"accuracy-{b}.md").read_text() for b in SWEEPS if (RESULTS / f"accuracy-{b}.md").exists()]
+    (RESULTS / "accuracy.md").write_text("# Accuracy on real data\n\n" + "\n".join(sections))
     if defects:
         print(f"fused heads below their audio-only variant: {', '.join(defects)}")
         sys.exit(1)

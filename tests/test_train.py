@@ -117,6 +117,22 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     assert res.exit_code != 0 and "head_config.weight_decay" in str(res.exception)
 
 
+def test_sweep_runs_only_the_named_cells(store_path, tmp_path):
+    sweep = {"corpus": "corpus", "protocol": "speaker-kfold", "store": str(store_path), "seeds": [0],
+             "features": ["opensmile"], "grid": [{"head": "linear", "options": {"lr": [0.01, 0.001]}}]}
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out), "--cells", "linear-0.001",
+                                   "--threads", "1", "--no-report"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert (out / "cells" / "linear-0.001" / "summary.json").exists()
+    assert not (out / "cells" / "linear-0.01").exists() and not (out / "report.md").exists()
+    assert json.loads((out / "sweep.json").read_text())["cells"] == ["linear-0.01", "linear-0.001"]
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out), "--cells", "linear-0.1"])
+    assert res.exit_code != 0 and "no cell named linear-0.1" in res.output and "linear-0.01" in res.output
+
+
 def _data(store_path: Path, head: str, features: list[str]):
     from train.data import load_data
     from train.heads import get_head

@@ -208,6 +208,9 @@ def sweep(
     out: Path = typer.Option(None, help="sweep directory (default runs/sweep-<config stem>)"),
     store: Path = typer.Option(None, help="override the sweep file's store"),
     keep_going: bool = typer.Option(False, help="report a failing cell and go on with the others"),
+    only: str = typer.Option(None, "--cells", help="run only these cells (comma-separated names)"),
+    threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core)"),
+    write_report: bool = typer.Option(True, "--report/--no-report", help="write the sweep report at the end"),
 ) -> None:
     """Run a grid of heads × options × seeds × folds; finished cells are not rerun. Prints the grid table."""
     spec = yaml.safe_load(config.read_text())
@@ -216,16 +219,22 @@ def sweep(
     cells = expand_grid(spec)
     out = out or Path("runs") / f"sweep-{config.stem}"
     out.mkdir(parents=True, exist_ok=True)
+    # sweep.json always lists the whole grid, so a partial run shows its other cells as not finished
     (out / "sweep.json").write_text(json.dumps({"config": spec, "cells": [n for n, _ in cells]}, indent=1))
-    console.print(f"sweep {config}: {len(cells)} cells -> {out}")
+    todo = select_cells(cells, only)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    console.print(f"sweep {config}: {len(todo)} of {len(cells)} cells -> {out}")
     cache: dict[tuple, CorpusData] = {}
     failed = []
-    for i, (name, req) in enumerate(cells, 1):
+    for i, (name, req) in enumerate(todo, 1):
         cell_dir = out / "cells" / name
         if (cell_dir / "summary.json").exists() and cell_is_current(cell_dir, req):
-            console.print(f"[{i}/{len(cells)}] {name}: done already")
+            console.print(f"[{i}/{len(todo)}] {name}: done already")
             continue
-        console.print(f"[{i}/{len(cells)}] {name}")
+        console.print(f"[{i}/{len(todo)}] {name}")
         try:
             run_cell(req, cell_dir, cache)
         except Exception as e:
@@ -233,14 +242,26 @@ def sweep(
                 raise
             failed.append(name)
             console.print(f"[red]cell {name} failed[/]: {type(e).__name__}: {e}")
-    from train.report import write_sweep_report
-
     done = [n for n, _ in cells if (out / "cells" / n / "summary.json").exists()]
-    report = write_sweep_report(out)
     print_grid(out, done)
-    console.print(f"sweep report: {report}")
+    if write_report:
+        from train.report import write_sweep_report
+
+        console.print(f"sweep report: {write_sweep_report(out)}")
     if failed:
         console.print(f"[red]{len(failed)} cells failed[/]: {', '.join(failed)}")
+
+
+def select_cells(cells: list[tuple[str, RunRequest]], only: str | None) -> list[tuple[str, RunRequest]]:
+    """The cells named in ``only`` (comma-separated), in the sweep file's order; all when None."""
+    if only is None:
+        return cells
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    known = [n for n, _ in cells]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise typer.BadParameter(f"no cell named {', '.join(unknown)} in this sweep; its cells: {', '.join(known)}")
+    return [(n, r) for n, r in cells if n in wanted]
 
 
 def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:

@@ -72,6 +72,13 @@ def predict(
     return np.concatenate(ys), np.concatenate(ps), losses / max(counts, 1)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a run killed mid-write (or a parallel reader) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def train_fold(
     spec: HeadSpec,
     config: Any,
@@ -156,8 +163,7 @@ def train_fold(
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        write_atomic(out_dir / "history.json", json.dumps(history, indent=1))
         torch.save(
             {
                 "state_dict": best_state,
@@ -168,8 +174,11 @@ def train_fold(
                 "modalities": sorted(data.inputs),
                 "normalizer": {m: (inp.mean, inp.std) for m, inp in data.inputs.items()},
             },
-            out_dir / "model.pt",
+            out_dir / "model.pt.tmp",
         )
+        (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
+        # metrics.json last: its presence is what marks the fold finished when a run resumes
+        write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if progress is not None:
         progress.remove_task(task)
     return metrics
@@ -226,7 +235,7 @@ def run_folds(
                 "give another --out, or delete that directory to rerun it"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(run_config, indent=1, default=str))
+    write_atomic(out_dir / "config.json", json.dumps(run_config, indent=1, default=str))
     results = []
     t0 = time.monotonic()
     cols = (
@@ -251,5 +260,5 @@ def run_folds(
                 progress.update(overall, advance=1, status=f"last {fold.name}: WA {r['wa']:.3f} UA {r['ua']:.3f}")
     summary = build_summary(results)
     summary["seconds"] = time.monotonic() - t0
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
