@@ -1,0 +1,59 @@
+"""The accuracy benchmark's committed per-cell records: written from a finished sweep cell, shown only
+while the sweep file still asks for the settings they were made with."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from bench import accuracy
+
+
+def _finished_cell(cell_dir: Path, req, wa: float) -> None:
+    """What `train sweep` leaves in a finished cell directory (the parts the records read)."""
+    cell_dir.mkdir(parents=True)
+    from train.heads import get_head, make_config
+
+    config = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(get_head(req.head),
+                                                                                               req.options)),
+              "inputs": {"audio": {"feature": "opensmile_compare-0123abcd", "array": "functionals"}}}
+    (cell_dir / "config.json").write_text(json.dumps(config))
+    per_fold = [{"fold": f"fold{k}", "seed": 0, "best_epoch": 3, "wa": wa, "ua": wa - 0.01, "macro_f1": wa - 0.02}
+                for k in range(5)]
+    summary = {k: {"mean": per_fold[0][k], "std": 0.0, "n": 5} for k in ("wa", "ua", "macro_f1")}
+    (cell_dir / "summary.json").write_text(json.dumps({**summary, "per_fold": per_fold, "train_seconds": 60.0}))
+
+
+def test_records_follow_the_sweep_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    cells = dict(accuracy.sweep_cells("rav4"))
+    req = cells["linear-compare"]
+    _finished_cell(tmp_path / "run" / "linear-compare", req, 0.6)
+    accuracy.record_finished("rav4", "linear-compare", req, tmp_path / "run" / "linear-compare")
+    record = accuracy.read_record("rav4", "linear-compare", req)
+    assert record is not None and record["wa"]["mean"] == 0.6 and len(record["per_fold"]) == 5
+    assert record["inputs"] == "audio=opensmile_compare:functionals" and record["machine"]
+    lines, defects = accuracy.table("rav4", Path("data"))
+    row = next(line for line in lines if line.startswith("| linear-compare "))
+    assert "60.00 ± 0.00" in row and "1.0" in row
+    assert all("not finished" in line for line in lines if line.startswith("| probe-fbank "))
+    assert defects == []
+
+    # The sweep file now asks for another setting: the record is not shown, never silently reused.
+    changed = dataclasses.replace(req, options={**req.options, "lr": 0.5})
+    assert accuracy.read_record("rav4", "linear-compare", changed) is None
+    # A run directory made with other settings than the sweep asks does not overwrite the record.
+    _finished_cell(tmp_path / "run2" / "linear-compare", changed, 0.9)
+    accuracy.record_finished("rav4", "linear-compare", req, tmp_path / "run2" / "linear-compare")
+    assert accuracy.read_record("rav4", "linear-compare", req)["wa"]["mean"] == 0.6
+
+
+def test_fused_head_below_its_audio_only_variant_is_flagged(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    cells = dict(accuracy.sweep_cells("rav4"))
+    for name, wa in (("dialog", 0.40), ("dialog-audio", 0.60)):
+        _finished_cell(tmp_path / "run" / name, cells[name], wa)
+        accuracy.record_finished("rav4", name, cells[name], tmp_path / "run" / name)
+    lines, defects = accuracy.table("rav4", Path("data"))
+    assert defects == ["rav4/dialog"] and any("DEFECT" in line for line in lines)
