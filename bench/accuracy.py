@@ -173,6 +173,36 @@ def fmt(m: dict | None) -> str:
     return "not finished" if m is None else f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}"
 
 
+def fusion_verdict(fused: dict, audio: dict) -> tuple[str, bool]:
+    """Whether a fused head does worse than its audio-only variant (RAVDESS text carries no emotion, so
+    it should not). With per-fold records the two are compared run by run (same folds, same seeds): a
+    defect is a mean UA difference below zero by more than two standard errors of that difference.
+    Records without per-fold figures fall back to the gap against one std of either cell."""
+    head = f"fused UA {fmt(fused['ua'])} vs audio-only {fmt(audio['ua'])}"
+    pairs = {}
+    if fused.get("per_fold") and audio.get("per_fold"):
+        by_run = {(f["fold"], f["seed"]): f["ua"] for f in audio["per_fold"]}
+        pairs = {k: f["ua"] - by_run[k] for f in fused["per_fold"] if (k := (f["fold"], f["seed"])) in by_run}
+    if len(pairs) >= 2:
+        diffs = list(pairs.values())
+        mean = sum(diffs) / len(diffs)
+        sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+        se = sd / len(diffs) ** 0.5
+        detail = f"paired over {len(diffs)} runs: difference {100 * mean:+.2f} (standard error {100 * se:.2f})"
+        if mean >= 0:
+            return f"{head}; {detail} -> ok", False
+        if mean > -2 * se:
+            return f"{head}; {detail} -> ok (below by less than two standard errors: noise)", False
+        return f"{head}; {detail} -> DEFECT: fused below audio-only", True
+    gap = fused["ua"]["mean"] - audio["ua"]["mean"]
+    noise = max(fused["ua"]["std"], audio["ua"]["std"])
+    if gap >= 0:
+        return f"{head} -> ok", False
+    if gap > -noise:
+        return f"{head} -> ok (below by less than one std: noise; no per-fold figures to pair)", False
+    return f"{head} -> DEFECT: fused below audio-only", True
+
+
 def table(bench: str, data: Path) -> tuple[list[str], list[str]]:
     """(Markdown lines, cells whose fused head is worse than its audio-only variant) from the records."""
     cells = sweep_cells(bench)
@@ -197,15 +227,9 @@ def table(bench: str, data: Path) -> tuple[list[str], list[str]]:
     for r in rows:
         audio = by_name.get(f"{r['cell']}-audio")
         if bench.startswith("rav") and audio is not None and r.get("ua") and audio.get("ua"):
-            gap = r["ua"]["mean"] - audio["ua"]["mean"]
-            noise = max(r["ua"]["std"], audio["ua"]["std"])
-            verdict = (
-                "ok" if gap >= 0
-                else "ok (below by less than one std: noise)" if gap > -noise
-                else "DEFECT: fused below audio-only"
-            )
-            lines.append(f"\n{r['cell']}: fused UA {fmt(r['ua'])} vs audio-only {fmt(audio['ua'])} -> {verdict}")
-            if verdict.startswith("DEFECT"):
+            line, defect = fusion_verdict(r, audio)
+            lines.append(f"\n{r['cell']}: {line}")
+            if defect:
                 defects.append(f"{bench}/{r['cell']}")
     return lines, defects
 

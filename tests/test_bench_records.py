@@ -57,3 +57,25 @@ def test_fused_head_below_its_audio_only_variant_is_flagged(tmp_path, monkeypatc
         accuracy.record_finished("rav4", name, cells[name], tmp_path / "run" / name)
     lines, defects = accuracy.table("rav4", Path("data"))
     assert defects == ["rav4/dialog"] and any("DEFECT" in line for line in lines)
+
+
+def test_fusion_verdict_pairs_runs_by_fold_and_seed():
+    def cell(uas):
+        runs = [{"fold": f"fold{i % 5}", "seed": i // 5, "ua": u} for i, u in enumerate(uas)]
+        mean = sum(uas) / len(uas)
+        return {"ua": {"mean": mean, "std": 0.05}, "per_fold": runs}
+
+    audio = cell([0.50, 0.60, 0.55, 0.45, 0.65, 0.52, 0.58, 0.50, 0.62, 0.48])
+    # Fused a little below on average, but the runs disagree in sign: noise.
+    noisy = cell([u + d for u, d in zip([r["ua"] for r in audio["per_fold"]],
+                                        [0.02, -0.03, 0.01, -0.02, 0.01, -0.03, 0.02, -0.01, 0.01, -0.02],
+                                        strict=True)])
+    line, defect = accuracy.fusion_verdict(noisy, audio)
+    assert not defect and "paired over 10 runs" in line and "noise" in line
+    # Below in every run, by a margin far smaller than either cell's std: still a defect.
+    worse = cell([r["ua"] - 0.015 for r in audio["per_fold"]])
+    line, defect = accuracy.fusion_verdict(worse, audio)
+    assert defect and "DEFECT" in line
+    # Without per-fold figures: the gap against one std.
+    line, defect = accuracy.fusion_verdict({**worse, "per_fold": None}, audio)
+    assert not defect and "no per-fold figures" in line
