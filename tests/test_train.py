@@ -222,3 +222,17 @@ def test_predict_new_audio_with_every_checkpoint(store_path, tmp_path):
             predict_files(out, [wav])
     finally:
         zjson.write_text(original)
+
+
+def test_predict_transcribes_for_word_level_heads_even_audio_only():
+    from train.heads import get_head
+    from train.predict import needs_asr_words
+
+    cme, late = get_head("cme").inputs, get_head("late_concat").inputs
+    audio_only = {"audio": {}}
+    fused = {"audio": {}, "text": {}}
+    # cme pools its audio by word times: its audio-only variant needs words too, and a given text has no times
+    assert needs_asr_words(cme, audio_only, None) and needs_asr_words(cme, fused, "kids are talking")
+    # token-level text heads need a transcript only when none is given; audio-only runs need none
+    assert needs_asr_words(late, fused, None) and not needs_asr_words(late, fused, "kids are talking")
+    assert not needs_asr_words(late, audio_only, None)

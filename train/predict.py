@@ -3,7 +3,8 @@
 Each input feature is recomputed for the new files by the same extractor, rebuilt from what its
 store group recorded; if the rebuilt configuration does not fingerprint the same (another model,
 other library versions) the prediction is refused rather than fed features of another kind.
-Utterances without a transcript are transcribed with Whisper when the head needs text. The class
+Utterances without a transcript are transcribed with Whisper when the head needs text, and always
+for word-level heads (their audio is pooled by word times, audio-only variants too). The class
 probabilities are averaged over every fold × seed checkpoint of the run.
 """
 
@@ -65,6 +66,13 @@ def _utterances(paths: list[Path], text: str | None, need_words: bool) -> list[U
     return utts
 
 
+def needs_asr_words(head_inputs: dict[str, str], run_inputs: dict, text: str | None) -> bool:
+    """Whether new audio must be transcribed first: for a text input without ``text`` given, and always
+    for word-level heads (``cme``), whose audio is pooled by word times even when they run audio-only,
+    and whose word vectors must be the timed words' (the given ``text`` has no times)."""
+    return head_inputs.get("text") == "words" or ("text" in run_inputs and text is None)
+
+
 def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> list[Prediction]:
     cfg = json.loads((run_dir / "config.json").read_text())
     req = cfg["request"]
@@ -73,8 +81,12 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> 
     classes = cfg["classes"]
     store = FeatureStore(req["store"], create=False)
     choices = {FeatureChoice.parse(f).name: FeatureChoice.parse(f) for f in req["features"]}
-    need_text = "text" in cfg["inputs"]
-    utts = _utterances(paths, text, need_words=need_text and text is None)
+    utts = _utterances(paths, text, need_words=needs_asr_words(spec.inputs, cfg["inputs"], text))
+    if spec.inputs.get("text") == "words":
+        silent = [u.audio_path for u in utts if not u.words]
+        if silent:
+            raise ValueError(f"no words recognised in {', '.join(silent)}: head {spec.name} pools the audio by "
+                             "word times, so it cannot score audio without words")
     inputs: dict[str, ModalityInput] = {}
     for modality, inp in cfg["inputs"].items():
         extractor = _extractor_for(store, inp["feature"])
