@@ -83,10 +83,13 @@ def extract(
     result = run_extraction(
         fs, utts, extractor, workers=workers, batch_seconds=batch_seconds, console=console, limit=limit
     )
-    rate = result.audio_seconds / max(result.seconds, 1e-9)
+    seconds = max(result.seconds, 1e-9)
+    # text-only corpora have no audio seconds to count: their rate is utterances per second
+    rate = (f"{result.audio_seconds / seconds:.1f} audio-s/s" if result.audio_seconds > 0
+            else f"{result.processed / seconds:.1f} utt/s")
     console.print(
         f"[green]done[/] {result.feature}: {result.processed} extracted in {result.seconds:.1f} s "
-        f"({rate:.1f} audio-s/s), {result.already_done} were already stored, "
+        f"({rate}), {result.already_done} were already stored, "
         f"{len(result.skipped)} skipped, complete={result.complete}"
     )
     if result.skipped:
