@@ -9,6 +9,8 @@ CORPUS ?= ravdess
 DATA   ?= ../shared/data/ravdess
 WORKERS ?= 2
 BENCH_DATA ?= ../shared/data
+# e.g. make bench-accuracy BENCH_ARGS="--only rav8 --missing --jobs 2"
+BENCH_ARGS ?=
 
 .PHONY: install models test lint demo features bench bench-accuracy clean
 
@@ -43,7 +45,7 @@ bench: install
 	$(PY) bench/run_all.py --data $(BENCH_DATA)
 
 bench-accuracy: install
-	$(PY) bench/accuracy.py --data $(BENCH_DATA)
+	$(PY) bench/accuracy.py --data $(BENCH_DATA) $(BENCH_ARGS)
 
 clean:
 	rm -rf cache/demo runs .pytest_cache
