@@ -82,12 +82,16 @@ def sweep_cells(bench: str) -> list[tuple[str, RunRequest]]:
     return expand_grid(yaml.safe_load((ROOT / SWEEPS[bench]).read_text()))
 
 
-def cell_settings(req: RunRequest) -> dict:
-    """What a cell's figures depend on, as the sweep file asks it now (where the store lives and which
-    device trains do not change them)."""
-    request = {k: v for k, v in dataclasses.asdict(req).items() if k not in ("store", "device")}
-    head_config = dataclasses.asdict(make_config(get_head(req.head), req.options))
+def settings(request: dict, head_config: dict) -> dict:
+    """What a cell's figures depend on: its request and head configuration, less where the store lives
+    and which device trains (neither changes what is computed), in stored (JSON) form."""
+    request = {k: v for k, v in request.items() if k not in ("store", "device")}
     return json.loads(json.dumps({"request": request, "head_config": head_config}))
+
+
+def cell_settings(req: RunRequest) -> dict:
+    """The settings of a cell as the sweep file asks for it now."""
+    return settings(dataclasses.asdict(req), dataclasses.asdict(make_config(get_head(req.head), req.options)))
 
 
 def record_path(bench: str, cell: str) -> Path:
@@ -117,9 +121,8 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
     if not summary_file.exists():
         return
     run_config = json.loads((cell_dir / "config.json").read_text())
-    settings = cell_settings(req)
-    if {"request": {k: v for k, v in run_config["request"].items() if k not in ("store", "device")},
-            "head_config": run_config["head_config"]} != settings:
+    asked = cell_settings(req)
+    if settings(run_config["request"], run_config["head_config"]) != asked:
         return  # the run directory holds an older configuration: `train sweep` refuses it, so do we
     summary = json.loads(summary_file.read_text())
     per_fold = [{k: r.get(k) for k in ("fold", "seed", "best_epoch", *METRICS)} for r in summary["per_fold"]]
@@ -130,7 +133,7 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
     record = {
         "bench": bench,
         "cell": cell,
-        "settings": settings,
+        "settings": asked,
         "inputs": inputs,
         **{k: summary[k] for k in METRICS},
         "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
@@ -203,9 +206,8 @@ def fusion_verdict(fused: dict, audio: dict) -> tuple[str, bool]:
     return f"{head} -> DEFECT: fused below audio-only", True
 
 
-def table(bench: str, data: Path) -> tuple[list[str], list[str]]:
+def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path) -> tuple[list[str], list[str]]:
     """(Markdown lines, cells whose fused head is worse than its audio-only variant) from the records."""
-    cells = sweep_cells(bench)
     rows = []
     for name, req in cells:
         r = read_record(bench, name, req)
@@ -263,7 +265,7 @@ def main() -> None:
             train_cells(bench, names, out, a.store, a.jobs)
         for name, req in cells:
             record_finished(bench, name, req, out / "cells" / name)
-        lines, bad = table(bench, a.data)
+        lines, bad = table(bench, cells, a.data)
         defects += bad
         (RESULTS / f"accuracy-{bench}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

@@ -34,7 +34,7 @@ def test_records_follow_the_sweep_file(tmp_path, monkeypatch):
     record = accuracy.read_record("rav4", "linear-compare", req)
     assert record is not None and record["wa"]["mean"] == 0.6 and len(record["per_fold"]) == 5
     assert record["inputs"] == "audio=opensmile_compare:functionals" and record["machine"]
-    lines, defects = accuracy.table("rav4", Path("data"))
+    lines, defects = accuracy.table("rav4", accuracy.sweep_cells("rav4"), Path("data"))
     row = next(line for line in lines if line.startswith("| linear-compare "))
     assert "60.00 ± 0.00" in row and "1.0" in row
     assert all("not finished" in line for line in lines if line.startswith("| probe-fbank "))
@@ -55,7 +55,7 @@ def test_fused_head_below_its_audio_only_variant_is_flagged(tmp_path, monkeypatc
     for name, wa in (("dialog", 0.40), ("dialog-audio", 0.60)):
         _finished_cell(tmp_path / "run" / name, cells[name], wa)
         accuracy.record_finished("rav4", name, cells[name], tmp_path / "run" / name)
-    lines, defects = accuracy.table("rav4", Path("data"))
+    lines, defects = accuracy.table("rav4", accuracy.sweep_cells("rav4"), Path("data"))
     assert defects == ["rav4/dialog"] and any("DEFECT" in line for line in lines)
 
 
