@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from train.cli import RunRequest, expand_grid  # noqa: E402
-from train.heads import get_head, make_config  # noqa: E402
+from train.heads import get_head, make_config, make_recipe  # noqa: E402
 
 # Cheapest first, so an interrupted run has the most to show.
 SWEEPS = {
@@ -82,16 +82,18 @@ def sweep_cells(bench: str) -> list[tuple[str, RunRequest]]:
     return expand_grid(yaml.safe_load((ROOT / SWEEPS[bench]).read_text()))
 
 
-def settings(request: dict, head_config: dict) -> dict:
-    """What a cell's figures depend on: its request and head configuration, less where the store lives
-    and which device trains (neither changes what is computed), in stored (JSON) form."""
+def settings(request: dict, head_config: dict, recipe: dict) -> dict:
+    """What a cell's figures depend on: its request, head configuration and recipe, less where the store
+    lives and which device trains (neither changes what is computed), in stored (JSON) form."""
     request = {k: v for k, v in request.items() if k not in ("store", "device")}
-    return json.loads(json.dumps({"request": request, "head_config": head_config}))
+    return json.loads(json.dumps({"request": request, "head_config": head_config, "recipe": recipe}))
 
 
 def cell_settings(req: RunRequest) -> dict:
     """The settings of a cell as the sweep file asks for it now."""
-    return settings(dataclasses.asdict(req), dataclasses.asdict(make_config(get_head(req.head), req.options)))
+    spec = get_head(req.head)
+    return settings(dataclasses.asdict(req), dataclasses.asdict(make_config(spec, req.options)),
+                    dataclasses.asdict(make_recipe(spec, req.options)))
 
 
 def record_path(bench: str, cell: str) -> Path:
@@ -122,7 +124,7 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
         return
     run_config = json.loads((cell_dir / "config.json").read_text())
     asked = cell_settings(req)
-    if settings(run_config["request"], run_config["head_config"]) != asked:
+    if settings(run_config["request"], run_config["head_config"], run_config.get("recipe")) != asked:
         return  # the run directory holds an older configuration: `train sweep` refuses it, so do we
     summary = json.loads(summary_file.read_text())
     per_fold = [{k: r.get(k) for k in ("fold", "seed", "best_epoch", *METRICS)} for r in summary["per_fold"]]

@@ -13,10 +13,11 @@ from bench import accuracy
 def _finished_cell(cell_dir: Path, req, wa: float) -> None:
     """What `train sweep` leaves in a finished cell directory (the parts the records read)."""
     cell_dir.mkdir(parents=True)
-    from train.heads import get_head, make_config
+    from train.heads import get_head, make_config, make_recipe
 
-    config = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(get_head(req.head),
-                                                                                               req.options)),
+    spec = get_head(req.head)
+    config = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(spec, req.options)),
+              "recipe": dataclasses.asdict(make_recipe(spec, req.options)),
               "inputs": {"audio": {"feature": "opensmile_compare-0123abcd", "array": "functionals"}}}
     (cell_dir / "config.json").write_text(json.dumps(config))
     per_fold = [{"fold": f"fold{k}", "seed": 0, "best_epoch": 3, "wa": wa, "ua": wa - 0.01, "macro_f1": wa - 0.02}

@@ -176,7 +176,9 @@ def test_paper_defaults_build_and_run(name: str) -> None:
     torch.manual_seed(0)
     spec = get_head(name)
     cfg = make_config(spec)
-    assert all(hasattr(cfg, k) for k in ("lr", "weight_decay", "epochs", "batch_size"))
+    # the optimisation settings are the head's recipe, not its model config
+    assert all(hasattr(spec.recipe, k) for k in ("lr", "weight_decay", "epochs", "batch_size", "schedule"))
+    assert not any(hasattr(cfg, k) for k in ("lr", "weight_decay", "epochs", "batch_size"))
     assert not hasattr(cfg, "modalities")  # a constructor argument, not an option
     model = spec.build(cfg, DIMS, LAYERS, C, ["audio", "text"]).eval()
     with torch.no_grad():
@@ -318,15 +320,19 @@ def test_msmser_audio_pool_is_padding_invariant_and_means_real_frames() -> None:
     assert pooled_mask.tolist() == [[True, True, False]]
 
 
-def test_msmser_eval_mask_hides_modality() -> None:
+def test_msmser_eval_mask_hides_modality_at_test_only() -> None:
     for hidden, shown in (("text", "audio"), ("audio", "text")):
         torch.manual_seed(0)
         model = build("msmser", eval_mask=hidden).eval()
-        batch = make_batch("msmser")
+        batch = dict(make_batch("msmser"), phase="test")
         changed = dict(batch)
         changed[hidden] = torch.randn_like(batch[hidden]) * 5
         with torch.no_grad():
             torch.testing.assert_close(model(changed)["logits"], model(batch)["logits"], atol=1e-5, rtol=1e-5)
+            # validation (which picks the checkpoint) sees both modalities: the paper masks at test only
+            for phase in ("valid", None):
+                assert not torch.allclose(model({**changed, "phase": phase})["logits"],
+                                          model({**batch, "phase": phase})["logits"], atol=1e-4)
             changed[shown] = torch.randn_like(batch[shown])  # the visible modality still matters
             assert not torch.allclose(model(changed)["logits"], model(batch)["logits"], atol=1e-4)
 

@@ -16,6 +16,7 @@ from featurize.pipeline import run_extraction
 from featurize.store import FeatureStore
 from tests.conftest import write_manifest_corpus
 from train.cli import app
+from train.data import Normalizer
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_changed_configuration_never_reuses_a_run_directory(store_path, tmp_path
     res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
                                    "speaker-kfold", "--out", str(tmp_path / "a"), *args, "--set", "lr=0.1"])
     assert res.exit_code != 0
-    assert "different configuration" in str(res.exception) and "head_config.lr" in str(res.exception)
+    assert "different configuration" in str(res.exception) and "recipe.lr" in str(res.exception)
     first = json.loads((tmp_path / "a" / "summary.json").read_text())
     more = _run(store_path, tmp_path / "a", *args, "--seeds", "0,1")  # more seeds: same results, resumed
     assert len(more["per_fold"]) == 10
@@ -98,7 +99,7 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     sweep = {"corpus": "corpus", "protocol": "speaker-kfold", "store": str(store_path), "seeds": [0],
              "max_epochs": 3, "features": ["opensmile"],
              "grid": [{"head": "dialog", "modality": "audio", "options": {"loss": ["single"]}},
-                      {"head": "linear", "options": {"lr": [0.01, 0.001]}}]}
+                      {"head": "linear", "options": {"C": [0.01, 0.001]}}]}
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "sweep"
@@ -111,15 +112,20 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     assert res.exit_code == 0 and (out / "cells" / "linear-0.01" / "report.md").exists()
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
     assert res.output.count("done already") == 3
-    sweep["grid"][1]["options"]["weight_decay"] = 0.5  # the linear cells' results are now stale
+    sweep["grid"][1]["options"]["tol"] = 1e-3  # the linear cells' results are now stale
     cfg.write_text(yaml.safe_dump(sweep))
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
-    assert res.exit_code != 0 and "head_config.weight_decay" in str(res.exception)
+    assert res.exit_code != 0 and "head_config.tol" in str(res.exception)
+    sweep["grid"][1]["options"]["tol"] = 1e-7
+    sweep["grid"][1]["options"]["refit"] = False  # so are they when the recipe changes
+    cfg.write_text(yaml.safe_dump(sweep))
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
+    assert res.exit_code != 0 and "recipe.refit" in str(res.exception)
 
 
 def test_sweep_runs_only_the_named_cells(store_path, tmp_path):
     sweep = {"corpus": "corpus", "protocol": "speaker-kfold", "store": str(store_path), "seeds": [0],
-             "features": ["opensmile"], "grid": [{"head": "linear", "options": {"lr": [0.01, 0.001]}}]}
+             "features": ["opensmile"], "grid": [{"head": "linear", "options": {"C": [0.01, 0.001]}}]}
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "sweep"
@@ -143,18 +149,16 @@ def _data(store_path: Path, head: str, features: list[str]):
 def test_normaliser_sees_training_rows_only(store_path):
     data = _data(store_path, "probe", ["fbank"])
     train_rows, test_row = list(range(10)), 50
-    data.fit_normalizer(train_rows)
-    mean = data.inputs["audio"].mean.clone()
+    mean = Normalizer.fit(data, train_rows).stats["audio"][0].clone()
     data.inputs["audio"].items[test_row] = data.inputs["audio"].items[test_row] + 1000  # a wild test utterance
-    data.fit_normalizer(train_rows)
-    assert (data.inputs["audio"].mean == mean).all()
+    assert (Normalizer.fit(data, train_rows).stats["audio"][0] == mean).all()
 
 
 def test_sequence_batches_pad_with_zeros_and_mask_real_frames(store_path):
     data = _data(store_path, "probe", ["fbank"])
-    data.fit_normalizer(list(range(len(data.utts))))
+    norm = Normalizer.fit(data, list(range(len(data.utts))))
     rows = [0, 1, 2, 3]
-    batch = next(data.batches(rows, batch_size=4, shuffle=False))
+    batch = next(data.batches(rows, batch_size=4, shuffle=False, norm=norm))
     lengths = [len(data.inputs["audio"].items[i]) for i in rows]
     assert batch["audio"].shape[:2] == (4, max(lengths))
     assert batch["audio_mask"].sum(1).tolist() == lengths
@@ -164,9 +168,9 @@ def test_sequence_batches_pad_with_zeros_and_mask_real_frames(store_path):
 
 def test_dialogue_batches_label_only_the_requested_rows(store_path):
     data = _data(store_path, "dialog", ["opensmile"])
-    data.fit_normalizer(list(range(len(data.utts))))
+    norm = Normalizer.fit(data, list(range(len(data.utts))))
     rows = [0, 2]  # two utterances of dialogue d0 (8 turns): the others are context only
-    batch = next(data.batches(rows, batch_size=4, shuffle=False))
+    batch = next(data.batches(rows, batch_size=4, shuffle=False, norm=norm))
     assert batch["audio"].shape[:2] == batch["utt_mask"].shape == (1, 8)
     labelled = (batch["labels"][0] >= 0).nonzero().flatten().tolist()
     order = data.dialogs[data.utts[0].dialog]

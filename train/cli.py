@@ -16,8 +16,8 @@ from rich.table import Table
 
 from featurize.store import DEFAULT_STORE, FeatureStore
 from train.data import CorpusData, load_data
-from train.heads import HEADS, get_head, make_config
-from train.loop import LoopOptions, changed_settings, run_folds
+from train.heads import HEADS, get_head, make_config, make_recipe
+from train.loop import EVALUATIONS, LoopOptions, changed_settings, run_folds
 from train.protocols import make_folds
 
 app = typer.Typer(help="Train emotion heads from cached features.", no_args_is_help=True, add_completion=False)
@@ -62,15 +62,18 @@ class RunRequest:
     options: dict = dataclasses.field(default_factory=dict)
     modality: str | None = None
     device: str = "auto"
-    patience: int = 20
     max_epochs: int | None = None
     protocol_options: dict = dataclasses.field(default_factory=dict)
+    evaluation: str = "honest"  # honest | paper (optimistic: checkpoint chosen on the test fold)
 
 
 def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True) -> dict:
     """Load (unless given), split, train every fold × seed, write the run directory and its report."""
     spec = get_head(req.head)
     config = make_config(spec, req.options)
+    recipe = make_recipe(spec, req.options)
+    if req.evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation must be one of {', '.join(EVALUATIONS)}, got {req.evaluation!r}")
     modalities = [req.modality] if req.modality else None
     if data is None:
         store = FeatureStore(req.store, create=False)
@@ -78,6 +81,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
     if not all(f.speaker_independent for f in folds):
         console.print(f"[yellow]warning[/]: protocol {req.protocol} is not speaker-independent")
+    if req.evaluation == "paper":
+        console.print(f"[bold yellow]paper evaluation[/]: {EVALUATIONS['paper']}; never compare with honest figures")
     dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
     console.print(
         f"{req.head} on {req.corpus} ({data.label_set}: {', '.join(data.classes)}), "
@@ -88,6 +93,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     run_config = {
         "request": dataclasses.asdict(req),
         "head_config": dataclasses.asdict(config),
+        "recipe": dataclasses.asdict(recipe),
+        "evaluation": req.evaluation,
         "label_set": data.label_set,
         "classes": data.classes,
         "protocol": req.protocol,
@@ -100,8 +107,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
         ],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    opts = LoopOptions(patience=req.patience, device=req.device, max_epochs=req.max_epochs)
-    summary = run_folds(spec, config, data, folds, req.seeds, opts, out, run_config, console)
+    opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation)
+    summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console)
     if report:  # sweeps skip per-cell pictures: the sweep report covers them, `train report` draws any cell
         from train.report import write_run_report
 
@@ -110,18 +117,22 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
 
 
 def print_summary(title: str, summary: dict) -> None:
-    table = Table("fold", "seed", "WA", "UA", "macro-F1", "best epoch", title=title)
+    if summary.get("optimistic"):
+        title += " — PAPER EVALUATION (checkpoint chosen on the test fold: optimistic)"
+    table = Table("fold", "seed", "WA", "UA", "macro-F1", "best epoch", "flags", title=title)
     for r in summary["per_fold"]:
+        best = "" if r.get("best_epoch", -1) < 0 else f"{r['best_epoch']} of {r.get('budget')}"
         table.add_row(
             str(r["fold"]),
             str(r["seed"]),
             f"{r['wa']:.4f}",
             f"{r['ua']:.4f}",
             f"{r['macro_f1']:.4f}",
-            str(r["best_epoch"]),
+            best,
+            "; ".join(r.get("flags") or []),
         )
     cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("wa", "ua", "macro_f1")]
-    table.add_row("mean ± std", "", *cells, "")
+    table.add_row("mean ± std", "", *cells, "", f"{summary.get('flagged', 0)} runs flagged")
     wide_console().print(table)
 
 
@@ -135,13 +146,20 @@ def run(
     out: Path = typer.Option(None, help="run directory (default runs/<head>-<corpus>-<protocol>-<time>)"),
     labels: str = typer.Option(None, help="label set (iemocap: 4class|5class|6class; ravdess: rav4|rav8)"),
     seeds: str = typer.Option("0", help="seeds, e.g. 0,1,2 or 0-2"),
-    set_: list[str] = typer.Option([], "--set", help="head option key=value (repeatable), e.g. --set fusion_at=late"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="head or recipe option key=value (repeatable), e.g. --set fusion_at=late --set lr=1e-3"
+    ),
+    recipe: Path = typer.Option(None, help="YAML file of head / recipe options (what --set takes; --set wins)"),
+    evaluation: str = typer.Option("honest", help="honest | paper (OPTIMISTIC: the authors' code's checkpoint "
+                                   "choice on the test fold; stamped on every output)"),
     modality: str = typer.Option(None, help="audio | text: the unimodal variant"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    patience: int = typer.Option(20, help="early stopping: epochs without a better validation UA"),
-    max_epochs: int = typer.Option(None, help="cap the head's epochs (quick runs)"),
+    max_epochs: int = typer.Option(None, help="cap the recipe's epochs (quick runs)"),
 ) -> None:
     """Train a head over every fold × seed of a protocol and print the per-fold table."""
+    options = yaml.safe_load(recipe.read_text()) or {} if recipe else {}
+    if not isinstance(options, dict):
+        raise typer.BadParameter(f"{recipe}: a recipe file is a mapping of option: value")
     req = RunRequest(
         head,
         [f for f in feature.split(",") if f],
@@ -150,11 +168,11 @@ def run(
         str(store),
         labels,
         parse_seeds(seeds),
-        parse_sets(set_),
+        {**options, **parse_sets(set_)},
         modality,
         device,
-        patience,
         max_epochs,
+        evaluation=evaluation,
     )
     out = out or Path("runs") / f"{head}-{corpus}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = execute(req, out)
@@ -178,6 +196,7 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
             swept = [f"{v}" for k, v in zip(keys, values, strict=True) if isinstance(options[k], list)]
             name = "-".join(
                 [entry.get("name", entry["head"])] + swept + ([entry["modality"]] if entry.get("modality") else [])
+                + (["paper"] if entry.get("evaluation") == "paper" else [])
             )
             feats = entry["features"]
             req = RunRequest(
@@ -191,9 +210,9 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
                 options=opts,
                 modality=entry.get("modality"),
                 device=entry.get("device", "auto"),
-                patience=entry.get("patience", 20),
                 max_epochs=entry.get("max_epochs"),
                 protocol_options=entry.get("protocol_options", {}),
+                evaluation=entry.get("evaluation", "honest"),
             )
             cells.append((name, req))
     names = [n for n, _ in cells]
@@ -268,8 +287,9 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
     """Whether a finished sweep cell was run as the sweep file now asks. New seeds mean it is not finished
     (the run resumes and adds them); any other change is an error, never a silently reused result."""
     old = json.loads((cell_dir / "config.json").read_text())
-    head_config = make_config(get_head(req.head), req.options)
-    new = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(head_config)}
+    spec = get_head(req.head)
+    new = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(spec, req.options)),
+           "recipe": dataclasses.asdict(make_recipe(spec, req.options))}
     changed = changed_settings(old, new)
     if changed:
         raise ValueError(

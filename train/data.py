@@ -67,8 +67,6 @@ class ModalityInput:
     items: list[torch.Tensor]  # one per utterance: [*tail] (pooled) or [rows, *tail]
     tail: tuple[int, ...]
     rows_per_second: float | None
-    mean: torch.Tensor | None = None
-    std: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -78,9 +76,39 @@ class ModalityInput:
     def layers(self) -> int:
         return self.tail[0] if len(self.tail) == 2 else 1
 
-    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension mean and std of each input, fitted on one fold's training rows: an object of its own,
+    so a fold's statistics travel with its model (checkpoint, refit) instead of living on the shared data."""
+
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def fit(cls, data: CorpusData, rows: list[int]) -> Normalizer:
+        gen = np.random.default_rng(0)
+        stats = {}
+        for m, inp in data.inputs.items():
+            parts = [inp.items[i] for i in rows]
+            x = torch.stack(parts) if inp.form == "pooled" else torch.cat(parts)
+            if len(x) > NORM_SAMPLE_ROWS:
+                x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
+            x = x.float()  # float16 sums overflow: reduce in float32
+            mean = x.mean(0)
+            stats[m] = (mean, x.std(0).clamp_min(1e-5) if len(x) > 1 else torch.ones_like(mean))
+        return cls(stats)
+
+    @classmethod
+    def identity(cls) -> Normalizer:
+        return cls({})
+
+    def __call__(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        return x if self.mean is None else (x - self.mean) / self.std
+        if modality not in self.stats:
+            return x
+        mean, std = self.stats[modality]
+        return (x - mean) / std
 
 
 @dataclass
@@ -113,46 +141,44 @@ class CorpusData:
         """Row indices of these utterance ids that carry a label of the set."""
         return [self.index[u] for u in ids if u in self.index and int(self.labels[self.index[u]]) >= 0]
 
-    def fit_normalizer(self, train_rows: list[int]) -> None:
-        """Per-dimension mean/std of each input over the training rows only."""
-        gen = np.random.default_rng(0)
-        for inp in self.inputs.values():
-            parts = [inp.items[i] for i in train_rows]
-            x = torch.stack(parts) if inp.form == "pooled" else torch.cat(parts)
-            if len(x) > NORM_SAMPLE_ROWS:
-                x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
-            x = x.float()  # float16 sums overflow: reduce in float32
-            inp.mean = x.mean(0)
-            inp.std = x.std(0).clamp_min(1e-5) if len(x) > 1 else torch.ones_like(inp.mean)
+    def units(self, rows: list[int]) -> list:
+        """What a batch is made of for these rows: the rows themselves, or for dialogue heads the
+        dialogues that contain them (whole dialogues as context)."""
+        if not self.dialogue:
+            return list(rows)
+        wanted = set(rows)
+        return [d for d, ix in self.dialogs.items() if wanted.intersection(ix)]
 
     # -- batches ---------------------------------------------------------------------------------
     def batches(
-        self, rows: list[int], batch_size: int, shuffle: bool, generator: torch.Generator | None = None, epoch: int = 0
+        self,
+        rows: list[int],
+        batch_size: int,
+        shuffle: bool,
+        norm: Normalizer,
+        generator: torch.Generator | None = None,
+        epoch: int = 0,
     ):
         """Utterance batches, or for dialogue heads batches of the dialogues containing ``rows``
-        (whole dialogues as context; only ``rows`` carry labels)."""
-        if self.dialogue:
-            wanted = set(rows)
-            units = [d for d, ix in self.dialogs.items() if wanted.intersection(ix)]
-        else:
-            units = list(rows)
+        (whole dialogues as context; only ``rows`` carry labels), standardised by ``norm``."""
+        units = self.units(rows)
         order = torch.randperm(len(units), generator=generator).tolist() if shuffle else range(len(units))
         units = [units[i] for i in order]
         for s in range(0, len(units), batch_size):
             chunk = units[s : s + batch_size]
-            batch = self._collate_dialogues(chunk, set(rows)) if self.dialogue else self._collate(chunk)
+            batch = self._collate_dialogues(chunk, set(rows), norm) if self.dialogue else self._collate(chunk, norm)
             batch["epoch"] = epoch
             yield batch
 
-    def _collate(self, rows: list[int]) -> dict:
+    def _collate(self, rows: list[int], norm: Normalizer) -> dict:
         batch: dict = {"labels": self.labels[rows], "rows": rows}
         for m, inp in self.inputs.items():
             if inp.form == "pooled":
-                batch[m] = inp.normalised(torch.stack([inp.items[i] for i in rows]))
+                batch[m] = norm(m, torch.stack([inp.items[i] for i in rows]))
                 continue
             seqs = [inp.items[i] for i in rows]
             lengths = torch.tensor([len(s) for s in seqs])
-            padded = pad_sequence([inp.normalised(s) for s in seqs], batch_first=True)
+            padded = pad_sequence([norm(m, s) for s in seqs], batch_first=True)
             mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
             padded = padded * mask.view(*mask.shape, *([1] * (padded.dim() - 2)))  # padding is exactly 0
             key = "words" if inp.form == "words" else m
@@ -170,7 +196,7 @@ class CorpusData:
             batch["soft_labels"] = self.soft[rows]
         return batch
 
-    def _collate_dialogues(self, dialogs: list[str], labelled: set[int]) -> dict:
+    def _collate_dialogues(self, dialogs: list[str], labelled: set[int], norm: Normalizer) -> dict:
         seqs = [self.dialogs[d] for d in dialogs]
         n_u = max(len(s) for s in seqs)
         batch: dict = {
@@ -188,7 +214,7 @@ class CorpusData:
                 raise ValueError("dialogue heads take one pooled vector per utterance")
             x = torch.zeros(len(seqs), n_u, *inp.tail)
             for b, s in enumerate(seqs):
-                x[b, : len(s)] = inp.normalised(torch.stack([inp.items[i] for i in s]))
+                x[b, : len(s)] = norm(m, torch.stack([inp.items[i] for i in s]))
             batch[m] = x
         return batch
 

@@ -1,7 +1,13 @@
 """The training loop: one head, one fold, one seed — then every fold × seed of a run.
 
-Model selection and early stopping look only at the validation split; the test split is scored
-once, with the best validation checkpoint. Features stay in memory across folds and seeds.
+`train_fold` is the one place a fold is trained: split rows -> fit the fold's normaliser -> `fit_head`
+(the epoch loop, or a convex head's own fit) selecting on validation -> optionally `refit` on training +
+validation speakers with the chosen epochs / C -> score the test split once -> flags -> files.
+The learning-rate schedule is `train.recipe.lr_factor`, applied per optimiser step in `run_epochs`.
+
+Evaluation ``honest`` (the default, and the only one benchmarks.md accepts) never looks at the test split
+before the final score. ``paper`` reproduces the authors' public code — the checkpoint is chosen on the test
+fold — and every file it writes says so (``"evaluation": "paper"``, ``"optimistic": true``).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -16,22 +23,30 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from train.data import CorpusData
+from train.data import CorpusData, Normalizer
 from train.heads import HeadSpec
 from train.metrics import compute_metrics
 from train.protocols import Fold
+from train.recipe import Recipe, lr_factor
 from train.report import build_summary
+
+EVALUATIONS = {
+    "honest": "checkpoint and epochs chosen on validation speakers; the test fold scored once",
+    "paper": "OPTIMISTIC: checkpoint chosen on the test fold, as the authors' public code does",
+}
+LATE_FRACTION = 0.1  # a best epoch in the last 10% of the budget: the head was still improving
+PRIOR_RATIO = 0.9  # a final training loss above 90% of the prior-only loss: the head barely learned
 
 
 @dataclasses.dataclass
 class LoopOptions:
-    patience: int = 20  # epochs without a better validation UA before stopping
     device: str = "auto"
-    select_on: str = "ua"  # validation metric that picks the checkpoint
-    max_epochs: int | None = None  # caps the head's own epochs (quick runs)
+    max_epochs: int | None = None  # caps the recipe's budget (quick runs)
+    evaluation: str = "honest"  # honest | paper (see EVALUATIONS)
 
 
 def pick_device(name: str) -> torch.device:
@@ -53,23 +68,41 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def predict(
-    model: torch.nn.Module, data: CorpusData, rows: list[int], batch_size: int, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(true labels, predictions, mean loss) over the labelled utterances in ``rows``."""
+@dataclasses.dataclass
+class Scored:
+    """A model's outputs over some labelled rows."""
+
+    rows: list[int]
+    y: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray
+    ce: float  # mean cross-entropy of the head's logits
+
+
+def evaluate(model: torch.nn.Module, data: CorpusData, rows: list[int], norm: Normalizer, batch_size: int,
+             device: torch.device, phase: str) -> Scored:
+    """The model's predictions over the labelled utterances in ``rows``. ``phase`` (valid | test | train) is
+    passed in the batch: a head may act differently at test (msmser's ``eval_mask``)."""
     model.eval()
-    ys, ps, losses, counts = [], [], 0.0, 0
+    out_rows, ys, ps, probs, ce, count = [], [], [], [], 0.0, 0
     with torch.no_grad():
-        for batch in data.batches(rows, batch_size, shuffle=False):
-            batch = _to_device(batch, device)
-            out = model(batch)
+        for batch in data.batches(rows, batch_size, shuffle=False, norm=norm):
+            batch = _to_device({**batch, "phase": phase}, device)
+            logits = model(batch)["logits"]
             labels = batch["labels"]
             keep = labels >= 0
-            losses += model.loss(out, batch).item() * int(keep.sum())
-            counts += int(keep.sum())
-            ys.append(labels[keep].cpu().numpy())
-            ps.append(out["logits"].argmax(-1)[keep].cpu().numpy())
-    return np.concatenate(ys), np.concatenate(ps), losses / max(counts, 1)
+            if data.dialogue:  # the labelled positions of the padded dialogues, in row order
+                kept = [r for b, d in enumerate(batch["rows"]) for j, r in enumerate(d) if keep[b, j]]
+            else:
+                kept = [r for r, k in zip(batch["rows"], keep.tolist(), strict=True) if k]
+            logits, labels = logits[keep], labels[keep]
+            ce += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            count += len(labels)
+            out_rows += kept
+            ys.append(labels.cpu().numpy())
+            ps.append(logits.argmax(-1).cpu().numpy())
+            probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
+    return Scored(out_rows, np.concatenate(ys), np.concatenate(ps), np.concatenate(probs), ce / max(count, 1))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -79,9 +112,137 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+@dataclasses.dataclass
+class Fitted:
+    """What fitting a head on some rows produced."""
+
+    state: dict  # the chosen weights
+    history: list[dict]  # one entry per epoch (or per C for a convex head)
+    best_epoch: int  # the chosen epoch (-1 for a convex head)
+    budget: int  # epochs the schedule spans
+    chosen: dict  # what refit reuses: {"epochs": n} or {"C": c}
+
+
+def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
+               select: tuple[str, list[int]] | None, budget: int, stop: int, gen: torch.Generator,
+               device: torch.device, on_epoch=None) -> Fitted:
+    """Train for up to ``budget`` epochs (the schedule spans all of them); with ``select`` = (phase, rows),
+    keep the best epoch on those rows and stop after ``recipe.patience`` epochs without a better one, but
+    never before epoch ``stop``. Without ``select`` (a refit), train exactly ``budget`` epochs."""
+    optim = make_optimizer(recipe, model.parameters())
+    steps_per_epoch = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
+    total_steps, step = budget * steps_per_epoch, 0
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -1.0, budget - 1, None
+    for epoch in range(budget):
+        model.train()
+        total, n = 0.0, 0
+        for batch in data.batches(train_rows, recipe.batch_size, shuffle=True, norm=norm, generator=gen, epoch=epoch):
+            for group in optim.param_groups:  # the schedule: warm-up, then cosine / step / constant
+                group["lr"] = recipe.lr * lr_factor(recipe, step / total_steps)
+            loss = model.loss(model(_to_device(batch, device)), _to_device(batch, device))
+            optim.zero_grad()
+            loss.backward()
+            if recipe.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm)
+            optim.step()
+            total, n, step = total + loss.item(), n + 1, step + 1
+        entry = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], "train_loss": total / max(n, 1)}
+        if select is not None:
+            phase, rows = select
+            scored = evaluate(model, data, rows, norm, recipe.batch_size, device, phase)
+            m = compute_metrics(scored.y, scored.pred, data.classes)
+            entry.update({"valid_loss": scored.ce, "valid_wa": m["wa"], "valid_ua": m["ua"],
+                          "valid_macro_f1": m["macro_f1"]})
+            if m[recipe.select_on] > best_score:
+                best_score, best_epoch, best_state = m[recipe.select_on], epoch, copy.deepcopy(model.state_dict())
+        history.append(entry)
+        if on_epoch is not None:
+            on_epoch(entry, best_score, best_epoch, budget)
+        if select is not None and epoch + 1 >= stop and epoch - best_epoch >= recipe.patience:
+            break
+    if best_state is None:
+        best_state = copy.deepcopy(model.state_dict())
+    return Fitted(best_state, history, best_epoch, budget, {"epochs": best_epoch + 1})
+
+
+def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
+             select: tuple[str, list[int]] | None, seed: int, opts: LoopOptions, budget: int | None = None,
+             on_epoch=None) -> tuple[torch.nn.Module, Fitted]:
+    """Build the head (seeded) and fit it on ``train_rows``, choosing on ``select`` when given.
+    ``budget`` fixes the number of epochs (a refit); otherwise it comes from the recipe."""
+    gen = seed_everything(seed)
+    device = pick_device(opts.device)
+    dims = {m: inp.dim for m, inp in data.inputs.items()}
+    layers = {m: inp.layers for m, inp in data.inputs.items()}
+    model = spec.build(config, dims, layers, data.n_classes, sorted(data.inputs)).to(device)
+    if spec.fit is not None:  # a convex head: one full-batch fit per candidate C
+        whole = lambda rows: _to_device(next(data.batches(rows, len(rows), shuffle=False, norm=norm)), device)  # noqa: E731
+        out = spec.fit(model, whole(train_rows), whole(select[1]) if select else None, data.classes, recipe.select_on)
+        return model, Fitted(copy.deepcopy(model.state_dict()), out["history"], -1, 0, out["chosen"])
+    if budget is None:
+        steps = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
+        budget = recipe.budget(steps)
+        if opts.max_epochs:
+            budget = min(budget, opts.max_epochs)
+        # a head may forbid stopping before its own schedule ends (msmser: modality masking still on)
+        stop = max(recipe.earliest_stop(budget), min(getattr(model, "min_epochs", 0), budget))
+    else:
+        stop = budget
+    fitted = run_epochs(model, recipe, data, norm, train_rows, select, budget, stop, gen, device, on_epoch)
+    model.load_state_dict(fitted.state)
+    return model, fitted
+
+
+def prior_loss(labels: np.ndarray, n_classes: int) -> float:
+    """Cross-entropy of always predicting the training label frequencies: what a head that learned
+    nothing from its inputs reaches."""
+    p = np.bincount(labels, minlength=n_classes) / max(len(labels), 1)
+    return float(-(p[p > 0] * np.log(p[p > 0])).sum())
+
+
+def training_flags(fitted: Fitted, train_ce: float, prior: float) -> list[str]:
+    """Why a fold's model may not be what its features allow: still improving when the budget ended, a
+    training loss near the prior-only loss, a convex fit that did not converge or chose the grid's edge."""
+    flags = []
+    if fitted.best_epoch >= 0 and fitted.budget > 1:
+        late = fitted.budget - max(1, math.ceil(LATE_FRACTION * fitted.budget))
+        if fitted.best_epoch >= late:
+            flags.append(f"best epoch {fitted.best_epoch} is in the last {LATE_FRACTION:.0%} of its "
+                         f"{fitted.budget}-epoch budget: still improving")
+    if train_ce > PRIOR_RATIO * prior:
+        flags.append(f"training loss {train_ce:.3f} near the prior-only loss {prior:.3f}: the head barely learned")
+    if fitted.best_epoch < 0:  # convex fit
+        if not all(h.get("converged", True) for h in fitted.history):
+            flags.append("L-BFGS stopped before convergence (raise max_iter)")
+        grid = [h["C"] for h in fitted.history]
+        if len(grid) > 1 and fitted.chosen["C"] == max(grid):
+            flags.append(f"C chosen at the top of the grid ({fitted.chosen['C']}): extend c_grid")
+    return flags
+
+
+def class_warnings(data: CorpusData, splits: dict[str, list[int]]) -> list[str]:
+    out = []
+    for name, rows in splits.items():
+        present = set(data.labels[rows].tolist())
+        missing = [c for i, c in enumerate(data.classes) if i not in present]
+        if missing:
+            out.append(f"class {', '.join(missing)} absent from the {name} set")
+    return out
+
+
 def train_fold(
     spec: HeadSpec,
     config: Any,
+    recipe: Recipe,
     data: CorpusData,
     fold: Fold,
     seed: int,
@@ -90,69 +251,59 @@ def train_fold(
     out_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Train on fold.train, select on fold.valid, score fold.test; write metrics, history, checkpoint."""
+    """Train on fold.train, select on fold.valid (paper evaluation: on fold.test), optionally refit on
+    train + valid, score fold.test; write metrics, history, checkpoint."""
     t0 = time.monotonic()
-    gen = seed_everything(seed)
-    device = pick_device(opts.device)
     train_rows, valid_rows, test_rows = (data.labelled(ids) for ids in (fold.train, fold.valid, fold.test))
     if not train_rows or not valid_rows or not test_rows:
         raise ValueError(
             f"fold {fold.name}: empty split (train {len(train_rows)}, valid {len(valid_rows)}, "
             f"test {len(test_rows)}) — are the features extracted for every utterance?"
         )
-    data.fit_normalizer(train_rows)
-    dims = {m: inp.dim for m, inp in data.inputs.items()}
-    layers = {m: inp.layers for m, inp in data.inputs.items()}
-    model = spec.build(config, dims, layers, data.n_classes, sorted(data.inputs)).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    epochs = min(config.epochs, opts.max_epochs) if opts.max_epochs else config.epochs
-    history: list[dict] = []
-    best = (-1.0, -1)
-    best_state = copy.deepcopy(model.state_dict())
-    task = progress.add_task(f"{fold.name} seed {seed}", total=epochs, status="") if progress else None
-    for epoch in range(epochs):
-        model.train()
-        total, n = 0.0, 0
-        for batch in data.batches(train_rows, config.batch_size, shuffle=True, generator=gen, epoch=epoch):
-            batch = _to_device(batch, device)
-            loss = model.loss(model(batch), batch)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            total += loss.item()
-            n += 1
-        y, p, vloss = predict(model, data, valid_rows, config.batch_size, device)
-        m = compute_metrics(y, p, data.classes)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / max(n, 1),
-                "valid_loss": vloss,
-                "valid_wa": m["wa"],
-                "valid_ua": m["ua"],
-                "valid_macro_f1": m["macro_f1"],
-            }
-        )
-        if m[opts.select_on] > best[0]:
-            best = (m[opts.select_on], epoch)
-            best_state = copy.deepcopy(model.state_dict())
+    paper = opts.evaluation == "paper"
+    refit = recipe.refit and not paper
+    warnings = class_warnings(data, {"training": train_rows, "validation": valid_rows, "test": test_rows})
+    norm = Normalizer.fit(data, train_rows)
+    task = progress.add_task(f"{fold.name} seed {seed}", total=None, status="") if progress else None
+
+    def on_epoch(entry: dict, best_score: float, best_epoch: int, budget: int) -> None:
         if progress is not None:
-            progress.update(
-                task,
-                advance=1,
-                status=f"valid {opts.select_on.upper()} {m[opts.select_on]:.3f} (best {best[0]:.3f} @ {best[1]})",
-            )
-        if epoch - best[1] >= opts.patience:
-            break
-    model.load_state_dict(best_state)
-    y, p, _ = predict(model, data, test_rows, config.batch_size, device)
-    metrics = compute_metrics(y, p, data.classes)
+            score = entry.get(f"valid_{recipe.select_on}")
+            status = "" if score is None else (
+                f"{select[0]} {recipe.select_on.upper()} {score:.3f} (best {best_score:.3f} @ {best_epoch})")
+            progress.update(task, completed=entry["epoch"] + 1, total=budget, status=status)
+
+    select = ("test", test_rows) if paper else ("valid", valid_rows)
+    model, fitted = fit_head(spec, config, recipe, data, norm, train_rows, select, seed, opts, on_epoch=on_epoch)
+    device = pick_device(opts.device)
+    train_ce = evaluate(model, data, train_rows, norm, recipe.batch_size, device, "train").ce
+    flags = training_flags(fitted, train_ce, prior_loss(data.labels[train_rows].numpy(), data.n_classes))
+    final_rows, refit_info = train_rows, None
+    if refit:
+        final_rows = sorted(train_rows + valid_rows)
+        norm = Normalizer.fit(data, final_rows)
+        refit_config = dataclasses.replace(config, C=fitted.chosen["C"]) if "C" in fitted.chosen else config
+        if progress is not None:
+            progress.update(task, status=f"refit on train + valid: {fitted.chosen}")
+        model, _ = fit_head(spec, refit_config, recipe, data, norm, final_rows, None, seed, opts,
+                            budget=fitted.chosen.get("epochs"), on_epoch=on_epoch)
+        refit_info = {**fitted.chosen, "n_train": len(final_rows), "budget": fitted.budget}
+    scored = evaluate(model, data, test_rows, norm, recipe.batch_size, device, "test")
+    metrics = compute_metrics(scored.y, scored.pred, data.classes)
     metrics.update(
         {
             "fold": fold.name,
             "seed": seed,
-            "best_epoch": best[1],
-            "epochs_run": len(history),
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": len(fitted.history),
+            "budget": fitted.budget,
+            "chosen": fitted.chosen,
+            "refit": refit_info,
+            "evaluation": opts.evaluation,
+            "optimistic": paper,
+            "flags": flags,
+            "warnings": warnings,
+            "train_loss_final": train_ce,
             "protocol": protocol,
             "speaker_independent": fold.speaker_independent,
             "n_train": len(train_rows),
@@ -163,16 +314,17 @@ def train_fold(
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "history.json", json.dumps(history, indent=1))
+        write_atomic(out_dir / "history.json", json.dumps(fitted.history, indent=1))
         torch.save(
             {
-                "state_dict": best_state,
+                "state_dict": model.state_dict(),
                 "config": dataclasses.asdict(config),
+                "recipe": dataclasses.asdict(recipe),
                 "classes": data.classes,
-                "dims": dims,
-                "layers": layers,
+                "dims": {m: inp.dim for m, inp in data.inputs.items()},
+                "layers": {m: inp.layers for m, inp in data.inputs.items()},
                 "modalities": sorted(data.inputs),
-                "normalizer": {m: (inp.mean, inp.std) for m, inp in data.inputs.items()},
+                "normalizer": norm.stats,
             },
             out_dir / "model.pt.tmp",
         )
@@ -186,7 +338,7 @@ def train_fold(
 
 # What a run's results depend on. Seeds are left out (adding seeds resumes a run), and so are where the
 # store lives and which device trains: neither changes what is computed.
-_RESULT_KEYS = ("head_config", "label_set", "classes", "protocol", "inputs", "folds")
+_RESULT_KEYS = ("head_config", "recipe", "evaluation", "label_set", "classes", "protocol", "inputs", "folds")
 _REQUEST_KEYS_IGNORED = ("seeds", "store", "device")
 
 
@@ -215,6 +367,7 @@ _MISSING = object()
 def run_folds(
     spec: HeadSpec,
     config: Any,
+    recipe: Recipe,
     data: CorpusData,
     folds: list[Fold],
     seeds: list[int],
@@ -255,7 +408,7 @@ def run_folds(
                 if (cell / "metrics.json").exists():
                     results.append(json.loads((cell / "metrics.json").read_text()))
                 else:
-                    results.append(train_fold(spec, config, data, fold, seed, opts, protocol, cell, progress))
+                    results.append(train_fold(spec, config, recipe, data, fold, seed, opts, protocol, cell, progress))
                 r = results[-1]
                 progress.update(overall, advance=1, status=f"last {fold.name}: WA {r['wa']:.3f} UA {r['ua']:.3f}")
     summary = build_summary(results)

@@ -21,7 +21,7 @@ from featurize.audio import audio_duration, load_audio
 from featurize.extractors import get_extractor
 from featurize.records import Utterance
 from featurize.store import FeatureStore, fingerprint
-from train.data import CorpusData, FeatureChoice, ModalityInput, as_item, word_frames
+from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, word_frames
 from train.heads import get_head, make_config
 
 
@@ -122,11 +122,10 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> 
         model = spec.build(config, state["dims"], state["layers"], len(classes), state["modalities"])
         model.load_state_dict(state["state_dict"])
         model.eval()
-        for m, (mean, std) in state["normalizer"].items():
-            data.inputs[m].mean, data.inputs[m].std = mean, std
+        norm = Normalizer(state["normalizer"])
         with torch.no_grad():
-            for batch in data.batches(list(range(len(utts))), 16, shuffle=False):
-                logits = model(batch)["logits"]
+            for batch in data.batches(list(range(len(utts))), 16, shuffle=False, norm=norm):
+                logits = model({**batch, "phase": "test"})["logits"]  # as the test fold was scored
                 rows = batch["rows"]
                 if spec.dialogue:  # one utterance per "dialogue" here
                     logits = logits[:, 0]

@@ -69,8 +69,13 @@ def build_summary(fold_metrics: list[dict]) -> dict:
     """The summary.json content for a run: `summarize` over all fold x seed metrics, plus a row each."""
     summary = summarize(fold_metrics)
     summary["per_fold"] = [
-        {key: m.get(key) for key in ("fold", "seed", "best_epoch", "n", *METRIC_KEYS)} for m in fold_metrics
+        {key: m.get(key) for key in ("fold", "seed", "best_epoch", "budget", "n", *METRIC_KEYS, "flags")}
+        for m in fold_metrics
     ]
+    summary["flagged"] = sum(bool(m.get("flags")) for m in fold_metrics)
+    evaluations = sorted({m.get("evaluation", "honest") for m in fold_metrics})
+    summary["evaluation"] = evaluations[0] if len(evaluations) == 1 else evaluations
+    summary["optimistic"] = any(m.get("optimistic") for m in fold_metrics)
     protocols = sorted({str(m.get("protocol")) for m in fold_metrics})
     summary["protocol"] = protocols[0] if len(protocols) == 1 else protocols
     summary["speaker_independent"] = all(m.get("speaker_independent", True) for m in fold_metrics)
@@ -385,7 +390,7 @@ def write_run_report(run_dir: Path) -> Path:
         "",
     ]
 
-    curves = [r for r in runs if r["history"]]
+    curves = [r for r in runs if r["history"] and "epoch" in r["history"][0]]  # not a convex fit's C path
     if curves:
         lines += ["## Training curves", ""]
         for r in curves:

@@ -2,9 +2,9 @@
 
 The contract every head follows (the loop and the data loader rely on nothing else):
 
-* ``Config`` is a plain dataclass holding the paper's hyperparameters as defaults, including the
-  optimisation ones the loop reads: ``lr``, ``weight_decay``, ``epochs``, ``batch_size``.
-  ``train run --set key=value`` overrides any field.
+* ``Config`` is a plain dataclass holding the paper's model hyperparameters as defaults; ``RECIPE``
+  (a ``train.recipe.Recipe``, given to ``HeadSpec``) says how it is trained: optimiser, lr, schedule,
+  budget, batch size, patience. ``train run --set key=value`` overrides a field of either by name.
 * ``INPUTS`` declares, per modality the head can use (``audio``, ``text``), the form it wants:
     - ``"pooled"``: one vector per utterance, ``batch[m]`` is ``[B, D]`` (layered features come as
       ``[B, L, D]``);
@@ -33,6 +33,8 @@ from typing import Any
 
 from torch import nn
 
+from train.recipe import Recipe, apply_overrides, field_names
+
 
 @dataclass
 class HeadSpec:
@@ -42,8 +44,13 @@ class HeadSpec:
         ..., nn.Module
     ]  # build(config, dims: dict[str, int], layers: dict[str, int], n_classes, modalities)
     inputs: dict[str, str]  # modality -> "pooled" | "sequence" | "words"
+    recipe: Recipe = dataclasses.field(default_factory=Recipe)
     dialogue: bool = False
     description: str = ""
+    # A head with a closed training problem (``linear``: a convex fit) trains itself instead of going
+    # through the epoch loop: fit(model, config, recipe, train: dict, select: dict | None) -> dict (its history).
+    fit: Callable[..., dict] | None = None
+    paper: str = ""  # where the head comes from, for tables
 
 
 HEADS: dict[str, HeadSpec] = {}
@@ -61,41 +68,29 @@ def get_head(name: str) -> HeadSpec:
     return HEADS[name]
 
 
+def check_overrides(spec: HeadSpec, overrides: dict[str, Any]) -> None:
+    """Every override must name a field of the head's config or of its recipe."""
+    known = field_names(spec.config_cls) | field_names(Recipe)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"head {spec.name!r} has no option {', '.join(map(repr, unknown))}; head options: "
+            f"{', '.join(sorted(field_names(spec.config_cls)))}; "
+            f"recipe options: {', '.join(sorted(field_names(Recipe)))}"
+        )
+
+
 def make_config(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Any:
-    """The head's config with ``overrides`` (strings from the command line are converted to the field's type)."""
-    cfg = spec.config_cls()
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for key, value in (overrides or {}).items():
-        if key not in fields:
-            raise ValueError(f"head {spec.name!r} has no option {key!r}; options: {', '.join(sorted(fields))}")
-        current = getattr(cfg, key)
-        if isinstance(value, str) and not isinstance(current, str):
-            value = _convert(value, current, key)
-        setattr(cfg, key, value)
-    return cfg
+    """The head's model config with the ``overrides`` that name its fields (strings are converted to the
+    field's type); the recipe's keys are left to ``make_recipe``."""
+    check_overrides(spec, overrides or {})
+    return apply_overrides(spec.config_cls(), overrides or {})
 
 
-def _convert(value: str, current: Any, key: str) -> Any:
-    if isinstance(current, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"option {key!r} wants true/false, got {value!r}")
-    if isinstance(current, int):
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
-    if isinstance(current, (list, tuple)):
-        return type(current)(type(current[0])(v) if current else v for v in value.split(","))
-    if current is None:
-        for cast in (int, float):
-            try:
-                return cast(value)
-            except ValueError:
-                pass
-        return None if value.lower() == "none" else value
-    return value
+def make_recipe(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Recipe:
+    """The head's training recipe with the ``overrides`` that name recipe fields."""
+    check_overrides(spec, overrides or {})
+    return apply_overrides(spec.recipe, overrides or {}).check()
 
 
 def _load_all() -> None:

@@ -10,7 +10,8 @@ heads.md section 3, top to bottom:
 Random modality masking (training only): each sample is hit with probability p(epoch) = rmm_p0, decaying
 linearly to 0 at rmm_end_epoch; a hit sample loses its text (prob rmm_text_prob) or else its audio, by
 removing that modality's positions from the memory pad mask. `eval_mask` removes one modality from every
-sample at evaluation, to measure modality bias (the paper's Table 3).
+sample at test time only (validation, which picks the checkpoint, sees both), to measure modality bias
+(the paper's Table 3).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from train.heads import HeadSpec, register
 from train.heads.probe import LayerMix
+from train.recipe import Recipe
 
 
 @dataclass
@@ -46,11 +48,12 @@ class Config:
     rmm_p0: float = 0.8
     rmm_end_epoch: int = 70
     rmm_text_prob: float = 0.6  # a hit sample loses text with this probability, else audio
-    eval_mask: str | None = None  # "text" | "audio": drop that modality for every sample at evaluation
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    epochs: int = 100
-    batch_size: int = 8
+    eval_mask: str | None = None  # "text" | "audio": drop that modality for every sample at test time
+
+
+# The paper's Adam lr 2e-5, batch 8, 100 epochs; warm-up and cosine decay are ours. The head itself forbids
+# early stopping before rmm_end_epoch (see MSMSER.min_epochs).
+RECIPE = Recipe(lr=2e-5, epochs=100, batch_size=8, warmup=0.05, patience=20)
 
 
 def sinusoid(n: int, d: int, device: torch.device) -> Tensor:
@@ -117,6 +120,9 @@ class MSMSER(nn.Module):
         assert cfg.eval_mask in (None, "text", "audio"), "eval_mask must be None, 'text' or 'audio'"
         self.cfg = cfg
         self.modalities = [m for m in ("audio", "text") if m in modalities]
+        # While random modality masking is still on, validation scores a model trained on masked inputs:
+        # the loop must not stop (and keep that checkpoint) before the masking has decayed to 0.
+        self.min_epochs = cfg.rmm_end_epoch if len(self.modalities) == 2 else 0
         self.enc = nn.ModuleDict({m: UniModal(cfg, dims[m], layers.get(m, 1)) for m in self.modalities})
         self.type_emb = nn.ParameterDict({m: nn.Parameter(torch.randn(cfg.d_model) * 0.02)
                                           for m in self.modalities})
@@ -143,7 +149,8 @@ class MSMSER(nn.Module):
             lose_text = torch.rand(b, device=device) < self.cfg.rmm_text_prob
             keep["text"] = ~(hit & lose_text)
             keep["audio"] = ~(hit & ~lose_text)
-        elif self.cfg.eval_mask is not None:
+        elif self.cfg.eval_mask is not None and batch.get("phase") == "test":
+            # the paper masks a normally trained model at test only: validation (checkpoint choice) sees both
             keep[self.cfg.eval_mask] = torch.zeros(b, dtype=torch.bool, device=device)
         return keep
 
@@ -179,7 +186,9 @@ register(HeadSpec(
     config_cls=Config,
     build=build,
     inputs={"audio": "sequence", "text": "sequence"},
+    recipe=RECIPE,
     dialogue=False,
+    paper="Wang, Ma, Ding 2023 (MSMSER)",
     description="uni-modal encoders + L emotion query tokens over [audio; text] + random modality masking "
                 "(Wang et al.)",
 ))

@@ -1,0 +1,130 @@
+"""How a head is trained: one plain dataclass per head (its ``RECIPE``, declared beside the head).
+
+A recipe is the optimisation half of a run; the head's ``Config`` is the model half. ``--set key=value``
+and a YAML file (``train run --recipe FILE``, or ``options:`` in a sweep) override either, by field name.
+
+The loop (train/loop.py) reads it as follows:
+
+* the budget is ``epochs``, raised when needed so that it holds at least ``min_steps`` optimiser steps:
+  a 400-utterance fold at batch 32 is 13 steps an epoch, and a paper's 20 epochs are then only 260 steps;
+* the learning rate warms up linearly over ``warmup`` (a fraction of the budget), then follows
+  ``schedule``: ``cosine`` to 0 at the end of the budget, ``step`` (x ``step_gamma`` at each of
+  ``step_at``, fractions of the budget) or ``constant``;
+* early stopping (``patience`` epochs without a better validation ``select_on``) can fire only after
+  ``stop_after`` of the budget: before that the schedule is still in its useful, high-lr part;
+* ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
+  speakers, then the head is trained again from scratch on training + validation speakers with that
+  choice and tested; the test fold is never looked at before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+SELECT_ON = ("ua", "wa", "macro_f1")
+
+
+@dataclass
+class Recipe:
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # adam: L2 added to the gradient; adamw: decoupled decay
+    epochs: int = 30
+    min_steps: int = 0  # floor on the budget in optimiser steps (epochs are raised to reach it)
+    batch_size: int = 32
+    warmup: float = 0.0  # fraction of the budget with a linear warm-up from 0
+    schedule: str = "cosine"
+    step_at: tuple[float, ...] = (0.5, 0.75)  # `step` schedule: where the lr is multiplied by step_gamma
+    step_gamma: float = 0.1
+    patience: int = 20  # epochs without a better validation score before stopping ...
+    stop_after: float = 0.5  # ... and never before this fraction of the budget
+    clip_norm: float | None = None  # gradient clipping (global L2 norm)
+    select_on: str = "ua"  # validation metric that picks the checkpoint
+    refit: bool = False  # retrain on train + validation speakers with the chosen epochs / regularisation
+
+    def check(self) -> Recipe:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"recipe: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"recipe: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"recipe: select_on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("recipe: epochs, batch_size and lr must be positive")
+        if not 0 <= self.warmup < 1 or not 0 <= self.stop_after <= 1:
+            raise ValueError("recipe: warmup must be in [0, 1) and stop_after in [0, 1]")
+        return self
+
+    def budget(self, steps_per_epoch: int) -> int:
+        """Epochs to train: ``epochs``, or more when that many epochs would be fewer than ``min_steps`` steps."""
+        return max(self.epochs, math.ceil(self.min_steps / max(steps_per_epoch, 1)))
+
+    def earliest_stop(self, budget: int) -> int:
+        """The first epoch after which early stopping may fire."""
+        return math.ceil(self.stop_after * budget)
+
+
+def lr_factor(recipe: Recipe, progress: float) -> float:
+    """The learning-rate multiplier at ``progress`` in [0, 1) of the budget (per optimiser step)."""
+    if progress < recipe.warmup:
+        return progress / recipe.warmup
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "step":
+        return recipe.step_gamma ** sum(progress >= s for s in recipe.step_at)
+    done = (progress - recipe.warmup) / (1.0 - recipe.warmup)  # cosine over what follows the warm-up
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
+    """``obj`` (a dataclass instance) with the ``overrides`` that name its fields applied; strings from the
+    command line or a YAML file are converted to the field's type. Other keys are left to the caller."""
+    obj = dataclasses.replace(obj)
+    names = field_names(type(obj))
+    for key, value in overrides.items():
+        if key not in names:
+            continue
+        current = getattr(obj, key)
+        if isinstance(value, str) and not isinstance(current, str):
+            value = convert(value, current, key)
+        elif isinstance(value, list) and isinstance(current, tuple):
+            value = tuple(value)
+        setattr(obj, key, value)
+    return obj
+
+
+def convert(value: str, current: Any, key: str) -> Any:
+    """A command-line string as the type of the field's current value."""
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"option {key!r} wants true/false, got {value!r}")
+    try:
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, (list, tuple)):
+            return type(current)(type(current[0])(v) if current else v for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"option {key!r} wants a {type(current).__name__}, got {value!r}") from None
+    if current is None:
+        if value.lower() == "none":
+            return None
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
