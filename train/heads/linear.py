@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from train.heads import HeadSpec, register
@@ -30,7 +32,7 @@ LOSSES = ("logistic", "hinge")
 @dataclass
 class Config:
     C: float | None = None  # inverse L2 strength, as scikit-learn's; None = chosen on validation from c_grid
-    c_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+    c_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
     loss: str = "logistic"  # logistic | hinge (one-vs-rest squared hinge: a linear SVM)
     max_iter: int = 1000  # L-BFGS iterations per fit
     tol: float = 1e-7  # stop when the largest gradient entry of the mean objective is below this
@@ -63,69 +65,94 @@ class LinearHead(nn.Module):
         return F.cross_entropy(out["logits"], batch["labels"], ignore_index=-100)
 
 
-def data_loss(scores: Tensor, y: Tensor, loss: str) -> Tensor:
-    """Mean over utterances of the multinomial cross-entropy, or of the one-vs-rest squared hinge."""
+def objective(params: np.ndarray, z: np.ndarray, y: np.ndarray, n_classes: int, penalty: float,
+              loss: str) -> tuple[float, np.ndarray]:
+    """Value and gradient of ``mean loss + penalty * ||W||^2`` at ``params`` = [W (C x r), b (C)] flattened."""
+    r = z.shape[1]
+    w, b = params[: n_classes * r].reshape(n_classes, r), params[n_classes * r :]
+    scores = z @ w.T + b
+    n = len(y)
     if loss == "logistic":
-        return F.cross_entropy(scores, y)
-    sign = torch.where(F.one_hot(y, scores.size(1)).bool(), 1.0, -1.0).to(scores.dtype)
-    return F.relu(1.0 - sign * scores).pow(2).sum(dim=1).mean()
+        scores = scores - scores.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scores).sum(axis=1))
+        value = float((log_norm - scores[np.arange(n), y]).mean())
+        d_scores = np.exp(scores - log_norm[:, None])
+        d_scores[np.arange(n), y] -= 1.0
+    else:  # one-vs-rest squared hinge
+        sign = -np.ones_like(scores)
+        sign[np.arange(n), y] = 1.0
+        margin = np.maximum(0.0, 1.0 - sign * scores)
+        value = float((margin**2).sum(axis=1).mean())
+        d_scores = -2.0 * sign * margin
+    d_scores /= n
+    grad_w = d_scores.T @ z + 2.0 * penalty * w
+    return value + penalty * float((w * w).sum()), np.concatenate([grad_w.ravel(), d_scores.sum(axis=0)])
 
 
-def solve(x: Tensor, y: Tensor, n_classes: int, c: float, cfg: Config,
-          start: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, dict]:
-    """(W [C, D], b [C], info) minimising ``mean loss + ||W||^2 / (2 C n)`` (= scikit-learn's objective / (C n))."""
-    x, n = x.double(), len(y)
-    w = (start[0].clone() if start else torch.zeros(n_classes, x.size(1), dtype=torch.float64)).requires_grad_()
-    b = (start[1].clone() if start else torch.zeros(n_classes, dtype=torch.float64)).requires_grad_()
-    penalty = 1.0 / (2.0 * c * n)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=cfg.max_iter, tolerance_grad=cfg.tol, tolerance_change=1e-15,
-                            history_size=20, line_search_fn="strong_wolfe")
-    calls = 0
+def row_basis(x: np.ndarray) -> np.ndarray:
+    """An orthonormal basis [r, D] of the row space of x [n, D], from the eigendecomposition of the n x n Gram
+    matrix (x x^T = U S^2 U^T, so V^T = S^-1 U^T x): far cheaper than an SVD of x when D >> n."""
+    evals, u = np.linalg.eigh(x @ x.T)
+    keep = evals > max(evals.max(), 0.0) * 1e-12
+    return (u[:, keep] / np.sqrt(evals[keep])).T @ x
 
-    def objective() -> Tensor:
-        nonlocal calls
-        calls += 1
-        opt.zero_grad()
-        value = data_loss(x @ w.T + b, y, cfg.loss) + penalty * (w * w).sum()
-        value.backward()
-        return value
 
-    opt.step(objective)
-    grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
-    state = opt.state[opt._params[0]]
-    info = {"C": c, "iterations": int(state.get("n_iter", 0)), "evaluations": calls, "grad_max": grad,
+def solve(z: np.ndarray, y: np.ndarray, n_classes: int, c: float, cfg: Config,
+          start: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """params = [W (C x r), b (C)] minimising ``mean loss + ||W||^2 / (2 C n)`` (scikit-learn's objective
+    divided by C n) over the rows z [n, r], with scipy's L-BFGS-B."""
+    from scipy.optimize import minimize
+
+    params = start if start is not None else np.zeros(n_classes * (z.shape[1] + 1))
+    penalty = 1.0 / (2.0 * c * len(y))
+    res = minimize(objective, params, args=(z, y, n_classes, penalty, cfg.loss), jac=True, method="L-BFGS-B",
+                   options={"maxiter": cfg.max_iter, "gtol": cfg.tol, "ftol": 1e-15, "maxcor": 20})
+    grad = float(np.abs(res.jac).max())
+    info = {"C": c, "iterations": int(res.nit), "evaluations": int(res.nfev), "grad_max": grad,
             "converged": grad <= 10 * cfg.tol}
-    return w.detach(), b.detach(), info
+    return res.x, info
 
 
 def fit(model: LinearHead, train: dict, select: dict | None, classes: list[str], select_on: str) -> dict:
     """Fit ``model`` on the ``train`` batch; C from ``select`` (the validation batch) when not fixed.
-    Returns {"history": one entry per C tried, "chosen": {"C": ...}}."""
+    Returns {"history": one entry per C tried, "chosen": {"C": ...}}.
+
+    The L2 optimum lies in the row space of the training rows (the loss's gradient always does), so the
+    problem is solved exactly in that basis: W = W' V^T with ||W|| = ||W'|| and the same conditioning. With
+    6373-d ComParE and a few hundred utterances, each step is then ~15x less work for the same solution."""
     cfg = model.cfg
-    x, y = model.features(train).detach(), train["labels"]
+    x, y = model.features(train).detach().double().cpu().numpy(), train["labels"].cpu().numpy()
     keep = y >= 0
     x, y = x[keep], y[keep]
     grid = [cfg.C] if cfg.C is not None or select is None else sorted(cfg.c_grid)
     if not grid or grid[0] is None:
         raise ValueError("linear: no C to fit (give --set C=... or a c_grid with a validation split)")
-    history, best, start = [], None, None
-    xs = model.features(select).detach().double() if select is not None and len(grid) > 1 else None
+    with threadpool_limits(1):  # a few hundred rows: one BLAS thread is fastest, and spinning peers stall
+        return _fit(model, x, y, grid, select, classes, select_on)
+
+
+def _fit(model: LinearHead, x: np.ndarray, y: np.ndarray, grid: list[float], select: dict | None,
+         classes: list[str], select_on: str) -> dict:
+    cfg = model.cfg
+    vt = row_basis(x)
+    z, r, k = x @ vt.T, len(vt), len(classes)
+    xs = model.features(select).detach().double().cpu().numpy() @ vt.T if select is not None and len(grid) > 1 else None
+    history, best, params = [], None, None
     for c in grid:
-        w, b, info = solve(x, y, len(classes), c, cfg, start)
-        start = (w, b)  # warm start: the grid ascends, each C's solution is near the last one's
+        params, info = solve(z, y, k, c, cfg, params)  # warm start: the grid ascends, each C near the last
         if xs is not None:
-            pred = (xs @ w.T + b).argmax(-1)
+            pred = (xs @ params[: k * r].reshape(k, r).T + params[k * r :]).argmax(-1)
             m = compute_metrics(select["labels"].tolist(), pred.tolist(), classes)
-            info.update({f"valid_{k}": m[k] for k in ("wa", "ua", "macro_f1")})
+            info.update({f"valid_{key}": m[key] for key in ("wa", "ua", "macro_f1")})
             if best is None or info[f"valid_{select_on}"] > best[0]:  # ties keep the smaller C (more regular)
-                best = (info[f"valid_{select_on}"], c, w, b)
+                best = (info[f"valid_{select_on}"], c, params)
         else:
-            best = (None, c, w, b)
+            best = (None, c, params)
         history.append(info)
-    _, c, w, b = best
+    _, c, params = best
     with torch.no_grad():
-        model.out.weight.copy_(w.float())
-        model.out.bias.copy_(b.float())
+        model.out.weight.copy_(torch.from_numpy(params[: k * r].reshape(k, r) @ vt))
+        model.out.bias.copy_(torch.from_numpy(params[k * r :]))
     return {"history": history, "chosen": {"C": c}}
 
 

@@ -1,0 +1,180 @@
+"""Recipes, the loop's selection / refit / paper evaluation, the convex `linear`, and the under-training flags,
+on small synthetic problems built here (no store needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from featurize.records import Utterance
+from train.data import CorpusData, ModalityInput, Normalizer
+from train.heads import get_head, make_config, make_recipe
+from train.loop import Fitted, LoopOptions, fit_head, prior_loss, train_fold, training_flags
+from train.protocols import Fold
+from train.recipe import Recipe, lr_factor
+
+CLASSES = ["a", "b", "c"]
+
+
+def synthetic(n: int = 90, signal: float = 1.5, seed: int = 0, text: bool = True, pooled: bool = False) -> CorpusData:
+    """Utterances whose audio frames (and text tokens) carry their label in the mean of a few dimensions;
+    ``pooled``: one mean vector per utterance instead of frames (audio only)."""
+    gen = torch.Generator().manual_seed(seed)
+    utts, audio, tokens, labels = [], [], [], []
+    for i in range(n):
+        y = i % len(CLASSES)
+        utts.append(Utterance(f"s/{i:03d}", "s", f"spk{i % 9}", CLASSES[y]))
+        t = 6 + i % 5
+        frames = torch.randn(t, 8, generator=gen)
+        frames[:, y] += signal
+        audio.append(frames)
+        toks = torch.randn(4, 6, generator=gen)
+        toks[:, y] += signal / 3
+        tokens.append(toks)
+        labels.append(y)
+    if pooled:
+        means = [a.mean(0) for a in audio]
+        inputs = {"audio": ModalityInput("audio", "fake-audio", "mean", "pooled", means, (8,), None)}
+        return CorpusData("s", utts, torch.tensor(labels), CLASSES, "all", inputs, None, None, False)
+    inputs = {"audio": ModalityInput("audio", "fake-audio", "frames", "sequence", audio, (8,), 100.0)}
+    if text:
+        inputs["text"] = ModalityInput("text", "fake-text", "tokens", "sequence", tokens, (6,), None)
+    return CorpusData("s", utts, torch.tensor(labels), CLASSES, "all", inputs, None, None, False)
+
+
+def fold_of(data: CorpusData) -> Fold:
+    ids = [u.utt_id for u in data.utts]
+    spk = {u.utt_id: int(u.speaker[3:]) for u in data.utts}
+    return Fold("f0", [i for i in ids if spk[i] < 5], [i for i in ids if spk[i] in (5, 6)],
+                [i for i in ids if spk[i] > 6])
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    r = Recipe(warmup=0.1, schedule="cosine")
+    assert lr_factor(r, 0.0) == 0.0 and lr_factor(r, 0.05) == pytest.approx(0.5)
+    assert lr_factor(r, 0.1) == pytest.approx(1.0) and lr_factor(r, 0.999) < 1e-4
+    step = Recipe(schedule="step", step_at=(0.5,), step_gamma=0.1)
+    assert lr_factor(step, 0.4) == 1.0 and lr_factor(step, 0.6) == pytest.approx(0.1)
+    assert lr_factor(Recipe(schedule="constant"), 0.9) == 1.0
+
+
+def test_budget_has_a_floor_in_steps_and_patience_a_floor_in_epochs():
+    r = Recipe(epochs=20, min_steps=1500, stop_after=0.5)
+    assert r.budget(13) == math.ceil(1500 / 13) and r.budget(200) == 20
+    assert r.earliest_stop(116) == 58
+
+
+def test_overrides_go_to_the_recipe_or_the_head_and_unknown_ones_are_refused():
+    spec = get_head("cme")
+    over = {"lr": "0.002", "epochs": "7", "excite": "audio", "clip_norm": "1"}
+    assert make_recipe(spec, over).lr == 0.002 and make_recipe(spec, over).epochs == 7
+    assert make_recipe(spec, over).clip_norm == 1.0 and make_config(spec, over).excite == "audio"
+    with pytest.raises(ValueError, match="no option 'nope'.*recipe options"):
+        make_recipe(spec, {"nope": 1})
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        make_recipe(spec, {"schedule": "linear"})
+
+
+def test_linear_agrees_with_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 40))
+    y = rng.integers(0, 3, size=150)
+    x[np.arange(150), y] += 1.0  # informative but not separable
+    spec = get_head("linear")
+    for c in (0.01, 1.0):
+        cfg = make_config(spec, {"C": c})
+        model = spec.build(cfg, {"audio": 40}, {"audio": 1}, 3, ["audio"])
+        batch = {"audio": torch.tensor(x, dtype=torch.float32), "labels": torch.tensor(y)}
+        spec.fit(model, batch, None, CLASSES, "ua")
+        ours = torch.softmax(model(batch)["logits"], -1).detach().numpy()
+        ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x.astype(np.float32), y)
+        theirs = ref.predict_proba(x.astype(np.float32))
+        assert np.abs(ours - theirs).max() < 1e-3, c
+
+
+def test_linear_chooses_c_on_validation_and_refits_on_train_plus_validation():
+    data = synthetic(pooled=True)
+    spec = get_head("linear")
+    recipe = make_recipe(spec)
+    assert recipe.refit
+    cfg = make_config(spec, {"c_grid": (0.001, 0.1, 10.0)})
+    m = train_fold(spec, cfg, recipe, data, fold_of(data), 0, LoopOptions())
+    assert m["chosen"]["C"] in (0.001, 0.1, 10.0) and m["refit"]["n_train"] == m["n_train"] + m["n_valid"]
+    assert m["evaluation"] == "honest" and not m["optimistic"] and m["ua"] > 0.6
+
+
+def _probe(data: CorpusData, recipe_over: dict, seed: int = 0) -> tuple[Fitted, float, float]:
+    spec = get_head("probe")
+    cfg, recipe = make_config(spec), make_recipe(spec, recipe_over)
+    fold = fold_of(data)
+    train_rows, valid_rows = data.labelled(fold.train), data.labelled(fold.valid)
+    norm = Normalizer.fit(data, train_rows)
+    model, fitted = fit_head(spec, cfg, recipe, data, norm, train_rows, ("valid", valid_rows), seed, LoopOptions())
+    from train.loop import evaluate
+
+    train_ce = evaluate(model, data, train_rows, norm, 32, torch.device("cpu"), "train").ce
+    return fitted, train_ce, prior_loss(data.labels[train_rows].numpy(), data.n_classes)
+
+
+def test_under_training_flag_fires_on_a_starved_head_and_not_on_a_converged_one():
+    data = synthetic()
+    starved, ce, prior = _probe(data, {"lr": 1e-6, "epochs": 10, "warmup": 0.0, "min_steps": 0})
+    flags = training_flags(starved, ce, prior)
+    assert any("prior-only" in f for f in flags), flags
+    converged, ce, prior = _probe(data, {"lr": 3e-2, "epochs": 60, "min_steps": 0, "patience": 10,
+                                         "stop_after": 0.2})
+    assert training_flags(converged, ce, prior) == [], (converged.best_epoch, ce, prior)
+    late = dataclasses.replace(converged, best_epoch=converged.budget - 1)
+    assert any("still improving" in f for f in training_flags(late, ce, prior))
+
+
+def test_msmser_never_stops_while_modality_masking_is_on():
+    data = synthetic(n=45)
+    spec = get_head("msmser")
+    over = {"d_model": 16, "ff_dim": 32, "n_heads": 2, "n_queries": 3, "scale_hidden": 8, "mlp_hidden": 8,
+            "enc_layers": 1, "rmm_end_epoch": 5, "epochs": 8, "patience": 0, "stop_after": 0.0, "lr": 1e-9,
+            "batch_size": 16}
+    fold = fold_of(data)
+    train_rows, valid_rows = data.labelled(fold.train), data.labelled(fold.valid)
+    norm = Normalizer.fit(data, train_rows)
+    cfg, recipe = make_config(spec, over), make_recipe(spec, over)
+    _, fused = fit_head(spec, cfg, recipe, data, norm, train_rows, ("valid", valid_rows), 0, LoopOptions())
+    assert len(fused.history) >= 5  # lr ~0: nothing improves after epoch 0, but masking lasts to epoch 5
+    audio_only = dataclasses.replace(data, inputs={"audio": data.inputs["audio"]})
+    _, alone = fit_head(spec, cfg, recipe, audio_only, norm, train_rows, ("valid", valid_rows), 0, LoopOptions())
+    assert len(alone.history) < 5  # no masking without a second modality: patience 0 stops at once
+
+
+def test_paper_evaluation_selects_on_test_and_is_stamped_optimistic():
+    data = synthetic()
+    spec = get_head("probe")
+    over = {"epochs": 6, "min_steps": 0}
+    honest = train_fold(spec, make_config(spec), make_recipe(spec, over), data, fold_of(data), 0, LoopOptions())
+    paper = train_fold(spec, make_config(spec), make_recipe(spec, over), data, fold_of(data), 0,
+                       LoopOptions(evaluation="paper"))
+    assert paper["optimistic"] and paper["evaluation"] == "paper" and not honest["optimistic"]
+    assert paper["ua"] >= honest["ua"] - 1e-9  # the best test epoch can only match or beat the chosen one
+
+
+def test_dialog_attention_fusion_at_logits_can_exceed_one():
+    spec = get_head("dialog")
+    cfg = make_config(spec, {"fusion_at": "logits", "fusion": "attention"})
+    model = spec.build(cfg, {"audio": 8, "text": 6}, {"audio": 1, "text": 1}, 3, ["audio", "text"]).eval()
+    with torch.no_grad():
+        for m in ("audio", "text"):
+            model.branch[m][-1].out.weight.mul_(100.0)  # confident branches: logits far beyond 1
+    batch = {"audio": torch.randn(2, 4, 8), "text": torch.randn(2, 4, 6),
+             "utt_mask": torch.ones(2, 4, dtype=torch.bool)}
+    with torch.no_grad():
+        out = model(batch)
+    assert out["logits"].abs().max() > 1.0
+    # and the fused logits are a convex mix of the branches' own logits
+    alpha = out["fusion_weights"][..., None]
+    torch.testing.assert_close(out["logits"], alpha[..., 0, :] * out["audio_logits"] + alpha[..., 1, :]
+                               * out["text_logits"])
