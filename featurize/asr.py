@@ -120,6 +120,11 @@ class TranscribeReport:
     seconds: float = 0.0
     wer: float = float("nan")
     wer_utterances: int = 0
+    stale: list[str] = field(default_factory=list)  # feature groups whose words changed under them
+
+
+def word_strings(u: Utterance) -> list[str] | None:
+    return None if u.words is None else [w.word.strip() for w in u.words]
 
 
 def asr_text(u: Utterance) -> str | None:
@@ -154,6 +159,7 @@ def transcribe_store(store: FeatureStore, utts: list[Utterance], transcriber: Tr
                   f"{report.kept_alignment} keep their forced alignment, {report.no_audio} without audio")
     t0 = time.monotonic()
     pending: list[Utterance] = []
+    before = {u.utt_id: word_strings(u) for u in todo}
 
     def one(u: Utterance) -> tuple[Utterance, float]:
         audio = load_audio(u.audio_path, u.start, u.end, sr=SAMPLE_RATE)
@@ -189,6 +195,9 @@ def transcribe_store(store: FeatureStore, utts: list[Utterance], transcriber: Tr
     if pending:
         store.write_utterances(pending)
     report.seconds = time.monotonic() - t0
+    changed = [u.utt_id for u in todo if u.utt_id not in report.failed and word_strings(u) != before[u.utt_id]]
+    report.stale = store.mark_stale(changed, f"words of {len(changed)} utterances rewritten by `featurize "
+                                    f"transcribe` at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
     refs, hyps = [], []
     for u in utts:
         hyp = asr_text(u)

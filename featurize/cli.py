@@ -130,6 +130,8 @@ def transcribe(
         console.print(f"  [yellow]failed[/] {uid}: {reason}")
     if result.wer_utterances:
         print(f"WER vs corpus transcripts: {100 * result.wer:.2f}% ({result.wer_utterances} utterances)")
+    for name in result.stale:
+        console.print(f"  [yellow]stale[/] {name}: its words changed; the next `featurize extract` of it rebuilds it")
     if result.failed:
         raise typer.Exit(code=3)
 
@@ -151,7 +153,7 @@ def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feat
             info.name,
             arrays,
             str(info.n_committed),
-            "yes" if info.complete else "no",
+            f"STALE: {info.stale}" if info.stale else ("yes" if info.complete else "no"),
             human_bytes(info.nbytes_stored),
             info.created,
         )

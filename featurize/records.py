@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+
+def words_hash(words: Sequence[str]) -> int:
+    """A 63-bit hash of a word list, stored beside word-level features so that a reader can tell whether
+    the words it has times for are the words the vectors were computed from."""
+    digest = hashlib.sha256("\x1f".join(words).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass(frozen=True)

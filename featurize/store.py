@@ -95,6 +95,7 @@ class FeatureInfo:
     nbytes_stored: int
     created: str = ""
     init_options: dict = field(default_factory=dict)
+    stale: str | None = None  # why the group no longer matches the utterance table (see mark_stale)
 
 
 @dataclass
@@ -346,7 +347,8 @@ class FeatureStore:
                     complete=bool(a.get("complete", False)),
                     nbytes_stored=nbytes,
                     created=a.get("created", ""),
-                init_options=dict(a.get("init_options", {})),
+                    init_options=dict(a.get("init_options", {})),
+                    stale=a.get("stale"),
                 )
             )
         return infos
@@ -376,6 +378,8 @@ class FeatureStore:
         fp = fingerprint({"extractor": extractor, "arrays": [s.to_json() for s in arrays], **config})
         name = f"{feature_name}-{fp}"
         feats = self.root.require_group("features")
+        if name in feats and feats[name].attrs.get("stale"):
+            self.delete_feature(name)  # its inputs changed since (see mark_stale): it is rebuilt whole
         if name not in feats:
             grp = feats.create_group(name)
             for spec in arrays:
@@ -409,6 +413,20 @@ class FeatureStore:
                 }
             )
         return FeatureWriter(feats[name], name)
+
+    def mark_stale(self, changed_ids: Iterable[str], reason: str) -> list[str]:
+        """Mark every feature group computed from utterance word lists (text encoders reading the timed
+        words) that holds one of ``changed_ids`` as stale: readers refuse it and the next extract rebuilds it.
+        Returns the groups marked."""
+        changed = set(changed_ids)
+        marked = []
+        for name, grp in self._feature_groups():
+            if not str(grp.attrs.get("config", {}).get("words_from", "")).startswith("utterance words"):
+                continue
+            if changed.intersection(self.committed_ids(name)):
+                grp.update_attributes({"stale": reason})
+                marked.append(name)
+        return marked
 
     def committed_ids(self, feature: str) -> list[str]:
         grp = self.root["features"][feature]

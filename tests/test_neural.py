@@ -346,6 +346,52 @@ def test_transcribe_store_rules(tmp_path: Path):
     assert again.transcribed == 0 and again.already == 2 and again.wer == pytest.approx(1 / 3)
 
 
+class _OtherTranscriber(_FakeTranscriber):
+    def transcribe(self, audio: np.ndarray) -> tuple[str, list[Word]]:
+        return "Dogs are sitting.", clean_words([("Dogs", 0.0, 0.3), ("are", 0.3, 0.5), ("sitting.", 0.5, 0.9)],
+                                                len(audio) / SR)
+
+
+def test_word_vectors_never_join_other_words_times(tmp_path: Path):
+    """cme joins word vectors and word times by position: a table whose words changed since the text feature
+    was extracted is refused by name, and `transcribe --force` marks the dependent group stale until re-extracted."""
+    from featurize.extractors.fbank import Fbank
+    from train.data import load_data
+    from train.heads import get_head
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], _noise(1.0, i), SR)
+    utts = [Utterance(f"test/u{i}", "test", f"s{i}", "neu", audio_path=str(p)) for i, p in enumerate(paths)]
+    store = FeatureStore(tmp_path / "s.zarr")
+    transcribe_store(store, utts, _FakeTranscriber())
+    table = store.utterances()
+    run_extraction(store, table, Fbank(), workers=1)
+    run_extraction(store, table, get_extractor("minilm")(), workers=1)
+    cme = get_head("cme")
+    data = load_data(store, "test", ["fbank", "minilm"], cme, "all")
+    assert data.word_frames[0].shape == (3, 2) and (data.word_frames[0][:, 1] > 0).all()
+
+    # the words change under the feature (same count, other words): refused, naming the feature
+    u0 = table[0]
+    u0.words = [Word("Cats", 0.0, 0.3), *u0.words[1:]]
+    store.write_utterances([u0])
+    with pytest.raises(ValueError, match=r"minilm-\w+: the word vectors of 1 utterances \(e.g. test/u0\)"):
+        load_data(store, "test", ["fbank", "minilm"], cme, "all")
+
+    # transcribing again with --force: the group is stale, readers refuse it, the next extract rebuilds it
+    report = transcribe_store(store, utts, _OtherTranscriber(), force=True)
+    (group,) = report.stale
+    stale = {i.name: i.stale for i in store.features()}
+    assert group.startswith("minilm-") and "rewritten by `featurize transcribe`" in stale[group]
+    with pytest.raises(ValueError, match="is stale"):
+        load_data(store, "test", ["fbank", "minilm"], cme, "all")
+    run_extraction(store, store.utterances(), get_extractor("minilm")(), workers=1)
+    data = load_data(store, "test", ["fbank", "minilm"], cme, "all")
+    assert data.inputs["text"].feature == group and len(data.utts) == 4
+
+
 # -- real Whisper tiny.en on speech: synthesized by espeak-ng, or a RAVDESS recording -----------------
 RAVDESS_SAMPLE = SHARED_DATA / "ravdess" / "Actor_01" / "03-01-01-01-01-01-01.flac"  # statement 01, neutral
 

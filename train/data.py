@@ -16,7 +16,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from featurize.extractors import get_extractor
-from featurize.records import Utterance
+from featurize.records import Utterance, words_hash
 from featurize.store import FeatureArray, FeatureStore
 from train.heads import HeadSpec
 from train.labels import resolve_label_set, soft_target
@@ -263,6 +263,9 @@ def load_data(
         choice = FeatureChoice.parse(text)
         group = store.resolve_feature(choice.name)
         info = infos[group]
+        if info.stale:
+            raise ValueError(f"feature {group} is stale ({info.stale}): re-extract it with `featurize extract "
+                             f"--model {info.extractor} ...`, which rebuilds it from the current utterance table")
         modality = get_extractor(info.extractor).needs
         if modality in chosen:
             raise ValueError(
@@ -317,6 +320,9 @@ def load_data(
     spans = None
     rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
     if any(inp.form == "words" for inp in inputs.values()):
+        group = inputs["text"].feature
+        hashes = store.read(group, "word_hash") if "word_hash" in infos[group].arrays else None
+        check_words(utts, inputs["text"].items, hashes, group)
         spans = [word_frames(u, len(inputs["text"].items[k]), rate) for k, u in enumerate(utts)]
     elif head.inputs.get("text") == "words" and "audio" in inputs and any(u.words for u in utts):
         # A word-level head run audio-only still pools by the real word alignment (its own
@@ -331,6 +337,25 @@ def as_item(rows: torch.Tensor, form: str, tail: tuple[int, ...]) -> torch.Tenso
     if form != "pooled":
         return rows
     return rows.float().mean(0) if len(rows) else torch.zeros(tail)
+
+
+def check_words(utts: list[Utterance], vectors: list[torch.Tensor], hashes: FeatureArray | None, feature: str) -> None:
+    """Word vectors and word times are joined by position: refuse any utterance whose timed words are not
+    the words its vectors were computed from (a later `featurize transcribe --force`, another aligner),
+    which would otherwise pool the wrong audio, or none, into every word."""
+    bad = []
+    for u, vecs in zip(utts, vectors, strict=True):
+        if u.words is None:
+            continue  # no times: every word gets no audio, as documented, nothing to misalign
+        words = [w.word.strip() for w in u.words]
+        if len(words) != len(vecs) or (hashes is not None and int(hashes.get(u.utt_id)) != words_hash(words)):
+            bad.append(u.utt_id)
+    if bad:
+        raise ValueError(
+            f"feature {feature}: the word vectors of {len(bad)} utterances (e.g. {', '.join(bad[:3])}) were computed "
+            "from other words than the utterance table's timed words (transcribed again since?): re-extract the "
+            "text feature so that words and times come from the same word list"
+        )
 
 
 def word_frames(u: Utterance, n: int, rate: float) -> torch.Tensor:

@@ -47,7 +47,7 @@ from featurize.extractors.neural import (
     pick_device,
     torch_versions,
 )
-from featurize.records import Utterance
+from featurize.records import Utterance, words_hash
 from featurize.store import ArraySpec
 
 log = logging.getLogger("featurize")
@@ -124,7 +124,7 @@ class TextEncoder(Extractor):
             "sentence": "mean over all tokens incl. special tokens, last layer", "max_length": self.max_length,
             "long_text": "split at word boundaries into windows, each encoded alone",
             "compute_dtype": "float32", "autocast": pick_autocast(self.autocast_opt, device), "dtype": self.dtype,
-            **torch_versions(), "code_version": 1,
+            **torch_versions(), "code_version": 2,
         }
 
     def arrays(self) -> list[ArraySpec]:
@@ -135,6 +135,7 @@ class TextEncoder(Extractor):
         return [ArraySpec("tokens", "frames", tail, self.dtype, rows_per_utt=24),
                 ArraySpec("token_word", "frames", (), "int32", rows_per_utt=24),
                 ArraySpec("words", "frames", (dim,), self.dtype, rows_per_utt=16),
+                ArraySpec("word_hash", "utterance", (), "int64"),  # of the word list the vectors are for
                 ArraySpec("sentence", "utterance", (dim,), self.dtype)]
 
     def describe(self) -> str:
@@ -247,9 +248,11 @@ class TextEncoder(Extractor):
                 "tokens": tokens[:, 0] if tokens.shape[1] == 1 else tokens,
                 "token_word": token_word,
                 "words": word_vecs,
+                "word_hash": np.int64(words_hash(words)),
                 "sentence": hidden.mean(axis=0),
             })
-        return [{k: v if k == "token_word" else v.astype(self.dtype) for k, v in d.items()} for d in out]
+        return [{k: v if k in ("token_word", "word_hash") else v.astype(self.dtype) for k, v in d.items()}
+                for d in out]
 
 
 @register
