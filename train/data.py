@@ -171,7 +171,7 @@ class CorpusData:
             yield batch
 
     def _collate(self, rows: list[int], norm: Normalizer) -> dict:
-        batch: dict = {"labels": self.labels[rows], "rows": rows}
+        batch: dict = {"labels": self.labels[rows], "rows": rows, "speakers": [self.utts[i].speaker for i in rows]}
         for m, inp in self.inputs.items():
             if inp.form == "pooled":
                 batch[m] = norm(m, torch.stack([inp.items[i] for i in rows]))
