@@ -26,8 +26,8 @@ from featurize.corpora import read_corpus  # noqa: E402
 from featurize.extractors.speech import SpeechEncoder  # noqa: E402
 from featurize.pipeline import run_extraction  # noqa: E402
 from featurize.store import FeatureStore  # noqa: E402
-from train.data import load_data  # noqa: E402
-from train.heads import get_head, make_config  # noqa: E402
+from train.data import Normalizer, load_data  # noqa: E402
+from train.heads import get_head, make_config, make_recipe  # noqa: E402
 
 
 def save_base_hubert(where: Path) -> Path:
@@ -59,22 +59,22 @@ def main() -> None:
 
     run_extraction(store, utts, encoder, workers=1, console=Console(file=open("/dev/null", "w")))  # noqa: SIM115
     spec = get_head("probe")
-    cfg = make_config(spec, {"batch_size": a.batch_size})
+    cfg, recipe = make_config(spec), make_recipe(spec, {"batch_size": a.batch_size})
     data = load_data(store, "ravdess", ["hubert"], spec)
     rows = list(range(len(data.utts)))
-    data.fit_normalizer(rows)
+    norm = Normalizer.fit(data, rows)
     by_id = {u.utt_id: u for u in utts}
 
     def fresh_model():
         torch.manual_seed(0)
         model = spec.build(cfg, {"audio": data.inputs["audio"].dim}, {"audio": data.inputs["audio"].layers},
                            data.n_classes, ["audio"])
-        return model, torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return model, torch.optim.Adam(model.parameters(), lr=recipe.lr)
 
     def epoch_from_store() -> None:
         model, opt = fresh_model()
         gen = torch.Generator().manual_seed(0)
-        for batch in data.batches(rows, cfg.batch_size, shuffle=True, generator=gen):
+        for batch in data.batches(rows, recipe.batch_size, shuffle=True, norm=norm, generator=gen):
             loss = model.loss(model(batch), batch)
             opt.zero_grad()
             loss.backward()
@@ -83,13 +83,12 @@ def main() -> None:
     def epoch_with_encoder() -> None:
         model, opt = fresh_model()
         gen = torch.Generator().manual_seed(0)
-        inp = data.inputs["audio"]
-        for batch in data.batches(rows, cfg.batch_size, shuffle=True, generator=gen):
+        for batch in data.batches(rows, recipe.batch_size, shuffle=True, norm=norm, generator=gen):
             # What a cache-less loop does: decode, run the encoder, then the head.
             items = [(by_id[data.utts[i].utt_id], load_audio(data.utts[i].audio_path)) for i in batch["rows"]]
             with torch.no_grad():
                 feats = [torch.from_numpy(v["hidden"]) for v in encoder.process_batch(items)]
-            padded = torch.nn.utils.rnn.pad_sequence([inp.normalised(f) for f in feats], batch_first=True)
+            padded = torch.nn.utils.rnn.pad_sequence([norm("audio", f) for f in feats], batch_first=True)
             lengths = torch.tensor([len(f) for f in feats])
             batch = {**batch, "audio": padded, "audio_mask": torch.arange(padded.shape[1])[None] < lengths[:, None]}
             loss = model.loss(model(batch), batch)
