@@ -31,7 +31,7 @@ from train.data import CorpusData, Normalizer
 from train.heads import HeadSpec
 from train.metrics import compute_metrics
 from train.protocols import Fold
-from train.recipe import Recipe, lr_factor
+from train.recipe import Recipe, lr_factor, selection_score
 from train.report import build_summary
 
 EVALUATIONS = {
@@ -141,7 +141,7 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
     steps_per_epoch = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
     total_steps, step = budget * steps_per_epoch, 0
     history: list[dict] = []
-    best_score, best_epoch, best_state = -1.0, budget - 1, None
+    best_score, best_epoch, best_state = -math.inf, budget - 1, None
     for epoch in range(budget):
         model.train()
         total, n = 0.0, 0
@@ -162,8 +162,9 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
             m = compute_metrics(scored.y, scored.pred, data.classes)
             entry.update({"valid_loss": scored.ce, "valid_wa": m["wa"], "valid_ua": m["ua"],
                           "valid_macro_f1": m["macro_f1"]})
-            if m[recipe.select_on] > best_score:
-                best_score, best_epoch, best_state = m[recipe.select_on], epoch, copy.deepcopy(model.state_dict())
+            score = selection_score(recipe.select_on, m, scored.ce)
+            if score > best_score:
+                best_score, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
         history.append(entry)
         if on_epoch is not None:
             on_epoch(entry, best_score, best_epoch, budget)
@@ -269,6 +270,7 @@ def train_fold(
     def on_epoch(entry: dict, best_score: float, best_epoch: int, budget: int) -> None:
         if progress is not None:
             score = entry.get(f"valid_{recipe.select_on}")
+            best_score = -best_score if recipe.select_on == "loss" else best_score
             status = "" if score is None else (
                 f"{select[0]} {recipe.select_on.upper()} {score:.3f} (best {best_score:.3f} @ {best_epoch})")
             progress.update(task, completed=entry["epoch"] + 1, total=budget, status=status)

@@ -26,7 +26,7 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-SELECT_ON = ("ua", "wa", "macro_f1")
+SELECT_ON = ("ua", "wa", "macro_f1", "loss")  # loss: the lowest validation cross-entropy
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Recipe:
     patience: int = 20  # epochs without a better validation score before stopping ...
     stop_after: float = 0.5  # ... and never before this fraction of the budget
     clip_norm: float | None = None  # gradient clipping (global L2 norm)
-    select_on: str = "ua"  # validation metric that picks the checkpoint
+    select_on: str = "ua"  # validation metric that picks the checkpoint (or C): ua | wa | macro_f1 | loss
     refit: bool = False  # retrain on train + validation speakers with the chosen epochs / regularisation
 
     def check(self) -> Recipe:
@@ -67,6 +67,12 @@ class Recipe:
     def earliest_stop(self, budget: int) -> int:
         """The first epoch after which early stopping may fire."""
         return math.ceil(self.stop_after * budget)
+
+
+def selection_score(select_on: str, metrics: dict[str, float], loss: float) -> float:
+    """The validation score that picks a checkpoint or a C, higher is better: a metric, or minus the
+    mean cross-entropy (``loss``: smooth where UA on a hundred utterances moves in steps and is noisy)."""
+    return -loss if select_on == "loss" else metrics[select_on]
 
 
 def lr_factor(recipe: Recipe, progress: float) -> float:
