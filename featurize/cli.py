@@ -63,8 +63,11 @@ def extract(
     ),
     limit: int = typer.Option(None, help="extract at most this many utterances (for a quick try)"),
     dry_run: bool = typer.Option(False, help="print the plan and the disk estimate, extract nothing"),
+    lock_timeout: float = typer.Option(
+        None, help="seconds to wait when another process is writing this feature (default: wait; 0: refuse)"),
 ) -> None:
-    """Extract one feature for a corpus. Re-running resumes; a changed configuration makes a new group."""
+    """Extract one feature for a corpus. Re-running resumes; a changed configuration makes a new group.
+    Two extractions may share a store: different features run side by side, the same feature waits."""
     utts, report = read_corpus(corpus, data)
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     opts: dict[str, object] = dict(parse_options(option))
@@ -72,9 +75,10 @@ def extract(
         if value is not None:
             opts[key] = str(value)
     extractor = build_extractor(model, opts)
-    fs = FeatureStore(store)
+    fs = FeatureStore(store, lock_timeout=lock_timeout)
     if dry_run:
-        p, _ = plan(fs, utts, extractor)
+        p, writer = plan(fs, utts, extractor)
+        writer.close()
         console.print(
             f"{extractor.describe()}: {len(p.todo)} to extract, {p.already_done} stored; "
             f"disk estimate up to {human_bytes(p.estimate_bytes)} before compression"
@@ -158,6 +162,44 @@ def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feat
             info.created,
         )
     out.print(table)
+
+
+@app.command()
+def verify(
+    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    feature: list[str] = typer.Option([], help="feature(s) to check (default: every one)"),
+    repair: bool = typer.Option(False, help="un-commit exactly the damaged utterances (the next extract redoes them)"),
+) -> None:
+    """Read every committed chunk and check checksums, offsets, ids and counts; exit 1 on damage."""
+    fs = FeatureStore(store, create=False)
+    names = [fs.resolve_feature(f) for f in feature] or [i.name for i in fs.features()]
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table("feature", "utterances", "chunks read", "checksums", "problems", "damaged utterances")
+    checks = [fs.verify(name) for name in names]
+    for c in checks:
+        shown = ", ".join(c.damaged[:4]) + (f" and {len(c.damaged) - 4} more" if len(c.damaged) > 4 else "")
+        table.add_row(c.feature, str(c.n_committed), str(c.chunks), "yes" if c.checksummed else "no (older group)",
+                      "; ".join(c.problems) or "none", shown or "-")
+    for name, why in fs.ignored.items():
+        table.add_row(name, "-", "-", "-", why, "-")
+    out.print(table)
+    damaged = [c for c in checks if not c.ok]
+    if not damaged and not fs.ignored:
+        out.print(f"{store}: {len(checks)} feature(s), no damage")
+        return
+    if not repair:
+        out.print(f"{store}: damage in {len(damaged) + len(fs.ignored)} feature group(s); "
+                  f"`featurize verify --store {store} --repair` un-commits the damaged utterances")
+        raise typer.Exit(code=1)
+    for c in damaged:
+        n = fs.repair(c.feature, c)
+        out.print(f"repaired {c.feature}: {n} utterance(s) un-committed; `featurize extract` redoes them")
+    for name in fs.remove_ignored():
+        out.print(f"removed {name} (half-made)")
+    left = [c for c in (fs.verify(c.feature) for c in damaged) if not c.ok]
+    if left:
+        out.print(f"still damaged after repair: {', '.join(c.feature for c in left)}")
+        raise typer.Exit(code=1)
 
 
 @app.command()

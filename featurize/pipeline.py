@@ -215,7 +215,15 @@ def run_extraction(
     """Extract ``extractor`` for ``utts`` into ``store`` (resuming), and report what happened."""
     console = console or Console(stderr=True)
     store.write_utterances(utts)
-    p, writer = plan(store, utts, extractor, limit)
+    p, writer = plan(store, utts, extractor, limit)  # holds the feature's lock until finish / close
+    try:
+        return _extract(store, extractor, p, writer, workers, batch_seconds, console)
+    finally:
+        writer.close()
+
+
+def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: FeatureWriter, workers: int,
+             batch_seconds: float, console: Console) -> ExtractResult:
     todo = p.todo
     free = shutil.disk_usage(store.path).free
     console.print(f"[bold]{extractor.describe()}[/] -> {store.path}/features/{p.feature}")

@@ -19,6 +19,7 @@ killed run wrote past them are ignored, then overwritten on resume.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,21 +27,26 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import yaml
 import zarr
 from numcodecs import Blosc
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
+from featurize.faults import die_at
+from featurize.locks import FileLock
 from featurize.records import Utterance
 
 SCHEMA_VERSION = 1
+LOCK_DIR = "locks"  # <store>/locks/<part>.lock: see featurize/locks.py
+PARTIAL = "partial"  # <store>/partial/<group>: a feature group being built, renamed into features/ when whole
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "store_schema.yaml"
 DEFAULT_STORE = "cache/features.zarr"
 # Uncompressed bytes per data chunk: 1 MiB blosc-lz4 chunks decode in parallel (see _read_rows);
@@ -50,6 +56,11 @@ CHUNK_BYTES = 1024 * 1024
 
 class StoreError(RuntimeError):
     pass
+
+
+# Write every chunk, even one that holds only the fill value: then a chunk file that is missing inside the
+# committed rows is damage, never "all zeros" (zarr's default skips such chunks and reads them back as 0).
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,23 @@ class FeatureInfo:
 
 
 @dataclass
+class FeatureCheck:
+    """What ``FeatureStore.verify`` found in one feature group."""
+
+    feature: str
+    n_committed: int
+    chunks: int = 0  # chunks read
+    checksummed: bool = True  # every array carries a CRC-32C (groups written before sercache added them do not)
+    problems: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # ids of the utterances to un-commit
+    damaged_index: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
 class FeatureArray:
     """One array of a feature held in memory. Frames arrays: rows of utterance i are
     ``data[offsets[i]:offsets[i + 1]]``; utterance arrays: row i."""
@@ -134,6 +162,13 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
+def feature_group_name(feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec]) -> str:
+    """``<feature_name>-<fingerprint>``: the one place the group of a configuration is named (extract and
+    `train predict` both ask here)."""
+    return f"{feature_name}-{fingerprint({'extractor': extractor, 'arrays': [s.to_json() for s in arrays], **config})}"
+
+
+@functools.lru_cache(maxsize=1)
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_FILE.read_text())
 
@@ -143,10 +178,16 @@ def load_schema() -> dict:
 ID_CHUNK = 4096
 
 
-def _compressor() -> BloscCodec:
+def _compressors() -> tuple:
     # Byte-shuffled lz4: lossless, decodes several times faster than zstd, and still takes float16
-    # features to ~0.38 of float32 raw (fbank on RAVDESS), inside the 0.55 budget.
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    # features to ~0.38 of float32 raw (fbank on RAVDESS), inside the 0.55 budget. Then a CRC-32C of the
+    # compressed chunk, so a flipped byte anywhere is an error instead of a silently different value.
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
+
+
+def _checksum() -> tuple:
+    """String arrays (ids, table columns): stored as written, with a CRC-32C per chunk."""
+    return (Crc32cCodec(),)
 
 
 def _chunk_rows(tail: Sequence[int], itemsize: int) -> int:
@@ -208,9 +249,17 @@ def _rows_from_columns(cols: dict[str, np.ndarray]) -> list[Utterance]:
 class FeatureStore:
     """A Zarr feature store on disk. Opening an existing store checks it against store_schema.yaml."""
 
-    def __init__(self, path: str | Path, create: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, lock_timeout: float | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> None:
+        """``lock_timeout``: seconds to wait for a lock another process holds (None: as long as it takes,
+        0: refuse at once); ``on_wait`` is told when a wait begins (default: a line on stderr)."""
         self.path = Path(path)
-        self._recover_table_swap()
+        self.lock_timeout = lock_timeout
+        self.on_wait = on_wait or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.ignored: dict[str, str] = {}  # feature groups left half-made by an older sercache: name -> why
+        if (self.path / "utterances.old").exists():  # a table swap was cut short: finish or undo it
+            with self.lock("utterances"):
+                self._recover_table_swap()
         if (self.path / "zarr.json").exists():
             self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
             version = self.root.attrs.get("schema_version")
@@ -227,6 +276,16 @@ class FeatureStore:
             raise StoreError(f"no feature store at {self.path} (run `featurize extract` first)")
         self.validate()
 
+    # -- locks -----------------------------------------------------------------------------------
+    def lock(self, part: str, shared: bool = False) -> FileLock:
+        """The cross-process lock of one part of the store: ``utterances`` or ``feature <group name>``."""
+        what = "the utterance table" if part == "utterances" else part
+        return FileLock(self.path / LOCK_DIR / f"{part.replace(' ', '-')}.lock", f"{what} of {self.path}",
+                        shared=shared, timeout=self.lock_timeout, on_wait=self.on_wait)
+
+    def _reopen(self) -> None:
+        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+
     # -- the contract ----------------------------------------------------------------------------
     def validate(self) -> None:
         """Check the store against store_schema.yaml: required groups, attributes and arrays."""
@@ -242,9 +301,6 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: utterance table lacks columns {sorted(need - cols)}")
         feat_schema = schema["feature"]
         for name, grp in self._feature_groups():
-            absent = [a for a in feat_schema["attrs"] if a not in grp.attrs]
-            if absent:
-                raise StoreError(f"{self.path}: feature {name} lacks attributes {absent}")
             for arr, spec in grp.attrs["arrays"].items():
                 if spec["kind"] not in feat_schema["array_kinds"]:
                     raise StoreError(f"{self.path}: feature {name} array {arr}: unknown kind {spec['kind']!r}")
@@ -254,6 +310,11 @@ class FeatureStore:
 
     # -- the utterance table ---------------------------------------------------------------------
     def utterances(self) -> list[Utterance]:
+        with self.lock("utterances", shared=True):  # never half-swapped by a writer in another process
+            return self._read_table()
+
+    def _read_table(self) -> list[Utterance]:
+        self._reopen()
         if "utterances" not in self.root:
             return []
         table = self.root["utterances"]
@@ -268,7 +329,11 @@ class FeatureStore:
         transcript or no word times but the stored one has (from `featurize transcribe`), those are kept,
         and so are stored ``extra`` entries the incoming record does not set (the ASR transcript).
         """
-        current = {u.utt_id: u for u in self.utterances()}
+        with self.lock("utterances"):  # read, merge and swap as one step: a concurrent writer's rows are kept
+            self._upsert_utterances(utts)
+
+    def _upsert_utterances(self, utts: Iterable[Utterance]) -> None:
+        current = {u.utt_id: u for u in self._read_table()}
         changed = False
         for u in utts:
             old = current.get(u.utt_id)
@@ -295,17 +360,19 @@ class FeatureStore:
                 shape=values.shape,
                 dtype=dtype,
                 chunks=(max(1, min(len(values), 65536)),),
-                compressors=_compressor() if dtype is not str else "auto",
+                compressors=_compressors() if dtype is not str else _checksum(),
             )
             if len(values):
                 arr[:] = values
         grp.attrs["n"] = len(rows)
+        die_at("table-built")
         self._swap_table()
 
     def _swap_table(self) -> None:
         base, new, old = (self.path / n for n in ("utterances", "utterances.new", "utterances.old"))
         if base.exists():
             base.rename(old)
+        die_at("table-swap")
         new.rename(base)
         if old.exists():
             shutil.rmtree(old)
@@ -326,10 +393,22 @@ class FeatureStore:
 
     # -- features --------------------------------------------------------------------------------
     def _feature_groups(self) -> list[tuple[str, zarr.Group]]:
+        """The usable feature groups. A group without its attributes (half made by a killed writer of an
+        older sercache, which built groups in place) is left out, noted in ``ignored``, and removed by the
+        next writer of that configuration or by ``featurize verify --repair``."""
         if "features" not in self.root:
             return []
         feats = self.root["features"]
-        return sorted((name, feats[name]) for name in feats.group_keys())
+        need = load_schema()["feature"]["attrs"]
+        out = []
+        for name in sorted(feats.group_keys()):
+            grp = feats[name]
+            absent = [a for a in need if a not in grp.attrs]
+            if absent:
+                self.ignored[name] = f"half-made group (no {', '.join(absent)}): ignored"
+            else:
+                out.append((name, grp))
+        return out
 
     def features(self) -> list[FeatureInfo]:
         infos = []
@@ -372,47 +451,77 @@ class FeatureStore:
 
     def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
                init_options: dict | None = None) -> FeatureWriter:
-        """Open (or create) the group ``<feature_name>-<fingerprint>`` for this exact configuration.
+        """Open (or create) the group ``<feature_name>-<fingerprint>`` for this exact configuration, holding
+        its lock until the writer's ``finish`` or ``close`` (another process writing it is waited for).
         An existing group with the same fingerprint is resumed; a different configuration never
         touches it. ``init_options`` (how the extractor was built) are kept so it can be rebuilt."""
-        fp = fingerprint({"extractor": extractor, "arrays": [s.to_json() for s in arrays], **config})
-        name = f"{feature_name}-{fp}"
-        feats = self.root.require_group("features")
-        if name in feats and feats[name].attrs.get("stale"):
-            self.delete_feature(name)  # its inputs changed since (see mark_stale): it is rebuilt whole
-        if name not in feats:
-            grp = feats.create_group(name)
-            for spec in arrays:
-                sub = grp.create_group(spec.name)
-                rows = _chunk_rows(spec.tail, np.dtype(spec.dtype).itemsize)
-                sub.create_array(
-                    "data",
-                    shape=(0, *spec.tail),
-                    dtype=spec.dtype,
-                    chunks=(rows, *spec.tail),
-                    compressors=_compressor(),
-                )
-                if spec.kind == "frames":
-                    off = sub.create_array(
-                        "offsets", shape=(1,), dtype="int64", chunks=(ID_CHUNK,), compressors=_compressor()
-                    )
-                    off[:] = np.zeros(1, dtype=np.int64)
-            grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(ID_CHUNK,))
-            # Attributes last: their presence marks the group as usable.
-            grp.update_attributes(
-                {
-                    "extractor": extractor,
-                    "fingerprint": fp,
-                    "config": json.loads(json.dumps(config, default=str)),
-                    "arrays": {s.name: s.to_json() for s in arrays},
-                    "n_committed": 0,
-                    "rows_committed": {s.name: 0 for s in arrays},
-                    "complete": False,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "init_options": init_options or {},
-                }
-            )
-        return FeatureWriter(feats[name], name)
+        name = feature_group_name(feature_name, extractor, config, arrays)
+        lock = self.lock(f"feature {name}").acquire()
+        try:
+            self._reopen()  # what another writer did while we waited
+            feats = self.root.require_group("features")
+            if name in feats:
+                attrs = feats[name].attrs
+                if attrs.get("stale") or "n_committed" not in attrs:
+                    # inputs changed since (see mark_stale), or half made by an older sercache: rebuilt whole
+                    self._remove_group(name)
+            if name not in self.root["features"]:
+                self._create_group(name, extractor, config, arrays, init_options or {})
+            return FeatureWriter(self.root["features"][name], name, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _create_group(self, name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
+                      init_options: dict) -> None:
+        """Build the group whole under partial/ (arrays, then attributes), then rename it into features/:
+        a kill at any point leaves either no group or a complete one. The caller holds the group's lock."""
+        partial = self.path / PARTIAL / name
+        self._build_group(partial, name, extractor, config, arrays, init_options)
+        die_at("group-built")
+        os.rename(partial, self.path / "features" / name)
+        self._reopen()
+
+    def _build_group(self, where: Path, name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
+                     init_options: dict) -> zarr.Group:
+        """An empty feature group at ``where`` (outside features/), attributes last."""
+        if where.exists():  # left by a writer killed while building it
+            shutil.rmtree(where)
+        grp = zarr.open_group(str(where), mode="w", zarr_format=3)
+        for spec in arrays:
+            sub = grp.create_group(spec.name)
+            rows = _chunk_rows(spec.tail, np.dtype(spec.dtype).itemsize)
+            sub.create_array("data", shape=(0, *spec.tail), dtype=spec.dtype, chunks=(rows, *spec.tail),
+                             compressors=_compressors())
+            if spec.kind == "frames":
+                off = sub.create_array("offsets", shape=(1,), dtype="int64", chunks=(ID_CHUNK,),
+                                       compressors=_compressors())
+                off[:] = np.zeros(1, dtype=np.int64)
+        grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(ID_CHUNK,), compressors=_checksum())
+        grp.update_attributes(
+            {
+                "extractor": extractor,
+                "fingerprint": name.rsplit("-", 1)[1],
+                "config": json.loads(json.dumps(config, default=str)),
+                "arrays": {s.name: s.to_json() for s in arrays},
+                "n_committed": 0,
+                "rows_committed": {s.name: 0 for s in arrays},
+                "complete": False,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "init_options": init_options,
+            }
+        )
+        return grp
+
+    def _remove_group(self, name: str) -> None:
+        """Delete a feature group (the caller holds its lock): renamed out of features/ first, so no reader
+        ever sees it half deleted."""
+        doomed = self.path / PARTIAL / f"{name}.deleting-{os.getpid()}"
+        doomed.parent.mkdir(exist_ok=True)
+        os.rename(self.path / "features" / name, doomed)
+        shutil.rmtree(doomed)
+        self.ignored.pop(name, None)
+        self._reopen()
 
     def mark_stale(self, changed_ids: Iterable[str], reason: str) -> list[str]:
         """Mark every feature group computed from utterance word lists (text encoders reading the timed
@@ -424,9 +533,143 @@ class FeatureStore:
             if not str(grp.attrs.get("config", {}).get("words_from", "")).startswith("utterance words"):
                 continue
             if changed.intersection(self.committed_ids(name)):
-                grp.update_attributes({"stale": reason})
+                with self.lock(f"feature {name}"):
+                    grp.update_attributes({"stale": reason})
                 marked.append(name)
         return marked
+
+    # -- checking -------------------------------------------------------------------------------
+    def verify(self, feature: str) -> FeatureCheck:
+        """Read every committed chunk of a feature group and check it against its attributes: chunks present
+        and their checksums right, offsets starting at 0, monotone and ending at the committed rows, ids
+        unique and in the utterance table. Returns what was found, per utterance where it can be said."""
+        grp = self.root["features"][feature]
+        attrs = grp.attrs
+        n = int(attrs["n_committed"])
+        check = FeatureCheck(feature, n)
+        bad: set[int] = set()  # indices (commit order) of damaged utterances
+
+        def problem(where: str, what: str, indices: Iterable[int] = ()) -> None:
+            idx = sorted(set(indices))
+            bad.update(idx)
+            check.problems.append(f"{where}: {what}")
+
+        ids_arr = grp["utt_ids"]
+        check.checksummed = _has_crc(ids_arr)
+        if ids_arr.shape[0] < n:
+            problem("utt_ids", f"{ids_arr.shape[0]} ids for {n} committed utterances", range(ids_arr.shape[0], n))
+        ids, broken = _read_tolerant(ids_arr, self.path, min(n, ids_arr.shape[0]), check)
+        ids = [str(u) for u in ids]
+        broken_ids = broken
+        for i, lo, hi, why in broken:
+            problem(f"utt_ids chunk {i}", why, range(lo, hi))
+        seen: dict[str, int] = {}
+        table = {u.utt_id for u in self.utterances()}
+        for i, u in enumerate(ids):
+            if any(lo <= i < hi for _, lo, hi, _ in broken):
+                continue
+            if u in seen:
+                problem("utt_ids", f"{u!r} committed twice (positions {seen[u]} and {i})", [i])
+            seen[u] = i
+            if u not in table:
+                problem("utt_ids", f"{u!r} is not in the utterance table", [i])
+        rows_committed = attrs["rows_committed"]
+        for name, js in attrs["arrays"].items():
+            spec = ArraySpec.from_json(name, js)
+            data = grp[name]["data"]
+            check.checksummed = check.checksummed and _has_crc(data)
+            rows = int(rows_committed.get(name, -1))
+            if rows < 0 or rows > data.shape[0]:
+                problem(f"{name}/data", f"{rows} rows committed, the array holds {data.shape[0]}", range(n))
+                continue
+            if spec.kind == "utterance":
+                if rows != n:
+                    problem(f"{name}/data", f"{rows} rows committed for {n} utterances", range(min(rows, n), n))
+                _, broken = _read_tolerant(data, self.path, rows, check, keep=False)
+                for i, lo, hi, why in broken:
+                    problem(f"{name}/data chunk {i}", why, range(lo, hi))
+                continue
+            offs_arr = grp[name]["offsets"]
+            check.checksummed = check.checksummed and _has_crc(offs_arr)
+            if offs_arr.shape[0] < n + 1:
+                problem(f"{name}/offsets", f"{offs_arr.shape[0]} offsets for {n} utterances", range(n))
+                continue
+            offsets, off_broken = _read_tolerant(offs_arr, self.path, n + 1, check)
+            known = np.ones(n + 1, dtype=bool)
+            for i, lo, hi, why in off_broken:
+                known[lo:hi] = False
+                problem(f"{name}/offsets chunk {i}", why, range(max(lo - 1, 0), min(hi, n)))
+            if known[0] and offsets[0] != 0:
+                problem(f"{name}/offsets", f"start at {offsets[0]}, not 0", [0])
+            if known[n] and offsets[n] != rows:
+                problem(f"{name}/offsets", f"end at {offsets[n]}, {rows} rows committed", range(n))
+            step = np.diff(offsets)
+            backwards = [i for i in np.flatnonzero(step < 0) if known[i] and known[i + 1]]
+            if backwards:
+                # offsets[i] or offsets[i + 1] is wrong: utterance i and the neighbour sharing the wrong one
+                near = {j for i in backwards for j in (i - 1, i, i + 1) if 0 <= j < n}
+                problem(f"{name}/offsets", f"decrease at {len(backwards)} utterance(s)", near)
+            outside = [i for i in range(n) if known[i + 1] and offsets[i + 1] > rows]
+            if outside:
+                problem(f"{name}/offsets", f"{len(outside)} utterance(s) end past the committed rows", outside)
+            _, broken = _read_tolerant(data, self.path, rows, check, keep=False)
+            for i, lo, hi, why in broken:
+                hit = [u for u in range(n) if not (known[u] and known[u + 1])
+                       or (offsets[u] < hi and offsets[u + 1] > lo)]
+                problem(f"{name}/data chunk {i} (rows {lo}-{hi - 1})", why, hit)
+        unreadable = {i for _, lo, hi, _ in broken_ids for i in range(lo, hi)}
+        check.damaged = [ids[i] if i < len(ids) and i not in unreadable else f"#{i} (id unreadable)"
+                         for i in sorted(bad)]
+        check.damaged_index = sorted(bad)
+        return check
+
+    def repair(self, feature: str, check: FeatureCheck) -> int:
+        """Un-commit exactly the damaged utterances of ``check``: the group is rebuilt beside the old one from
+        every intact utterance (in commit order) and swapped in, so the next extract redoes only the damaged
+        ones. Returns how many were un-committed."""
+        if not check.damaged_index:
+            return 0
+        with self.lock(f"feature {feature}"):
+            grp = self.root["features"][feature]
+            attrs = dict(grp.attrs)
+            n = int(attrs["n_committed"])
+            doomed = set(check.damaged_index)
+            keep = [i for i in range(n) if i not in doomed]
+            ids = [str(u) for u in _read_tolerant(grp["utt_ids"], self.path, n, None)[0]]
+            specs = [ArraySpec.from_json(k, v) for k, v in attrs["arrays"].items()]
+            values: list[dict] = [{} for _ in keep]
+            for spec in specs:
+                rows = int(attrs["rows_committed"][spec.name])
+                data = _read_tolerant(grp[spec.name]["data"], self.path, rows, None)[0]
+                if spec.kind == "utterance":
+                    for v, i in zip(values, keep, strict=True):
+                        v[spec.name] = data[i]
+                else:
+                    offsets = _read_tolerant(grp[spec.name]["offsets"], self.path, n + 1, None)[0]
+                    for v, i in zip(values, keep, strict=True):
+                        v[spec.name] = data[offsets[i] : offsets[i + 1]]
+            rebuilt = self.path / PARTIAL / f"{feature}.repaired"
+            new = self._build_group(rebuilt, feature, attrs["extractor"], attrs["config"], specs,
+                                    attrs.get("init_options", {}))
+            new.update_attributes({"fingerprint": attrs["fingerprint"], "created": attrs.get("created", "")})
+            writer = FeatureWriter(new, feature)
+            writer.commit([ids[i] for i in keep], values)
+            writer.finish(False, {**attrs.get("skipped", {})})
+            old = self.path / PARTIAL / f"{feature}.damaged-{os.getpid()}"
+            os.rename(self.path / "features" / feature, old)
+            os.rename(rebuilt, self.path / "features" / feature)
+            shutil.rmtree(old)
+            self._reopen()
+        return len(doomed)
+
+    def remove_ignored(self) -> list[str]:
+        """Delete the half-made groups ``ignored`` lists (``featurize verify --repair``)."""
+        removed = []
+        for name in list(self.ignored):
+            with self.lock(f"feature {name}"):
+                self._remove_group(name)
+            removed.append(name)
+        return removed
 
     def committed_ids(self, feature: str) -> list[str]:
         grp = self.root["features"][feature]
@@ -454,8 +697,6 @@ class FeatureStore:
         spec = specs[array]
         n = int(grp.attrs["n_committed"])
         rows = int(grp.attrs["rows_committed"][array])
-        ids = [str(u) for u in grp["utt_ids"][:n]] if n else []
-        zdata = grp[array]["data"]
         if layers is not None:
             if len(spec.tail) != 2:
                 raise StoreError(f"feature {feature}/{array} has no layer axis (row shape {spec.tail})")
@@ -463,20 +704,148 @@ class FeatureStore:
             bad = [i for i in layers if not 0 <= i < spec.tail[0]]
             if bad:
                 raise StoreError(f"feature {feature}/{array} has {spec.tail[0]} layers; asked for {bad}")
+        zdata = grp[array]["data"]
+        try:
+            ids = [str(u) for u in _read_checked(grp["utt_ids"], self.path, n)] if n else []
+            offsets = _read_checked(grp[array]["offsets"], self.path, n + 1) if spec.kind == "frames" else None
+            if layers is not None:
+                # Orthogonal selection decodes chunk by chunk, so only the chosen layers are ever held whole.
+                _require_chunks(zdata, self.path, rows)
+                data = zdata.oindex[:rows, layers]
+            else:
+                data = _read_rows(zdata, self.path, rows)
+        except ChunkError as e:
+            raise StoreError(self._damage_message(feature, e)) from None
+        except (ValueError, RuntimeError) as e:  # zarr's own read path: a checksum or a codec failed
+            raise StoreError(f"{self.path}: feature {feature}/{array}: unreadable ({e}); "
+                             f"run `featurize verify --store {self.path}`") from None
+        if layers is not None:
             spec = ArraySpec(
                 spec.name, spec.kind, (len(layers), spec.tail[1]), spec.dtype, spec.rows_per_second, spec.rows_per_utt
             )
-        # Orthogonal selection decodes chunk by chunk, so only the chosen layers are ever held whole.
-        data = zdata.oindex[:rows, layers] if layers is not None else _read_rows(zdata, self.path, rows)
         if dtype is not None:
             data = data.astype(dtype)
-        offsets = grp[array]["offsets"][: n + 1] if spec.kind == "frames" else None
         return FeatureArray(ids, data, offsets, spec)
+
+    def _damage_message(self, feature: str, e: ChunkError) -> str:
+        """One line naming the feature, the array, the chunk and the utterances it holds."""
+        grp = self.root["features"][feature]
+        affected = self._utterances_in(feature, e.array, e.lo, e.hi)
+        who = (f"{len(affected)} utterance(s) affected: {', '.join(affected[:5])}"
+               + (f" and {len(affected) - 5} more" if len(affected) > 5 else "")) if affected else \
+            "the utterances it holds cannot be named (their ids or offsets are damaged too)"
+        del grp
+        return (f"{self.path}: feature {feature}, array {e.array}: {e.reason} (rows {e.lo}-{e.hi - 1}, chunk "
+                f"{e.index}); {who}. Run `featurize verify --store {self.path} --repair`, then extract again")
+
+    def _utterances_in(self, feature: str, array_path: str, lo: int, hi: int) -> list[str]:
+        """Ids of the committed utterances with rows in [lo, hi) of ``array_path`` (relative to the group),
+        as far as the ids and offsets can still be read."""
+        grp = self.root["features"][feature]
+        n = int(grp.attrs["n_committed"])
+        try:
+            ids = [str(u) for u in _read_checked(grp["utt_ids"], self.path, n)]
+        except (ChunkError, ValueError, RuntimeError):
+            return []
+        name, _, part = array_path.partition("/")
+        if name == "utt_ids":
+            return ids[lo:hi]
+        spec = grp.attrs["arrays"][name]
+        if spec["kind"] == "utterance" or part == "offsets":
+            return ids[max(lo - (part == "offsets"), 0) : hi]
+        try:
+            offsets = _read_checked(grp[name]["offsets"], self.path, n + 1)
+        except (ChunkError, ValueError, RuntimeError):
+            return []
+        return [ids[i] for i in range(n) if offsets[i] < hi and offsets[i + 1] > lo]
 
     def delete_feature(self, feature: str) -> None:
         feature = self.resolve_feature(feature)
-        shutil.rmtree(self.path / "features" / feature)
-        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        with self.lock(f"feature {feature}"):
+            self._remove_group(feature)
+
+
+class ChunkError(StoreError):
+    """A chunk inside the committed rows of an array is missing or fails its checksum / decoding."""
+
+    def __init__(self, array: str, index: int, lo: int, hi: int, reason: str) -> None:
+        super().__init__(f"{array}: chunk {index} (rows {lo}-{hi - 1}): {reason}")
+        self.array, self.index, self.lo, self.hi, self.reason = array, index, lo, hi, reason
+
+
+def _array_name(z: zarr.Array) -> str:
+    """``<array>/data``, ``<array>/offsets`` or ``utt_ids``: the path inside its feature group."""
+    parts = z.path.split("/")
+    return "/".join(parts[2:]) if parts[0] == "features" else z.path
+
+
+def _chunk_file(z: zarr.Array, store_path: Path, i: int) -> Path:
+    # default chunk keys, chunked along the first axis only: c/<i>/0/.../0
+    tail = "/".join("0" for _ in z.shape[1:])
+    return store_path / z.path / "c" / str(i) / tail if tail else store_path / z.path / "c" / str(i)
+
+
+def _chunk_bounds(z: zarr.Array, rows: int) -> list[tuple[int, int, int]]:
+    step = z.chunks[0]
+    return [(i, i * step, min((i + 1) * step, rows)) for i in range(math.ceil(rows / step))]
+
+
+def _require_chunks(z: zarr.Array, store_path: Path, rows: int) -> None:
+    """Every chunk holding one of the first ``rows`` rows exists: zarr itself would hand back fill values
+    for a missing one. (Stores write every chunk, empty ones too: see ``zarr.config`` below.)"""
+    for i, lo, hi in _chunk_bounds(z, rows):
+        if not _chunk_file(z, store_path, i).exists():
+            raise ChunkError(_array_name(z), i, lo, hi, "chunk file missing")
+
+
+def _read_checked(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
+    """The first ``rows`` rows through zarr, with missing chunks and failed checksums as ChunkError."""
+    _require_chunks(z, store_path, rows)
+    try:
+        return z[:rows]
+    except (ValueError, RuntimeError):
+        for i, lo, hi in _chunk_bounds(z, rows):  # find the chunk that fails, to name it
+            try:
+                z[lo:hi]
+            except (ValueError, RuntimeError) as e:
+                raise ChunkError(_array_name(z), i, lo, hi, _why(e)) from None
+        raise
+
+
+def _read_tolerant(z: zarr.Array, store_path: Path, rows: int, check: FeatureCheck | None,
+                   keep: bool = True) -> tuple[np.ndarray | None, list[tuple[int, int, int, str]]]:
+    """The first ``rows`` rows read chunk by chunk, a damaged chunk's rows left as fill values:
+    (rows or None when not ``keep``, [(chunk, first row, end row, why) for each damaged chunk])."""
+    out = np.empty((rows, *z.shape[1:]), dtype=object if z.dtype.kind in "OTU" else z.dtype) if keep else None
+    broken = []
+    for i, lo, hi in _chunk_bounds(z, rows):
+        if check is not None:
+            check.chunks += 1
+        if not _chunk_file(z, store_path, i).exists():
+            broken.append((i, lo, hi, "chunk file missing"))
+            continue
+        try:
+            block = z[lo:hi]
+        except (ValueError, RuntimeError) as e:
+            broken.append((i, lo, hi, _why(e)))
+            continue
+        if keep:
+            out[lo:hi] = block
+    if keep:
+        for _, lo, hi, _ in broken:
+            out[lo:hi] = "" if out.dtype == object else 0
+    return out, broken
+
+
+def _has_crc(z: zarr.Array) -> bool:
+    return any(isinstance(c, Crc32cCodec) for c in z.metadata.codecs)
+
+
+def _why(e: Exception) -> str:
+    text = str(e)
+    if "checksum" in text.lower():
+        return "checksum mismatch (the chunk's bytes changed after they were written)"
+    return f"cannot be decoded ({type(e).__name__}: {text})"
 
 
 def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
@@ -484,14 +853,16 @@ def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
 
     zarr's generic read path decodes each chunk into a buffer of its own and then copies it into the
     result, which made loading a feature about 2x slower than a plain read of the same bytes. Our data
-    arrays have one layout (chunked along rows only, default chunk keys, bytes + blosc), so each
-    chunk file can be read and blosc-decoded into its slice of the result, on all cores (blosc releases
-    the GIL). Any other layout goes through zarr.
+    arrays have one layout (chunked along rows only, default chunk keys, bytes + blosc [+ crc32c]), so each
+    chunk file can be read, its checksum checked and blosc-decoded into its slice of the result, on all
+    cores (blosc and crc32c release the GIL). Any other layout goes through zarr. A missing chunk or a
+    failed checksum raises ChunkError: never fill values in committed rows.
     """
     md = z.metadata
     codecs = md.codecs
+    with_crc = len(codecs) == 3 and isinstance(codecs[2], Crc32cCodec)
     simple = (
-        len(codecs) == 2
+        len(codecs) == 2 + with_crc
         and isinstance(codecs[0], BytesCodec)
         and isinstance(codecs[1], BloscCodec)
         and tuple(z.chunks[1:]) == tuple(z.shape[1:])
@@ -499,31 +870,39 @@ def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
         and getattr(md.chunk_key_encoding, "separator", "/") == "/"
         and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
     )
-    if not simple or rows == 0:
-        return z[:rows]
+    if rows == 0:
+        return z[:0]
+    if not simple:
+        return _read_checked(z, store_path, rows)
     out = np.empty((rows, *z.shape[1:]), dtype=z.dtype)
     flat = out.reshape(-1).view(np.uint8)
-    chunk_rows = z.chunks[0]
-    chunk_nbytes = chunk_rows * (flat.size // rows)
-    folder = store_path / z.path / "c"
-    tail_key = "/".join("0" for _ in z.shape[1:])
+    chunk_nbytes = z.chunks[0] * (flat.size // rows)
     codec = Blosc()
 
-    def decode(i: int) -> None:
-        lo = i * chunk_nbytes
-        hi = min(lo + chunk_nbytes, flat.size)
+    def decode(bounds: tuple[int, int, int]) -> None:
+        i, row_lo, row_hi = bounds
+        lo, hi = i * chunk_nbytes, min((i + 1) * chunk_nbytes, flat.size)
         try:
-            buf = (folder / str(i) / tail_key if tail_key else folder / str(i)).read_bytes()
-        except FileNotFoundError:  # zarr does not write chunks that hold only the fill value
-            out.reshape(-1)[lo // out.itemsize : hi // out.itemsize] = md.fill_value
-            return
-        if hi - lo == chunk_nbytes:
-            codec.decode(buf, out=flat[lo:hi])
-        else:  # the last chunk is stored whole; keep its committed rows
-            flat[lo:hi] = np.frombuffer(codec.decode(buf), dtype=np.uint8)[: hi - lo]
+            buf = _chunk_file(z, store_path, i).read_bytes()
+        except FileNotFoundError:
+            raise ChunkError(_array_name(z), i, row_lo, row_hi, "chunk file missing") from None
+        if with_crc:
+            body, stored = np.frombuffer(buf, dtype=np.uint8)[:-4], buf[-4:]
+            if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+                raise ChunkError(_array_name(z), i, row_lo, row_hi,
+                                 "checksum mismatch (the chunk's bytes changed after they were written)")
+        else:
+            body = buf
+        try:
+            if hi - lo == chunk_nbytes:
+                codec.decode(body, out=flat[lo:hi])
+            else:  # the last chunk is stored whole; keep its committed rows
+                flat[lo:hi] = np.frombuffer(codec.decode(body), dtype=np.uint8)[: hi - lo]
+        except (RuntimeError, ValueError) as e:
+            raise ChunkError(_array_name(z), i, row_lo, row_hi, _why(e)) from None
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(decode, range(math.ceil(rows / chunk_rows))))
+        list(pool.map(decode, _chunk_bounds(z, rows)))
     return out
 
 
@@ -538,9 +917,10 @@ def _grow(arr: zarr.Array, rows: int) -> None:
 class FeatureWriter:
     """Appends utterances to one feature group in commits that are atomic per call of ``commit``."""
 
-    def __init__(self, group: zarr.Group, name: str) -> None:
+    def __init__(self, group: zarr.Group, name: str, lock: FileLock | None = None) -> None:
         self.group = group
         self.name = name
+        self.lock = lock  # the group's lock, held from FeatureStore.writer until finish / close
         self.specs = {k: ArraySpec.from_json(k, v) for k, v in group.attrs["arrays"].items()}
         self.n = int(group.attrs["n_committed"])
         self.rows = {k: int(v) for k, v in group.attrs["rows_committed"].items()}
@@ -592,12 +972,14 @@ class FeatureWriter:
             new_rows[name] = end
         _grow(self._ids, self.n + len(utt_ids))
         self._ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
+        die_at("commit-data")
         # The commit marker: one atomic write of the group's attributes. (Not `attrs.update`: zarr's
         # attribute mapping writes the file once per key, and a kill between those writes left a
         # marker whose utterance count ran ahead of its row counts.)
         self.n += len(utt_ids)
         self.rows = new_rows
         self.group.update_attributes({"n_committed": self.n, "rows_committed": self.rows})
+        die_at("commit-marker")
 
     def finish(self, complete: bool, skipped: dict[str, str] | None = None) -> None:
         """Trim rows a killed run left past the commit marker, and record completeness."""
@@ -610,3 +992,10 @@ class FeatureWriter:
         if self._ids.shape[0] != self.n:
             self._ids.resize((self.n,))
         self.group.update_attributes({"complete": complete, "skipped": skipped or {}})
+        self.close()
+
+    def close(self) -> None:
+        """Release the group's lock (what is committed stays committed)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

@@ -1,0 +1,287 @@
+"""A store nothing can silently corrupt: kills at chosen and random points, concurrent writers, damaged
+chunks found by reading and by `featurize verify`, repaired and re-extracted to the same values."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import featurize.store as store_module
+from featurize.cli import app
+from featurize.corpora import read_corpus
+from featurize.extractors.fbank import Fbank
+from featurize.locks import LockTimeout
+from featurize.pipeline import run_extraction
+from featurize.store import FeatureStore, StoreError
+from tests.conftest import write_manifest_corpus
+
+
+def _extract_cmd(manifest: Path, store: Path, model: str = "fbank", *extra: str) -> list[str]:
+    return [sys.executable, "-m", "featurize.cli", "extract", "--corpus", "manifest", "--data", str(manifest),
+            "--model", model, "--workers", "1", "--store", str(store), *extra]
+
+
+ENV = {**os.environ, "SERCACHE_COMMIT_SECONDS": "0.02"}
+
+
+def _values(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """feature group -> array -> utterance -> its rows: what a reader sees, whatever the commit order."""
+    store = FeatureStore(path, create=False)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for info in store.features():
+        for name in info.arrays:
+            fa = store.read(info.name, name)
+            for uid in fa.utt_ids:
+                out.setdefault(f"{info.name}/{name}", {})[uid] = fa.get(uid)
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].keys() == b[k].keys(), k
+        for uid in a[k]:
+            np.testing.assert_array_equal(a[k][uid], b[k][uid], err_msg=f"{k} {uid}")
+
+
+def _table_ok(path: Path, n: int) -> None:
+    utts = FeatureStore(path, create=False).utterances()
+    assert len(utts) == n and len({u.utt_id for u in utts}) == n
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """A 60-utterance corpus and the store an uninterrupted fbank run makes of it."""
+    root = tmp_path_factory.mktemp("reliability")
+    manifest = write_manifest_corpus(root / "c", 60, seconds=(0.4, 1.0))
+    clean = root / "clean.zarr"
+    subprocess.run(_extract_cmd(manifest, clean), env=ENV, check=True, capture_output=True)
+    return manifest, clean
+
+
+# -- kills ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("point", ["group-built", "table-built", "table-swap", "commit-data", "commit-marker"])
+def test_kill_at_each_critical_point_then_resume_gives_the_same_store(corpus, tmp_path, point):
+    manifest, clean = corpus
+    store = tmp_path / "s.zarr"
+    died = subprocess.run(_extract_cmd(manifest, store), env={**ENV, "SERCACHE_DIE_AT": point}, capture_output=True)
+    assert died.returncode == -signal.SIGKILL, died.stderr.decode()[-2000:]
+    # whatever the kill left, the store opens and lists without an error ...
+    FeatureStore(store).features()
+    # ... and a rerun completes it to the same values
+    subprocess.run(_extract_cmd(manifest, store), env=ENV, check=True, capture_output=True)
+    _assert_same(_values(store), _values(clean))
+    _table_ok(store, 60)
+    assert not any((store / "partial").iterdir()) if (store / "partial").exists() else True
+    assert all(i.complete for i in FeatureStore(store).features())
+
+
+def test_kill_at_random_points_of_extraction_and_training_then_resume(corpus, tmp_path):
+    """16 kills at random moments of one extraction (each rerun resumes what the last one left), then 4 of
+    one training run: both end identical to uninterrupted runs."""
+    manifest, clean = corpus
+    store = tmp_path / "s.zarr"
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(16):
+        proc = subprocess.Popen(_extract_cmd(manifest, store, "opensmile", "-o", "set=egemaps"), env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 3.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    subprocess.run(_extract_cmd(manifest, store, "opensmile", "-o", "set=egemaps"), env=ENV, check=True,
+                   capture_output=True)
+    reference = tmp_path / "ref.zarr"
+    subprocess.run(_extract_cmd(manifest, reference, "opensmile", "-o", "set=egemaps"), env=ENV, check=True,
+                   capture_output=True)
+    _assert_same(_values(store), _values(reference))
+    _table_ok(store, 60)
+    assert kills >= 8, f"only {kills} of 16 runs were still running when killed"
+
+    train = [sys.executable, "-m", "train.cli", "run", "--store", str(clean), "--corpus", "corpus", "--protocol",
+             "speaker-kfold", "--head", "probe", "--feature", "fbank", "--max-epochs", "3", "--seeds", "0"]
+    killed_run, clean_run = tmp_path / "killed-run", tmp_path / "clean-run"
+    train_kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(train + ["--out", str(killed_run)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 7.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            train_kills += 1
+        proc.wait()
+    subprocess.run(train + ["--out", str(killed_run)], check=True, capture_output=True)
+    subprocess.run(train + ["--out", str(clean_run)], check=True, capture_output=True)
+    a = json.loads((killed_run / "summary.json").read_text())["per_fold"]
+    b = json.loads((clean_run / "summary.json").read_text())["per_fold"]
+    assert a == b
+    assert train_kills >= 1
+
+
+# -- concurrent writers ---------------------------------------------------------------------------------------
+def _together(*cmds: list[str], env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen(c, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [subprocess.CompletedProcess(c, p.returncode, o, e) for c, p, (o, e) in zip(cmds, procs, outs, strict=True)]
+
+
+def test_two_features_at_once_equal_serial_runs(corpus, tmp_path):
+    manifest, _ = corpus
+    together, serial = tmp_path / "together.zarr", tmp_path / "serial.zarr"
+    runs = _together(_extract_cmd(manifest, together), _extract_cmd(manifest, together, "opensmile", "-o",
+                                                                     "set=egemaps"))
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-1500:] for r in runs]
+    for model, extra in (("fbank", ()), ("opensmile", ("-o", "set=egemaps"))):
+        subprocess.run(_extract_cmd(manifest, serial, model, *extra), env=ENV, check=True, capture_output=True)
+    _assert_same(_values(together), _values(serial))
+    _table_ok(together, 60)
+
+
+def test_two_corpora_into_one_feature_at_once_keep_every_utterance(tmp_path):
+    a = write_manifest_corpus(tmp_path / "a", 30, seed=1)
+    b = write_manifest_corpus(tmp_path / "b", 30, seed=2)
+    b = b.rename(b.with_name("other.csv"))  # a manifest's corpus is its file stem: "corpus" and "other"
+    together = tmp_path / "together.zarr"
+    runs = _together(_extract_cmd(a, together), _extract_cmd(b, together))
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-1500:] for r in runs]
+    store = FeatureStore(together)
+    (info,) = store.features()
+    assert info.n_committed == 60 and len(set(store.committed_ids(info.name))) == 60
+    _table_ok(together, 60)
+    serial = tmp_path / "serial.zarr"
+    for m in (a, b):
+        subprocess.run(_extract_cmd(m, serial), env=ENV, check=True, capture_output=True)
+    _assert_same(_values(together), _values(serial))
+
+
+def test_the_same_feature_twice_waits_and_does_the_work_once(corpus, tmp_path):
+    manifest, clean = corpus
+    store = tmp_path / "s.zarr"
+    runs = _together(_extract_cmd(manifest, store), _extract_cmd(manifest, store))
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-1500:] for r in runs]
+    done = [r for r in runs if "60 extracted" in r.stderr]
+    waited = [r for r in runs if "0 extracted" in r.stderr and "60 were already stored" in r.stderr]
+    assert len(done) == 1 and len(waited) == 1, [r.stderr[-800:] for r in runs]
+    assert "waiting for feature fbank-" in waited[0].stderr and "locked by pid" in waited[0].stderr
+    _assert_same(_values(store), _values(clean))
+
+
+def test_a_held_lock_refuses_with_the_holders_name_and_a_dead_holder_never_blocks(corpus, tmp_path):
+    manifest, _ = corpus
+    store = FeatureStore(tmp_path / "s.zarr")
+    utts, _ = read_corpus("manifest", manifest)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from featurize.store import FeatureStore; "
+        f"s = FeatureStore({str(tmp_path / 's.zarr')!r}); l = s.lock('utterances').acquire(); "
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    refusing = FeatureStore(tmp_path / "s.zarr", lock_timeout=0.2)
+    with pytest.raises(LockTimeout, match=f"the utterance table of .* is locked by pid {holder.pid}"):
+        refusing.write_utterances(utts)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    refusing.write_utterances(utts)  # the kernel released the dead holder's lock: nothing to clean up
+    assert len(store.utterances()) == 60
+
+
+# -- damage ---------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    # 8 kB chunks: a 60-utterance fbank feature spans ~20 data chunks, so damage hits a few utterances, not all
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 8192)
+
+
+def _fbank_store(manifest: Path, path: Path) -> FeatureStore:
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(path)
+    run_extraction(store, utts, Fbank(), workers=1)
+    return store
+
+
+def _chunk(path: Path, feature: str, array: str, i: int) -> Path:
+    (f,) = [p for p in (path / "features" / feature / array / "c").glob(f"{i}/**/*") if p.is_file()] or [
+        path / "features" / feature / array / "c" / str(i)]
+    return f
+
+
+def _flip(file: Path, offset: int) -> None:
+    raw = bytearray(file.read_bytes())
+    raw[offset] ^= 0x5A
+    file.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["payload byte", "header byte", "deleted chunk", "ids chunk"])
+def test_damage_is_found_by_reading_and_by_verify_then_repaired(corpus, tmp_path, small_chunks, damage):
+    manifest, _ = corpus
+    path = tmp_path / "s.zarr"
+    store = _fbank_store(manifest, path)
+    name = store.resolve_feature("fbank")
+    before = _values(path)
+    fa = store.read(name)
+    lo, hi = 3 * 102, 4 * 102  # rows of data chunk 3 (8192 // 80 bytes a row = 102 rows a chunk)
+    expected = {u for u in fa.utt_ids if fa.offsets[fa.position(u)] < hi and fa.offsets[fa.position(u) + 1] > lo}
+    if damage == "payload byte":
+        target = _chunk(path, name, "fbank/data", 3)
+        _flip(target, target.stat().st_size // 2)
+    elif damage == "header byte":
+        _flip(_chunk(path, name, "fbank/data", 3), 2)
+    elif damage == "deleted chunk":
+        _chunk(path, name, "fbank/data", 3).unlink()
+    else:
+        _flip(_chunk(path, name, "utt_ids", 0), 10)
+        expected = set(fa.utt_ids)  # every id is in chunk 0
+    with pytest.raises(StoreError) as err:
+        FeatureStore(path).read(name)
+    message = str(err.value)
+    assert name in message and ("utt_ids" in message or "fbank/data" in message)
+    if damage != "ids chunk":
+        assert "chunk 3" in message and sorted(expected)[0] in message
+    reason = "chunk file missing" if damage == "deleted chunk" else "checksum mismatch"
+    assert reason in message
+
+    res = CliRunner().invoke(app, ["verify", "--store", str(path)])
+    assert res.exit_code == 1 and reason in res.output and name in res.output
+    check = FeatureStore(path).verify(name)
+    if damage == "ids chunk":  # which utterances the rows belong to is lost with the ids: all are un-committed
+        assert len(check.damaged) == 60 and all("id unreadable" in d for d in check.damaged)
+    else:
+        assert set(check.damaged) == expected
+
+    res = CliRunner().invoke(app, ["verify", "--store", str(path), "--repair"])
+    assert res.exit_code == 0, res.output
+    repaired = FeatureStore(path)
+    assert repaired.verify(name).ok
+    assert len(repaired.committed_ids(name)) == 60 - len(expected)
+    utts, _ = read_corpus("manifest", manifest)
+    again = run_extraction(repaired, utts, Fbank(), workers=1)
+    assert again.processed == len(expected)  # exactly the damaged utterances are redone
+    _assert_same(_values(path), before)
+    assert CliRunner().invoke(app, ["verify", "--store", str(path)]).exit_code == 0
+
+
+def test_offsets_that_disagree_with_the_attributes_are_damage(corpus, tmp_path, small_chunks):
+    manifest, _ = corpus
+    path = tmp_path / "s.zarr"
+    store = _fbank_store(manifest, path)
+    name = store.resolve_feature("fbank")
+    offsets = store.root["features"][name]["fbank"]["offsets"]
+    values = offsets[:]
+    values[10] = values[12] + 5  # utterance 9 now ends past where utterance 10 ends: offsets go backwards
+    offsets[:] = values
+    check = FeatureStore(path).verify(name)
+    assert not check.ok and any("decrease" in p for p in check.problems)
+    ids = store.committed_ids(name)
+    assert {ids[9], ids[10]} <= set(check.damaged)
