@@ -35,7 +35,7 @@ from rich.console import Console
 from featurize.audio import load_audio
 from featurize.corpora import read_corpus
 from featurize.extractors import Extractor, get_extractor
-from featurize.pipeline import _batches, _seconds, run_extraction
+from featurize.pipeline import length_batches, run_extraction, utterance_seconds
 from featurize.records import Utterance
 from featurize.store import FeatureStore
 
@@ -129,13 +129,13 @@ def main() -> None:
         tmp = Path(tmp_name)
         extractor = build_extractor(args.model, tmp)
         utts = subset(utts, extractor, args.limit)
-        audio_seconds = sum(_seconds(u) for u in utts)
+        audio_seconds = sum(utterance_seconds(u) for u in utts)
         extractor.setup()
         extractor.config()  # hashes a local model once (cached), as a real run's plan() does
         # (b)'s batches: the pipeline's own batching of the length-sorted utterances, decoded up front.
-        ordered = sorted(utts, key=lambda u: (_seconds(u), u.utt_id))
+        ordered = sorted(utts, key=lambda u: (utterance_seconds(u), u.utt_id))
         batches = [[(u, load_audio(u.audio_path, u.start, u.end) if extractor.needs == "audio" else None) for u in b]
-                   for b in _batches(ordered, args.batch_seconds)]
+                   for b in length_batches(ordered, args.batch_seconds)]
         time_compute(extractor, batches[:1])  # warm-up: first-call allocations and kernel selection
         print(f"feat-neural  {extractor.describe()}")
         print(f"  {len(utts)} utterances of {args.corpus}, {audio_seconds:.1f} s of audio, {len(batches)} batches "

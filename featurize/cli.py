@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -13,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from featurize.corpora import read_corpus
-from featurize.extractors import get_extractor
+from featurize.extractors import OptionError, build_extractor
 from featurize.pipeline import human_bytes, plan, run_extraction
+from featurize.registry import UnknownName
 from featurize.store import DEFAULT_STORE, FeatureStore
 
 app = typer.Typer(
@@ -35,15 +35,12 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def build_extractor(model: str, options: dict[str, object]):
-    """Instantiate an extractor, passing only the options its constructor takes."""
-    cls = get_extractor(model)
-    params = inspect.signature(cls.__init__).parameters
-    unknown = [k for k in options if k not in params]
-    if unknown:
-        accepted = [p for p in params if p != "self"]
-        raise typer.BadParameter(f"extractor {model!r} takes no option {unknown}; it takes: {', '.join(accepted)}")
-    return cls(**options)
+def make_extractor(model: str, options: dict[str, object]):
+    """The extractor, or a usage error naming the option and what it accepts."""
+    try:
+        return build_extractor(model, options)
+    except (OptionError, UnknownName) as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @app.command()
@@ -74,7 +71,7 @@ def extract(
     for key, value in (("model_id", model_id), ("model_path", model_path), ("layers", layers), ("device", device)):
         if value is not None:
             opts[key] = str(value)
-    extractor = build_extractor(model, opts)
+    extractor = make_extractor(model, opts)
     fs = FeatureStore(store, lock_timeout=lock_timeout)
     if dry_run:
         p, writer = plan(fs, utts, extractor)

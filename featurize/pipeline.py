@@ -63,7 +63,7 @@ class ExtractResult:
     complete: bool = False
 
 
-def _seconds(u: Utterance) -> float:
+def utterance_seconds(u: Utterance) -> float:
     if u.duration is not None:
         return u.duration
     if u.start is not None and u.end is not None:
@@ -86,10 +86,10 @@ def plan(
     done = writer.done_ids()
     ok = [u for u in utts if applicable(u, extractor)]
     not_applicable = [u.utt_id for u in utts if not applicable(u, extractor)]
-    todo = sorted((u for u in ok if u.utt_id not in done), key=lambda u: (_seconds(u), u.utt_id))
+    todo = sorted((u for u in ok if u.utt_id not in done), key=lambda u: (utterance_seconds(u), u.utt_id))
     remaining = len(todo)
     todo = todo[:limit] if limit else todo
-    secs = sum(_seconds(u) for u in todo)
+    secs = sum(utterance_seconds(u) for u in todo)
     est = estimate_bytes(arrays, secs, len(todo))
     return ExtractPlan(writer.name, todo, len(ok) - remaining, not_applicable, est, secs, remaining), writer
 
@@ -106,13 +106,25 @@ def _load(u: Utterance, sample_rate: int) -> np.ndarray:
     return load_audio(u.audio_path, u.start, u.end, sr=sample_rate)
 
 
+def empty_frames(extractor: Extractor, u: Utterance, values: dict) -> str | None:
+    """Why ``values`` cannot be stored when a frames array holds no row (audio shorter than one frame):
+    a 0-frame feature would train as silence, so the utterance is skipped and named instead."""
+    empty = [s.name for s in extractor.arrays() if s.kind == "frames" and len(values[s.name]) == 0]
+    if not empty:
+        return None
+    where = u.audio_path if extractor.needs == "audio" else u.utt_id
+    return f"{where}: no {', '.join(empty)} frames ({utterance_seconds(u):.3f} s is shorter than one frame)"
+
+
 def _work(extractor: Extractor, utts: list[Utterance]) -> list[tuple[str, dict | None, str | None]]:
     """One dask task: load and featurize a few utterances; failures become skip reasons."""
     out = []
     for u in utts:
         try:
             audio = _load(u, extractor.sample_rate) if extractor.needs == "audio" else None
-            out.append((u.utt_id, extractor.process_one(u, audio), None))
+            values = extractor.process_one(u, audio)
+            why = empty_frames(extractor, u, values)
+            out.append((u.utt_id, None if why else values, why))
         except AudioError as e:
             out.append((u.utt_id, None, str(e)))
         except Exception as e:  # a file that breaks the extractor is reported, not fatal
@@ -270,7 +282,7 @@ def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: 
     if sink.error is not None:
         raise sink.error
     result.seconds = time.monotonic() - t0
-    secs = {u.utt_id: _seconds(u) for u in todo}
+    secs = {u.utt_id: utterance_seconds(u) for u in todo}
     result.audio_seconds = sum(secs[u] for u in secs if u not in result.skipped)
     result.complete = not result.skipped and len(todo) == p.remaining
     writer.finish(result.complete, result.skipped)
@@ -302,13 +314,13 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
             yield from dask.compute(*delayed, scheduler="processes", pool=pool)
 
 
-def _batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:
+def length_batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:
     """Consecutive runs of the length-sorted list whose padded size (longest × count) stays under
     ``batch_seconds`` of audio, so batches are big when utterances are short."""
     out: list[list[Utterance]] = []
     cur: list[Utterance] = []
     for u in todo:
-        if cur and ((len(cur) + 1) * max(_seconds(u), 1e-3) > batch_seconds or len(cur) >= max_items):
+        if cur and ((len(cur) + 1) * max(utterance_seconds(u), 1e-3) > batch_seconds or len(cur) >= max_items):
             out.append(cur)
             cur = []
         cur.append(u)
@@ -321,7 +333,7 @@ def _run_batched(extractor: Extractor, todo: list[Utterance], workers: int, batc
     """Batched extractors compute here (CUDA stays in the main process); audio is decoded by
     worker processes a few batches ahead, overlapping decoding with compute."""
     extractor.setup()
-    batches = _batches(todo, batch_seconds)
+    batches = length_batches(todo, batch_seconds)
     if extractor.needs != "audio":
         for b in batches:
             yield _compute(extractor, [(u, None, None) for u in b])
@@ -341,7 +353,8 @@ def _compute(extractor: Extractor, items: list) -> list[tuple[str, dict | None, 
     out = [(u.utt_id, None, err) for u, _, err in items if err is not None]
     if ready:
         for (u, _), v in zip(ready, extractor.process_batch(ready), strict=True):
-            out.append((u.utt_id, v, None))
+            why = empty_frames(extractor, u, v)
+            out.append((u.utt_id, None if why else v, why))
     # Keep the length-sorted order for the writer.
     order = {u.utt_id: i for i, (u, _, _) in enumerate(items)}
     return sorted(out, key=lambda r: order[r[0]])

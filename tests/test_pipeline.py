@@ -213,7 +213,7 @@ def test_cli_extract_ls_and_errors(tmp_path):
     res = runner.invoke(
         app, ["extract", "--corpus", "manifest", "--data", str(manifest), "--model", "nope", "--store", store]
     )
-    assert res.exit_code != 0 and "unknown extractor 'nope'" in str(res.exception)
+    assert res.exit_code == 2 and "unknown extractor 'nope'" in res.output
     res = runner.invoke(
         app,
         [
@@ -230,7 +230,19 @@ def test_cli_extract_ls_and_errors(tmp_path):
             "bogus=1",
         ],
     )
-    assert res.exit_code != 0 and "takes no option" in res.output
+    assert res.exit_code == 2 and "takes no option" in res.output
+    # -o values are parsed to the type the extractor declares; a bad one names the option before anything is stored
+    for opt, says in (("n_mels=eighty", "option n_mels of fbank wants an integer, got 'eighty'"),
+                      ("frame_ms=fast", "option frame_ms of fbank wants a number")):
+        res = runner.invoke(app, ["extract", "--corpus", "manifest", "--data", str(manifest), "--model", "fbank",
+                                  "--store", store, "-o", opt])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["extract", "--corpus", "manifest", "--data", str(manifest), "--model", "fbank",
+                              "--store", store, "--workers", "1", "-o", "n_mels=24", "-o", "frame_ms=20",
+                              "-o", "shift_ms=20"])
+    assert res.exit_code == 3, res.output  # the same skipped file as above, the rest extracted
+    info = next(i for i in FeatureStore(store).features() if i.config["n_mels"] == 24)
+    assert info.arrays["fbank"].tail == (24,) and info.config["frame_ms"] == 20.0 and info.n_committed == 5
 
 
 def test_export_to_hdf5(tmp_path):

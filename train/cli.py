@@ -16,7 +16,7 @@ from rich.table import Table
 
 from featurize.store import DEFAULT_STORE, FeatureStore
 from train.data import CorpusData, load_data
-from train.heads import HEADS, get_head, make_config, make_recipe
+from train.heads import get_head, make_config, make_recipe
 from train.loop import EVALUATIONS, LoopOptions, changed_settings, run_folds
 from train.protocols import make_folds
 
@@ -138,7 +138,7 @@ def print_summary(title: str, summary: dict) -> None:
 
 @app.command()
 def run(
-    head: str = typer.Option(..., help="head name: " + ", ".join(sorted(HEADS)) if HEADS else "head name"),
+    head: str = typer.Option(..., help="head name (an unknown name lists the heads there are)"),
     feature: str = typer.Option(..., help="feature(s), comma-separated: NAME[:ARRAY][@LAYERS], one per modality"),
     corpus: str = typer.Option(..., help="corpus name in the store (iemocap, ravdess, iemocap-text, ...)"),
     protocol: str = typer.Option(..., help=PROTOCOL_HELP),

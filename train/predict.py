@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from featurize.audio import audio_duration, load_audio
-from featurize.extractors import get_extractor
+from featurize.extractors import build_extractor
 from featurize.records import Utterance
-from featurize.store import FeatureStore, fingerprint
+from featurize.store import FeatureStore, feature_group_name
 from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, word_frames
 from train.heads import get_head, make_config
 
@@ -35,14 +35,12 @@ class Prediction:
 
 def _extractor_for(store: FeatureStore, group: str):
     info = next(i for i in store.features() if i.name == group)
-    cls = get_extractor(info.extractor)
-    extractor = cls(**info.init_options)
-    arrays = extractor.arrays()
-    fp = fingerprint({"extractor": extractor.name, "arrays": [a.to_json() for a in arrays], **extractor.config()})
-    if fp != info.fingerprint:
+    extractor = build_extractor(info.extractor, info.init_options)  # stored as the strings -o would give
+    here = feature_group_name(extractor.feature_name(), extractor.name, extractor.config(), extractor.arrays())
+    if here != group or here.rsplit("-", 1)[1] != info.fingerprint:
         raise ValueError(
             f"{group} was extracted with a configuration this machine does not reproduce "
-            f"(fingerprint {fp} here): install the same model and library versions, or retrain"
+            f"({here} here): install the same model and library versions, or retrain"
         )
     return extractor
 

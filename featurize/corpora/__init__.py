@@ -10,29 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featurize.records import CorpusReport, Utterance
+from featurize.registry import Registry
 
 Reader = Callable[..., tuple[list[Utterance], CorpusReport]]
-READERS: dict[str, Reader] = {}
+READERS: Registry[Reader] = Registry("corpus", __name__)
 
 
 def register(name: str) -> Callable[[Reader], Reader]:
     def wrap(fn: Reader) -> Reader:
-        READERS[name] = fn
-        return fn
+        return READERS.add(name, fn)
 
     return wrap
 
 
 def read_corpus(name: str, path: str | Path, **options) -> tuple[list[Utterance], CorpusReport]:
-    _load_all()
-    if name not in READERS:
-        raise ValueError(f"unknown corpus {name!r}; known: {', '.join(sorted(READERS))}")
+    reader = READERS.get(name)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"corpus path {path} does not exist")
-    return READERS[name](path, **options)
-
-
-def _load_all() -> None:
-    # Importing each module registers its reader; one file per corpus.
-    from featurize.corpora import iemocap, iemocap_text, manifest, ravdess  # noqa: F401
+    return reader(path, **options)

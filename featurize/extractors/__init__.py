@@ -14,14 +14,14 @@ group, and the arrays it writes (``arrays``).
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
+import typing
 from typing import Any, ClassVar
 
 import numpy as np
 
 from featurize.records import Utterance
+from featurize.registry import Registry
 from featurize.store import ArraySpec
 
 
@@ -64,20 +64,59 @@ class Extractor:
         return self.name
 
 
-EXTRACTORS: dict[str, type[Extractor]] = {}
+EXTRACTORS: Registry[type[Extractor]] = Registry("extractor", __name__)
 
 
 def register(cls: type[Extractor]) -> type[Extractor]:
-    EXTRACTORS[cls.name] = cls
-    return cls
+    return EXTRACTORS.add(cls.name, cls)
 
 
 def get_extractor(name: str) -> type[Extractor]:
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
-    if name not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {name!r}; known: {', '.join(sorted(EXTRACTORS))}")
-    return EXTRACTORS[name]
+    return EXTRACTORS.get(name)
+
+
+class OptionError(ValueError):
+    pass
+
+
+def build_extractor(name: str, options: dict[str, Any]) -> Extractor:
+    """The extractor ``name`` built from ``options`` (``-o key=value`` strings are parsed to the type its
+    constructor declares for ``key``). An unknown option, a value of the wrong type or one the extractor
+    refuses is an OptionError naming the option and what it accepts."""
+    cls = get_extractor(name)
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise OptionError(f"extractor {name!r} takes no option {', '.join(unknown)}; it takes: {', '.join(params)}")
+    hints = typing.get_type_hints(cls.__init__)
+    typed = {k: parse_option(name, k, v, hints.get(k, str)) for k, v in options.items()}
+    try:
+        return cls(**typed)
+    except (ValueError, TypeError) as e:
+        raise OptionError(f"extractor {name!r}: {e}") from None
+
+
+def parse_option(extractor: str, key: str, value: Any, hint: Any) -> Any:
+    """A command-line string as the declared type (int, float, bool, str, or one of them | None)."""
+    if not isinstance(value, str):
+        return value
+    types = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    if type(None) in typing.get_args(hint) and value.lower() == "none":
+        return None
+    for t in (bool, int, float):
+        if t in types:
+            try:
+                if t is bool:
+                    if value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                        return value.lower() in ("1", "true", "yes", "on")
+                    raise ValueError(value)
+                return t(value)
+            except ValueError:
+                if str in types:
+                    return value
+                wants = {bool: "true or false", int: "an integer", float: "a number"}[t]
+                raise OptionError(f"option {key} of {extractor} wants {wants}, got {value!r}") from None
+    return value
 
 
 def estimate_bytes(arrays: list[ArraySpec], total_seconds: float, n_utts: int) -> int:

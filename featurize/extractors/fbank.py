@@ -77,6 +77,12 @@ class Fbank(Extractor):
     batched = False
 
     def __init__(self, n_mels: int = 40, frame_ms: float = 25.0, shift_ms: float = 10.0, dtype: str = "float16"):
+        if n_mels < 1:
+            raise ValueError(f"n_mels must be at least 1, got {n_mels}")
+        if not (0 < frame_ms <= 1000 and 0 < shift_ms <= 1000):
+            raise ValueError(f"frame_ms and shift_ms must be in (0, 1000] ms, got {frame_ms} and {shift_ms}")
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
         self.n_mels, self.frame_ms, self.shift_ms, self.dtype = n_mels, frame_ms, shift_ms, dtype
 
     def config(self) -> dict:

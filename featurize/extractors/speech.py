@@ -71,8 +71,8 @@ class SpeechEncoder(Extractor):
 
     def __init__(self, model_id: str | None = None, model_path: str | None = None, revision: str | None = None,
                  layers: str | None = None, device: str | None = None, autocast: str = "auto",
-                 dtype: str = "float16", pad: str = "auto", chunk_seconds: float | str = 30.0,
-                 chunk_overlap: float | str = 1.0, max_batch_seconds: float | str = 60.0):
+                 dtype: str = "float16", pad: str = "auto", chunk_seconds: float = 30.0,
+                 chunk_overlap: float = 1.0, max_batch_seconds: float = 60.0):
         if model_path is None and is_local(model_id):
             model_id, model_path = None, model_id
         self.model_id = None if model_path is not None else (model_id or self.default_model_id)

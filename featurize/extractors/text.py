@@ -71,8 +71,8 @@ class TextEncoder(Extractor):
 
     def __init__(self, model_id: str | None = None, model_path: str | None = None, revision: str | None = None,
                  layers: str | None = None, device: str | None = None, autocast: str = "auto",
-                 dtype: str = "float16", max_length: int | str = 512, words: str = "words",
-                 max_batch_tokens: int | str = 8192):
+                 dtype: str = "float16", max_length: int = 512, words: str = "words",
+                 max_batch_tokens: int = 8192):
         if model_path is None and is_local(model_id):
             model_id, model_path = None, model_id
         if model_id is None and model_path is None:

@@ -44,7 +44,7 @@ class WhisperEncoder(Extractor):
 
     def __init__(self, model_id: str | None = None, model_path: str | None = None, revision: str | None = None,
                  device: str | None = None, compute_type: str = "auto", dtype: str = "float16",
-                 batch_windows: int | str = 8, threads: int | str = 0):
+                 batch_windows: int = 8, threads: int = 0):
         if model_path is None and model_id is None:
             where = default_whisper_location()
             model_path, model_id = (where, None) if is_local(where) else (None, where)

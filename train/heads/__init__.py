@@ -33,6 +33,7 @@ from typing import Any
 
 from torch import nn
 
+from featurize.registry import Registry
 from train.recipe import Recipe, apply_overrides, field_names
 
 
@@ -53,19 +54,15 @@ class HeadSpec:
     paper: str = ""  # where the head comes from, for tables
 
 
-HEADS: dict[str, HeadSpec] = {}
+HEADS: Registry[HeadSpec] = Registry("head", __name__)
 
 
 def register(spec: HeadSpec) -> HeadSpec:
-    HEADS[spec.name] = spec
-    return spec
+    return HEADS.add(spec.name, spec)
 
 
 def get_head(name: str) -> HeadSpec:
-    _load_all()
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; known: {', '.join(sorted(HEADS))}")
-    return HEADS[name]
+    return HEADS.get(name)
 
 
 def check_overrides(spec: HeadSpec, overrides: dict[str, Any]) -> None:
@@ -91,13 +88,3 @@ def make_recipe(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Reci
     """The head's training recipe with the ``overrides`` that name recipe fields."""
     check_overrides(spec, overrides or {})
     return apply_overrides(spec.recipe, overrides or {}).check()
-
-
-def _load_all() -> None:
-    import importlib
-    import pkgutil
-
-    import train.heads as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"train.heads.{mod.name}")
