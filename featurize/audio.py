@@ -6,6 +6,7 @@ raised as `AudioError` naming the file, so a featurizer can skip the utterance a
 
 from __future__ import annotations
 
+import os
 from math import gcd
 from pathlib import Path
 
@@ -14,12 +15,21 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 
+def decoder_versions() -> dict[str, str]:
+    """What turns a file into samples here (decoder and resampler): part of every audio feature's
+    fingerprint, since another libsndfile or scipy may give other samples for the same file."""
+    import scipy
+
+    return {"soundfile": sf.__version__, "libsndfile": sf.__libsndfile_version__, "scipy": scipy.__version__}
+
+
 class AudioError(ValueError):
     """An audio file that cannot be used: unreadable, empty, or with non-finite samples."""
 
 
 def audio_duration(path: str | Path) -> float:
-    """Duration in seconds from the file header alone (no samples are decoded)."""
+    """Duration in seconds from the file header alone (no samples are decoded). A WAV file shorter than its
+    header says (a copy cut short) is an AudioError: libsndfile would quietly read what is there."""
     path = Path(path)
     try:
         info = sf.info(str(path))
@@ -27,7 +37,42 @@ def audio_duration(path: str | Path) -> float:
         raise AudioError(f"{path}: cannot read audio header ({e})") from e
     if info.samplerate <= 0:
         raise AudioError(f"{path}: header has sample rate {info.samplerate}")
+    if info.frames == 0:
+        raise AudioError(f"{path}: no audio samples (the file holds a header only)")
+    check_wav_length(path, info.samplerate)
     return info.frames / info.samplerate
+
+
+def check_wav_length(path: Path, rate: int) -> None:
+    """Raise AudioError when a RIFF/WAVE file's data chunk declares more bytes than the file holds."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return  # not a plain WAV (RF64, FLAC, ...): libsndfile's own checks apply
+            block = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return
+                cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    block = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+                    f.seek(size % 2, 1)
+                elif cid == b"data":
+                    if size in (0, 0xFFFFFFFF):  # a streamed WAV: the size was never filled in
+                        return
+                    present = os.fstat(f.fileno()).st_size - f.tell()
+                    if present < size and block:
+                        raise AudioError(
+                            f"{path}: truncated (the header declares {size // block / rate:.3f} s, "
+                            f"the file holds {present // block / rate:.3f} s)")
+                    return
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError as e:
+        raise AudioError(f"{path}: cannot read audio header ({e})") from e
 
 
 def load_audio(
@@ -48,6 +93,7 @@ def load_audio(
     try:
         with sf.SoundFile(str(path)) as f:
             rate = f.samplerate
+            check_wav_length(path, rate)
             first = 0 if start is None else round(start * rate)
             last = f.frames if end is None else min(f.frames, round(end * rate))
             if last <= first:

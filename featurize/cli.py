@@ -64,15 +64,21 @@ def extract(
         None, help="seconds to wait when another process is writing this feature (default: wait; 0: refuse)"),
 ) -> None:
     """Extract one feature for a corpus. Re-running resumes; a changed configuration makes a new group.
-    Two extractions may share a store: different features run side by side, the same feature waits."""
-    utts, report = read_corpus(corpus, data)
-    console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
+    Two extractions may share a store: different features run side by side, the same feature waits.
+    Every skipped file is named, kept in the store (`featurize ls --skips`) and ends the run with status 3."""
     opts: dict[str, object] = dict(parse_options(option))
     for key, value in (("model_id", model_id), ("model_path", model_path), ("layers", layers), ("device", device)):
         if value is not None:
             opts[key] = str(value)
-    extractor = make_extractor(model, opts)
+    extractor = make_extractor(model, opts)  # options checked before the corpus is read
+    utts, report = read_corpus(corpus, data)
+    console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
+    print_skips(report.entries())
     fs = FeatureStore(store, lock_timeout=lock_timeout)
+    fs.record_reading(f"{corpus} {Path(data).resolve()}", report.entries())
+    if not utts:
+        console.print(f"[red]error[/] no utterance could be read from {data}")
+        raise typer.Exit(code=3)
     if dry_run:
         p, writer = plan(fs, utts, extractor)
         writer.close()
@@ -93,8 +99,15 @@ def extract(
         f"({rate}), {result.already_done} were already stored, "
         f"{len(result.skipped)} skipped, complete={result.complete}"
     )
-    if result.skipped:
+    if result.skipped or report.n_skipped:
         raise typer.Exit(code=3)
+
+
+def print_skips(entries: list[tuple[str, str]], limit: int = 20) -> None:
+    for what, reason in entries[:limit]:
+        console.print(f"  [yellow]skipped[/] {what}: {reason}", markup=True, highlight=False)
+    if len(entries) > limit:
+        console.print(f"  ... and {len(entries) - limit} more (`featurize ls --skips` lists them all)")
 
 
 @app.command()
@@ -138,10 +151,19 @@ def transcribe(
 
 
 @app.command("ls")
-def list_features(store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store")) -> None:
-    """List stored features: arrays, shapes, sizes, completeness."""
+def list_features(
+    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    skips: bool = typer.Option(False, help="list every skipped file or utterance, with its reason"),
+) -> None:
+    """List stored features: arrays, shapes, sizes, completeness (or, with --skips, what was skipped)."""
     fs = FeatureStore(store, create=False)
     out = Console(width=None if sys.stdout.isatty() else 160)
+    if skips:
+        table = Table("where", "what", "reason")
+        for where, what, reason in fs.skips():
+            table.add_row(where, what, reason)
+        out.print(table)
+        return
     utts = fs.utterances()
     by_corpus: dict[str, int] = {}
     for u in utts:

@@ -65,18 +65,30 @@ class Utterance:
 
 @dataclass
 class CorpusReport:
-    """What a reader skipped and why, so a corpus with broken entries still reads."""
+    """What a reader skipped and why, so a corpus with broken entries still reads.
 
-    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids/paths
+    ``skipped``: entries that should have been utterances but are broken (a missing or unreadable file, a bad
+    row): each is named (file, and line for manifests) and makes extraction end with a non-zero status.
+    ``excluded``: entries left out by design (RAVDESS video files, song): counted, never an error."""
+
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> what (file, line, detail)
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> count
 
     def skip(self, reason: str, what: str) -> None:
         self.skipped.setdefault(reason, []).append(what)
+
+    def exclude(self, reason: str) -> None:
+        self.excluded[reason] = self.excluded.get(reason, 0) + 1
 
     @property
     def n_skipped(self) -> int:
         return sum(len(v) for v in self.skipped.values())
 
+    def entries(self) -> list[tuple[str, str]]:
+        """(what, reason) for every skipped entry."""
+        return [(what, reason) for reason, whats in sorted(self.skipped.items()) for what in whats]
+
     def summary(self) -> str:
-        if not self.skipped:
-            return "nothing skipped"
-        return "; ".join(f"{len(v)} {reason}" for reason, v in sorted(self.skipped.items()))
+        parts = [f"{len(v)} skipped: {reason}" for reason, v in sorted(self.skipped.items())]
+        parts += [f"{n} excluded: {reason}" for reason, n in sorted(self.excluded.items())]
+        return "; ".join(parts) or "nothing skipped"

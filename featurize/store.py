@@ -391,6 +391,24 @@ class FeatureStore:
         elif old.exists():
             shutil.rmtree(old)
 
+    def record_reading(self, source: str, entries: list[tuple[str, str]]) -> None:
+        """Keep what reading ``source`` (a corpus and its location) skipped: [(what, reason)], replacing what
+        an earlier read of it recorded (`featurize ls --skips` lists them)."""
+        with self.lock("utterances"):
+            self._reopen()
+            skips = dict(self.root.attrs.get("reading_skips", {}))
+            if entries or source in skips:
+                skips[source] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "skipped": [list(e) for e in entries]}
+                self.root.update_attributes({"reading_skips": skips})
+
+    def skips(self) -> list[tuple[str, str, str]]:
+        """(where: a corpus source or a feature group, what, reason) for every skip the store knows of."""
+        out = [(src, what, reason) for src, rec in sorted(self.root.attrs.get("reading_skips", {}).items())
+               for what, reason in rec["skipped"]]
+        for name, grp in self._feature_groups():
+            out += [(name, uid, reason) for uid, reason in sorted(dict(grp.attrs.get("skipped", {})).items())]
+        return out
+
     # -- features --------------------------------------------------------------------------------
     def _feature_groups(self) -> list[tuple[str, zarr.Group]]:
         """The usable feature groups. A group without its attributes (half made by a killed writer of an

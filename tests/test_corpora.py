@@ -135,10 +135,8 @@ def test_ravdess_generated(tmp_path):
     assert first.duration == pytest.approx(0.25)
     assert by_id["ravdess/03-01-08-02-01-01-12"].extra["gender"] == "female"
     assert by_id["ravdess/03-01-08-02-01-01-12"].label == "surprised"
-    assert {r: len(v) for r, v in report.skipped.items()} == {
-        "malformed file name": 2,
-        "not speech (vocal channel != 01)": 1,
-    }
+    assert {r: len(v) for r, v in report.skipped.items()} == {"malformed file name": 2}
+    assert report.excluded == {"not speech (vocal channel != 01)": 1}  # song: left out by design, not an error
 
 
 def test_ravdess_label_sets():
@@ -225,8 +223,10 @@ def test_manifest_errors(audio_dir):
 
     dup = audio_dir / "dup.csv"
     dup.write_text("path,label,speaker\naudio/a.wav,x,s1\naudio/a.wav,y,s1\n")
-    with pytest.raises(ValueError, match="duplicate utterance id 'dup/a'"):
-        read_corpus("manifest", dup)
+    utts, report = read_corpus("manifest", dup)  # the first row is kept, the second named as a skip
+    assert [u.label for u in utts] == ["x"]
+    assert report.skipped == {"duplicate utterance id": ["dup.csv line 3: 'dup/a' (first on line 2); add a "
+                                                         "unique `id` column"]}
 
 
 # --- IEMOCAP text (COSMIC pkl) ------------------------------------------------------------------

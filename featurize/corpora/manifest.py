@@ -42,14 +42,15 @@ def read(path: Path, corpus: str | None = None) -> tuple[list[Utterance], Corpus
         try:
             utt = _utterance(row, path.parent, corpus)
         except _BadRow as bad:
-            report.skip(bad.reason, f"{path.name} line {lineno}: {bad.detail}")
+            audio = _text(row.get("path"))
+            detail = bad.detail if audio is None or Path(audio).name in bad.detail else f"{audio}: {bad.detail}"
+            report.skip(bad.reason, f"{path.name} line {lineno}: {detail}")
             continue
         if utt.utt_id in first_line:
             # Ids key the feature store; two rows on one id would silently overwrite each other.
-            raise ValueError(
-                f"{path}: duplicate utterance id {utt.utt_id!r} on lines {first_line[utt.utt_id]} and "
-                f"{lineno}; add a unique `id` column"
-            )
+            report.skip("duplicate utterance id", f"{path.name} line {lineno}: {utt.utt_id!r} (first on line "
+                        f"{first_line[utt.utt_id]}); add a unique `id` column")
+            continue
         first_line[utt.utt_id] = lineno
         utterances.append(utt)
     return utterances, report
@@ -58,14 +59,25 @@ def read(path: Path, corpus: str | None = None) -> tuple[list[Utterance], Corpus
 def _rows(path: Path, report: CorpusReport) -> Iterator[tuple[int, dict]]:
     """(line number, row) pairs; raises ValueError if a required column is missing."""
     suffix = path.suffix.lower()
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                         f"save the manifest as UTF-8") from None
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(f)
             _check_columns(path, reader.fieldnames or [])
             for row in reader:
+                if None in row:  # csv puts cells beyond the header under None: the row is misaligned
+                    report.skip("more cells than columns", f"{path.name} line {reader.line_num}: "
+                                f"{len(row[None])} surplus cell(s) {row[None]!r}")
+                    continue
                 yield reader.line_num, row
     elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -91,7 +103,7 @@ def _check_columns(path: Path, columns: list[str], lineno: int | None = None) ->
 
 
 def _utterance(row: dict, base: Path, corpus: str) -> Utterance:
-    values = {k: _text(v) for k, v in row.items() if k is not None}  # csv puts surplus cells under None
+    values = {k: _text(v) for k, v in row.items()}
     if values["path"] is None:
         raise _BadRow("missing audio file", "empty path")
     audio = Path(values["path"])
@@ -109,8 +121,12 @@ def _utterance(row: dict, base: Path, corpus: str) -> Utterance:
     except AudioError as e:
         raise _BadRow("unreadable audio", str(e)) from e
     span_end = file_duration if end is None else min(end, file_duration)
-    if (start or 0.0) >= span_end or (start is not None and start < 0):
-        raise _BadRow("bad number", f"start {start}, end {end} in a {file_duration:.3f} s file")
+    if start is not None and start < 0:
+        raise _BadRow("bad number", f"start {start} is negative")
+    if end is not None and start is not None and end <= start:
+        raise _BadRow("bad number", f"end {end} is not after start {start}")
+    if (start or 0.0) >= span_end:
+        raise _BadRow("bad number", f"start {start} is past the end of the {file_duration:.3f} s file {audio}")
 
     known = set(REQUIRED) | set(OPTIONAL)
     return Utterance(

@@ -77,10 +77,10 @@ def _parse(file: Path, folder_actor: int, report: CorpusReport) -> Utterance | N
         return None
     modality, channel, emotion, intensity, statement, repetition, actor = match.groups()
     if modality != "03":
-        report.skip("not audio-only (modality != 03)", str(file))
+        report.exclude("not audio-only (modality != 03)")
         return None
     if channel != "01":
-        report.skip("not speech (vocal channel != 01)", str(file))
+        report.exclude("not speech (vocal channel != 01)")
         return None
     if (
         emotion not in EMOTIONS

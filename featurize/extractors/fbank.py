@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from featurize.audio import decoder_versions
 from featurize.extractors import Extractor, register
 from featurize.records import Utterance
 from featurize.store import ArraySpec
@@ -99,6 +100,7 @@ class Fbank(Extractor):
             "input_scale": 32768,
             "dtype": self.dtype,
             "numpy": np.__version__,
+            **decoder_versions(),
             "code_version": 1,
         }
 

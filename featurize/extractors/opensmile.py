@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from featurize.audio import decoder_versions
 from featurize.extractors import Extractor, register
 from featurize.records import Utterance
 from featurize.store import ArraySpec
@@ -50,6 +51,7 @@ class OpenSmile(Extractor):
             "input": "float32 signal in [-1, 1]",
             "dtype": self.dtype,
             "opensmile": opensmile.__version__,
+            **decoder_versions(),
         }
 
     def arrays(self) -> list[ArraySpec]:

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from featurize.audio import decoder_versions
 from featurize.extractors import Extractor, register
 from featurize.extractors.neural import (
     as_float,
@@ -153,7 +154,7 @@ class SpeechEncoder(Extractor):
             "stitch": "frame grid, overlap split at its middle",
             "sample_rate": self.sample_rate, "frame_stride_samples": r["stride"],
             "compute_dtype": "float32", "autocast": pick_autocast(self.autocast_opt, device),
-            "dtype": self.dtype, **torch_versions(), "code_version": 1,
+            "dtype": self.dtype, **torch_versions(), **decoder_versions(), "code_version": 1,
         }
 
     def _tail(self) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from featurize.audio import decoder_versions
 from featurize.extractors import Extractor, register
 from featurize.extractors.neural import as_int, is_local, model_identity, pick_device
 from featurize.records import Utterance
@@ -88,7 +89,8 @@ class WhisperEncoder(Extractor):
             "layer": "encoder last layer", "window_seconds": 30, "long_audio": "30 s windows concatenated",
             "mel": "faster-whisper FeatureExtractor per window, zero-padded to 3000 frames",
             "frames": "ceil(samples / 320)", "compute_type": self._compute_type(), "dtype": self.dtype,
-            "faster_whisper": faster_whisper.__version__, "ctranslate2": ctranslate2.__version__, "code_version": 1,
+            "faster_whisper": faster_whisper.__version__, "ctranslate2": ctranslate2.__version__,
+            **decoder_versions(), "code_version": 1,
         }
 
     def arrays(self) -> list[ArraySpec]:
