@@ -285,3 +285,68 @@ def test_offsets_that_disagree_with_the_attributes_are_damage(corpus, tmp_path, 
     assert not check.ok and any("decrease" in p for p in check.problems)
     ids = store.committed_ids(name)
     assert {ids[9], ids[10]} <= set(check.damaged)
+
+
+# -- disk full ------------------------------------------------------------------------------------------------
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_mid_run_leaves_a_readable_store_that_a_rerun_completes(tmp_path, monkeypatch):
+    manifest = write_manifest_corpus(tmp_path / "c", 80, seconds=(2.0, 3.0))
+    utts, _ = read_corpus("manifest", manifest)
+    clean = tmp_path / "clean.zarr"
+    run_extraction(FeatureStore(clean), utts, Fbank(), workers=1)
+    disk = tmp_path / "disk"
+    if _mount_tmpfs(disk, "6m"):  # a real full file system: a small tmpfs, filled up once the run is going
+        try:
+            store = disk / "s.zarr"
+            proc = subprocess.Popen(_extract_cmd(manifest, store), env=ENV, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while not (store / "features").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            filler = disk / "filler"
+            with open(filler, "wb") as f:  # take every free byte
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode != 0 and "No space left on device" in err, err[-2000:]
+            FeatureStore(store).features()  # readable: the last commit is whole
+            filler.unlink()
+            subprocess.run(_extract_cmd(manifest, store), env=ENV, check=True, capture_output=True)
+            _assert_same(_values(store), _values(clean))
+            assert FeatureStore(store).verify(FeatureStore(store).resolve_feature("fbank")).ok
+        finally:
+            subprocess.run(["umount", str(disk)], capture_output=True)
+        return
+    # Not root (no tmpfs): the store's file writes fail with ENOSPC after a few, as a full disk makes them.
+    import errno
+
+    import zarr.storage._local as local
+
+    real, calls = local._put, {"n": 0}
+
+    def full_after_some(path, value, exclusive=False):
+        calls["n"] += 1
+        if calls["n"] > 40 and "features" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", full_after_some)
+    monkeypatch.setattr("featurize.pipeline.COMMIT_BYTES", 64 * 1024)  # several commits before the disk fills
+    store = tmp_path / "s.zarr"
+    with pytest.raises(OSError, match="No space left"):
+        run_extraction(FeatureStore(store), utts, Fbank(), workers=1)
+    monkeypatch.setattr(local, "_put", real)
+    FeatureStore(store).features()
+    run_extraction(FeatureStore(store), utts, Fbank(), workers=1)
+    _assert_same(_values(store), _values(clean))
