@@ -30,6 +30,7 @@ def main() -> None:
     data = str(Path(a.data).resolve())
     if not (Path(data) / "ravdess").exists():
         raise SystemExit(f"no RAVDESS at {data}/ravdess: point --data at the folder that holds it")
+    run("bench/startup.py")
     run("bench/feat_cpu.py", "--data", data)
     store = Path(tempfile.mkdtemp()) / "bench-io.zarr"
     run("-m", "featurize.cli", "extract", "--corpus", "ravdess", "--data", f"{data}/ravdess", "--model", "fbank",

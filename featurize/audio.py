@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 
 def decoder_versions() -> dict[str, str]:
@@ -113,6 +112,8 @@ def load_audio(
     mono = data.mean(axis=1, dtype=np.float32)
     if rate != sr:
         # Reduce the ratio so the polyphase filter is as short as possible (44.1k -> 16k is 160/441).
+        from scipy.signal import resample_poly  # scipy.signal takes seconds to import: only when resampling
+
         g = gcd(rate, sr)
         mono = resample_poly(mono, sr // g, rate // g)
     return np.ascontiguousarray(mono, dtype=np.float32)

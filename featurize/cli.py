@@ -11,18 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from featurize.corpora import read_corpus
-from featurize.extractors import OptionError, build_extractor
-from featurize.pipeline import human_bytes, plan, run_extraction
-from featurize.registry import UnknownName
-from featurize.store import DEFAULT_STORE, FeatureStore
+from featurize import DEFAULT_STORE
+from featurize.cli_support import EXIT_DATA, common_options, friendly, run_app, set_help
 
-app = typer.Typer(
-    help="Extract speech and text features into a chunked Zarr store, once.", no_args_is_help=True, add_completion=False
-)
+# Heavy modules (zarr, numpy, the extractors, dask) are imported inside the commands: `featurize --help`
+# must not pay for them.
+app = typer.Typer(help="Extract speech and text features into a chunked Zarr store, once.", no_args_is_help=True,
+                  rich_markup_mode=None)
+common_options(app, "featurize")
 console = Console(stderr=True)
 
-CORPUS_HELP = "iemocap | ravdess | manifest | iemocap-text"
+CORPUS_HELP = "corpus reader (`featurize extract --help` lists them)"
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -37,6 +36,9 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 def make_extractor(model: str, options: dict[str, object]):
     """The extractor, or a usage error naming the option and what it accepts."""
+    from featurize.extractors import OptionError, build_extractor
+    from featurize.registry import UnknownName
+
     try:
         return build_extractor(model, options)
     except (OptionError, UnknownName) as e:
@@ -44,10 +46,11 @@ def make_extractor(model: str, options: dict[str, object]):
 
 
 @app.command()
+@friendly
 def extract(
     corpus: str = typer.Option(..., help=CORPUS_HELP),
     data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
-    model: str = typer.Option(..., help="extractor: fbank | opensmile | hubert | bert | mpnet | minilm | whisper"),
+    model: str = typer.Option(..., help="extractor (`featurize models` lists them)"),
     store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
     workers: int = typer.Option(max(1, (os.cpu_count() or 2)), help="CPU worker processes"),
     model_id: str = typer.Option(None, help="Hugging Face hub id of the encoder (neural extractors)"),
@@ -66,6 +69,10 @@ def extract(
     """Extract one feature for a corpus. Re-running resumes; a changed configuration makes a new group.
     Two extractions may share a store: different features run side by side, the same feature waits.
     Every skipped file is named, kept in the store (`featurize ls --skips`) and ends the run with status 3."""
+    from featurize.corpora import read_corpus
+    from featurize.pipeline import human_bytes, plan, run_extraction
+    from featurize.store import FeatureStore
+
     opts: dict[str, object] = dict(parse_options(option))
     for key, value in (("model_id", model_id), ("model_path", model_path), ("layers", layers), ("device", device)):
         if value is not None:
@@ -78,7 +85,7 @@ def extract(
     fs.record_reading(f"{corpus} {Path(data).resolve()}", report.entries())
     if not utts:
         console.print(f"[red]error[/] no utterance could be read from {data}")
-        raise typer.Exit(code=3)
+        raise typer.Exit(code=EXIT_DATA)
     if dry_run:
         p, writer = plan(fs, utts, extractor)
         writer.close()
@@ -100,7 +107,7 @@ def extract(
         f"{len(result.skipped)} skipped, complete={result.complete}"
     )
     if result.skipped or report.n_skipped:
-        raise typer.Exit(code=3)
+        raise typer.Exit(code=EXIT_DATA)
 
 
 def print_skips(entries: list[tuple[str, str]], limit: int = 20) -> None:
@@ -111,6 +118,7 @@ def print_skips(entries: list[tuple[str, str]], limit: int = 20) -> None:
 
 
 @app.command()
+@friendly
 def transcribe(
     corpus: str = typer.Option(..., help=CORPUS_HELP),
     data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
@@ -127,9 +135,12 @@ def transcribe(
 ) -> None:
     """Whisper ASR words with start/end times into the store's utterance table (forced alignments are kept)."""
     from featurize.asr import Transcriber, transcribe_store
+    from featurize.corpora import read_corpus
+    from featurize.store import FeatureStore
 
     utts, report = read_corpus(corpus, data)
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
+    print_skips(report.entries())
     workers = max(1, workers)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     model = Transcriber(str(model_path) if model_path else None, device=device, compute_type=compute_type,
@@ -147,15 +158,19 @@ def transcribe(
     for name in result.stale:
         console.print(f"  [yellow]stale[/] {name}: its words changed; the next `featurize extract` of it rebuilds it")
     if result.failed:
-        raise typer.Exit(code=3)
+        raise typer.Exit(code=EXIT_DATA)
 
 
 @app.command("ls")
+@friendly
 def list_features(
     store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
     skips: bool = typer.Option(False, help="list every skipped file or utterance, with its reason"),
 ) -> None:
     """List stored features: arrays, shapes, sizes, completeness (or, with --skips, what was skipped)."""
+    from featurize.pipeline import human_bytes
+    from featurize.store import FeatureStore
+
     fs = FeatureStore(store, create=False)
     out = Console(width=None if sys.stdout.isatty() else 160)
     if skips:
@@ -184,12 +199,15 @@ def list_features(
 
 
 @app.command()
+@friendly
 def verify(
     store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
     feature: list[str] = typer.Option([], help="feature(s) to check (default: every one)"),
     repair: bool = typer.Option(False, help="un-commit exactly the damaged utterances (the next extract redoes them)"),
 ) -> None:
     """Read every committed chunk and check checksums, offsets, ids and counts; exit 1 on damage."""
+    from featurize.store import FeatureStore
+
     fs = FeatureStore(store, create=False)
     names = [fs.resolve_feature(f) for f in feature] or [i.name for i in fs.features()]
     out = Console(width=None if sys.stdout.isatty() else 160)
@@ -222,6 +240,7 @@ def verify(
 
 
 @app.command()
+@friendly
 def export(
     feature: str = typer.Option(..., help="feature name (e.g. fbank, opensmile_compare, minilm)"),
     out: Path = typer.Option(..., help="HDF5 file to write"),
@@ -231,10 +250,13 @@ def export(
     """Copy one feature to HDF5 for other tools: /<array>/<utt_id> datasets, the config as attributes."""
     import h5py
 
+    from featurize.store import FeatureStore
+
     fs = FeatureStore(store, create=False)
     name = fs.resolve_feature(feature)
     info = next(i for i in fs.features() if i.name == name)
     arrays = array or list(info.arrays)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")  # never leave a half-written file under the real name
     with h5py.File(tmp, "w") as h5:
         h5.attrs["feature"] = name
@@ -248,8 +270,39 @@ def export(
     console.print(f"exported {name} ({', '.join(arrays)}; {info.n_committed} utterances) to {out}")
 
 
+@app.command()
+@friendly
+def models() -> None:
+    """List the extractors: name, what it reads, what it stores, its options."""
+    import inspect
+
+    from featurize.extractors import EXTRACTORS
+
+    table = Table("name", "reads", "kind", "options (-o key=value)")
+    for name in EXTRACTORS.names():
+        cls = EXTRACTORS.get(name)
+        params = [f"{k}={p.default}" for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"]
+        kind = "batched (GPU when present)" if cls.batched else "per utterance (CPU workers)"
+        doc = (inspect.getdoc(inspect.getmodule(cls)) or "").splitlines()[0]
+        table.add_row(name, cls.needs, kind, ", ".join(params))
+        table.add_row("", "", "", f"[dim]{doc}[/]")
+    Console().print(table)
+
+
+def fill_help(group) -> None:
+    """Names from the registries into the options' help, only when a command's --help is shown."""
+    from featurize.corpora import READERS
+    from featurize.extractors import EXTRACTORS
+
+    models = ", ".join(EXTRACTORS.names())
+    corpora = " | ".join(READERS.names())
+    set_help(group, "extract", "model", f"extractor: {models} (`featurize models` describes each)")
+    for command in ("extract", "transcribe"):
+        set_help(group, command, "corpus", f"corpus reader: {corpora}")
+
+
 def main() -> None:
-    app()
+    run_app(app, fill_help)
 
 
 if __name__ == "__main__":

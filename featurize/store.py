@@ -40,6 +40,7 @@ import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
+from featurize import DEFAULT_STORE  # noqa: F401 - importable from here too
 from featurize.faults import die_at
 from featurize.locks import FileLock
 from featurize.records import Utterance
@@ -48,7 +49,6 @@ SCHEMA_VERSION = 1
 LOCK_DIR = "locks"  # <store>/locks/<part>.lock: see featurize/locks.py
 PARTIAL = "partial"  # <store>/partial/<group>: a feature group being built, renamed into features/ when whole
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "store_schema.yaml"
-DEFAULT_STORE = "cache/features.zarr"
 # Uncompressed bytes per data chunk: 1 MiB blosc-lz4 chunks decode in parallel (see _read_rows);
 # 4 MiB zstd chunks were 3x smaller on disk than float32 but 4x slower to read.
 CHUNK_BYTES = 1024 * 1024
@@ -458,6 +458,15 @@ class FeatureStore:
         names = [n for n, _ in self._feature_groups()]
         # Match the feature name (``opensmile_compare``) or the extractor (``opensmile``).
         matches = [n for n in names if name in (n.rsplit("-", 1)[0], self.root["features"][n].attrs["extractor"])]
+        if len(matches) > 1:
+            # an extractor's name means its default configuration when that one is stored once: `opensmile`
+            # is ComParE_2016 even with eGeMAPS beside it
+            from featurize.extractors import EXTRACTORS
+
+            if name in EXTRACTORS.names():
+                default = EXTRACTORS.get(name)().feature_name()
+                preferred = [n for n in matches if n.rsplit("-", 1)[0] == default]
+                matches = preferred if len(preferred) == 1 else matches
         if len(matches) == 1:
             return matches[0]
         if not matches:

@@ -191,7 +191,7 @@ def test_manifest_csv(audio_dir):
     assert a.duration == pytest.approx(0.5) and a.extra == {"mood": "sunny"}
     assert (b.start, b.end, b.text, b.duration) == (0.1, 0.3, None, pytest.approx(0.2))
     assert report.skipped["missing audio file"] == [f"mine.csv line 4: {audio_dir / 'audio' / 'missing.wav'}"]
-    assert report.skipped["bad number"] == ["mine.csv line 5: start = 'zero'"]
+    assert report.skipped["bad number"] == ["mine.csv line 5: audio/a.wav: start = 'zero'"]
 
 
 def test_manifest_jsonl(audio_dir):

@@ -74,7 +74,7 @@ def test_changed_configuration_never_reuses_a_run_directory(store_path, tmp_path
     res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
                                    "speaker-kfold", "--out", str(tmp_path / "a"), *args, "--set", "lr=0.1"])
     assert res.exit_code != 0
-    assert "different configuration" in str(res.exception) and "recipe.lr" in str(res.exception)
+    assert "different configuration" in res.output and "recipe.lr" in res.output
     first = json.loads((tmp_path / "a" / "summary.json").read_text())
     more = _run(store_path, tmp_path / "a", *args, "--seeds", "0,1")  # more seeds: same results, resumed
     assert len(more["per_fold"]) == 10
@@ -86,13 +86,13 @@ def test_head_options_and_errors(store_path, tmp_path):
     res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
                                    "speaker-kfold", "--head", "linear", "--feature", "fbank", "--set", "nope=1",
                                    "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "has no option 'nope'" in str(res.exception)
+    assert res.exit_code != 0 and "has no option 'nope'" in res.output
     res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "other", "--protocol",
                                    "speaker-kfold", "--head", "linear", "--feature", "fbank"])
-    assert res.exit_code != 0 and "no utterances of corpus 'other'" in str(res.exception)
+    assert res.exit_code != 0 and "no utterances of corpus 'other'" in res.output
     res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
                                    "speaker-kfold", "--head", "linear", "--feature", "fbank,opensmile"])
-    assert res.exit_code != 0 and "two audio features" in str(res.exception)
+    assert res.exit_code != 0 and "two audio features" in res.output
 
 
 def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_path):
@@ -115,12 +115,12 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     sweep["grid"][1]["options"]["tol"] = 1e-3  # the linear cells' results are now stale
     cfg.write_text(yaml.safe_dump(sweep))
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
-    assert res.exit_code != 0 and "head_config.tol" in str(res.exception)
+    assert res.exit_code != 0 and "head_config.tol" in res.output
     sweep["grid"][1]["options"]["tol"] = 1e-7
     sweep["grid"][1]["options"]["refit"] = False  # so are they when the recipe changes
     cfg.write_text(yaml.safe_dump(sweep))
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
-    assert res.exit_code != 0 and "recipe.refit" in str(res.exception)
+    assert res.exit_code != 0 and "recipe.refit" in res.output
 
 
 def test_sweep_runs_only_the_named_cells(store_path, tmp_path):
@@ -240,3 +240,66 @@ def test_predict_transcribes_for_word_level_heads_even_audio_only():
     # token-level text heads need a transcript only when none is given; audio-only runs need none
     assert needs_asr_words(late, fused, None) and not needs_asr_words(late, fused, "kids are talking")
     assert not needs_asr_words(late, audio_only, None)
+
+
+def test_run_yaml_reruns_the_run_and_predictions_agree_with_the_metrics(store_path, tmp_path):
+    from train.metrics import compute_metrics
+
+    first = _run(store_path, tmp_path / "a", "--head", "probe", "--feature", "fbank", "--max-epochs", "4",
+                 "--seeds", "0,1", "--set", "lr=3e-3")
+    run_file = tmp_path / "a" / "run.yaml"
+    settings = yaml.safe_load(run_file.read_text())
+    assert settings["head"] == "probe" and settings["seeds"] == [0, 1] and settings["options"] == {"lr": "3e-3"}
+    res = CliRunner().invoke(app, ["run", "--config", str(run_file), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert again["per_fold"] == first["per_fold"]  # the same metrics, exactly
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["provenance"]["packages"]["torch"] and cfg["provenance"]["sercache"]
+    assert all(s["test"] for s in cfg["fold_speakers"].values())
+    # predictions.csv: one row per test utterance per seed, and WA / UA recomputed from it match metrics.json
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "a" / "predictions.csv").open()))
+    classes = cfg["classes"]
+    assert {f"p_{c}" for c in classes} <= set(rows[0])
+    for fold in (tmp_path / "a" / "folds").iterdir():
+        m = json.loads((fold / "metrics.json").read_text())
+        mine = [r for r in rows if r["fold"] == m["fold"] and int(r["seed"]) == m["seed"]]
+        assert len(mine) == m["n"]
+        assert set(r["speaker"] for r in mine) == set(cfg["fold_speakers"][m["fold"]]["test"])
+        again = compute_metrics([classes.index(r["truth"]) for r in mine],
+                                [classes.index(r["prediction"]) for r in mine], classes)
+        assert again["wa"] == pytest.approx(m["wa"]) and again["ua"] == pytest.approx(m["ua"])
+    # a setting on the command line wins over the file's
+    res = CliRunner().invoke(app, ["run", "--config", str(run_file), "--seeds", "2", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0 and json.loads((tmp_path / "c" / "config.json").read_text())["request"]["seeds"] == [2]
+
+
+def _fake_run(path: Path, ua: list[float], right: list[list[bool]]) -> None:
+    """A run directory with the given per-fold UA and which of 10 test utterances per fold are right."""
+    for k, (u, hits) in enumerate(zip(ua, right, strict=True)):
+        fold = path / "folds" / f"f{k}_seed0"
+        fold.mkdir(parents=True)
+        (fold / "metrics.json").write_text(json.dumps({"fold": f"f{k}", "seed": 0, "wa": u, "ua": u,
+                                                       "macro_f1": u}))
+        lines = ["utt_id,speaker,fold,seed,truth,prediction"] + [
+            f"u{k}_{i},s{k},f{k},0,a,{'a' if hit else 'b'}" for i, hit in enumerate(hits)]
+        (fold / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_compare_pairs_folds_and_utterances(tmp_path):
+    from train.compare import compare, mcnemar_exact
+
+    # B is 5 points better on every fold; per utterance B fixes 8 of A's errors and breaks none
+    _fake_run(tmp_path / "a", [0.60, 0.62, 0.58, 0.61], [[i < 6 for i in range(10)]] * 4)
+    _fake_run(tmp_path / "b", [0.65, 0.67, 0.63, 0.66], [[i < 8 for i in range(10)]] * 4)
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r["pairs"] == 4
+    assert r["metrics"]["ua"]["diff"] == pytest.approx(0.05) and r["metrics"]["ua"]["se"] == pytest.approx(0, abs=1e-9)
+    u = r["utterances"]
+    assert (u["n"], u["b_only"], u["a_only"], u["both_right"]) == (40, 8, 0, 24)
+    assert u["mcnemar_p"] == pytest.approx(2 / 2**8)  # 8 discordant pairs, all one way
+    assert mcnemar_exact(3, 3) == 1.0
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res.exit_code == 0 and "+5.00" in res.output and "McNemar exact p = 0.00781" in res.output

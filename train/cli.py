@@ -5,22 +5,26 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from featurize.store import DEFAULT_STORE, FeatureStore
-from train.data import CorpusData, load_data
-from train.heads import get_head, make_config, make_recipe
-from train.loop import EVALUATIONS, LoopOptions, changed_settings, run_folds
-from train.protocols import make_folds
+if TYPE_CHECKING:
+    from train.data import CorpusData
 
-app = typer.Typer(help="Train emotion heads from cached features.", no_args_is_help=True, add_completion=False)
+from featurize import DEFAULT_STORE
+from featurize.cli_support import common_options, friendly, run_app, set_help
+
+# torch, zarr and the heads are imported inside the commands: `train --help` must not wait for them.
+app = typer.Typer(help="Train emotion heads from cached features.", no_args_is_help=True, rich_markup_mode=None)
+common_options(app, "train")
 console = Console(stderr=True)
 PROTOCOL_HELP = (
     "loso | holdout (= iemo-text; the official split when the corpus has one) | rav4 | rav8 | "
@@ -39,10 +43,13 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    if "-" in text and "," not in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(s) for s in text.split(",") if s]
+    try:
+        if "-" in text and "," not in text:
+            a, b = text.split("-")
+            return list(range(int(a), int(b) + 1))
+        return [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds wants integers like 0,1,2 or a range 0-2, got {text!r}") from None
 
 
 def default_label_set(protocol: str, labels: str | None) -> str | None:
@@ -69,6 +76,12 @@ class RunRequest:
 
 def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True) -> dict:
     """Load (unless given), split, train every fold × seed, write the run directory and its report."""
+    from featurize.store import FeatureStore
+    from train.data import load_data
+    from train.heads import get_head, make_config, make_recipe
+    from train.loop import EVALUATIONS, LoopOptions, run_folds
+    from train.protocols import make_folds
+
     spec = get_head(req.head)
     config = make_config(spec, req.options)
     recipe = make_recipe(spec, req.options)
@@ -105,8 +118,12 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
         "folds": [
             {"name": f.name, "n_train": len(f.train), "n_valid": len(f.valid), "n_test": len(f.test)} for f in folds
         ],
+        "fold_speakers": fold_speakers(data, folds),
+        "provenance": provenance(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.yaml").write_text(run_yaml(req))
     opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation)
     summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console)
     if report:  # sweeps skip per-cell pictures: the sweep report covers them, `train report` draws any cell
@@ -114,6 +131,50 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
 
         write_run_report(out)
     return summary
+
+
+def fold_speakers(data: CorpusData, folds: list) -> dict[str, dict[str, list[str]]]:
+    """Each fold's test and validation speakers (and how many train), by name."""
+    speaker = {u.utt_id: u.speaker for u in data.utts}
+    return {f.name: {"test": sorted({speaker[u] for u in f.test if u in speaker}),
+                     "valid": sorted({speaker[u] for u in f.valid if u in speaker}),
+                     "n_train_speakers": len({speaker[u] for u in f.train if u in speaker})} for f in folds}
+
+
+def provenance() -> dict:
+    """What made the run: sercache's version and commit, the packages that compute, the machine, the command."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    from featurize.cli_support import sercache_version
+
+    packages = {}
+    for name in ("torch", "numpy", "scipy", "scikit-learn", "zarr", "transformers", "opensmile", "soundfile"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"sercache": sercache_version(), "git_commit": commit, "python": platform.python_version(),
+            "packages": packages, "machine": f"{platform.node()}: {platform.platform()}, "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+
+RUN_KEYS = ("head", "features", "corpus", "protocol", "store", "labels", "seeds", "options", "modality",
+            "device", "max_epochs", "protocol_options", "evaluation")
+
+
+def run_yaml(req: RunRequest) -> str:
+    """A `train run --config` file that reproduces this run."""
+    body = {k: getattr(req, k) for k in RUN_KEYS}
+    return ("# train run --config this-file reproduces the run (command-line options override its values)\n"
+            + yaml.safe_dump(json.loads(json.dumps(body, default=str)), sort_keys=False))
 
 
 def print_summary(title: str, summary: dict) -> None:
@@ -137,47 +198,60 @@ def print_summary(title: str, summary: dict) -> None:
 
 
 @app.command()
+@friendly
 def run(
-    head: str = typer.Option(..., help="head name (an unknown name lists the heads there are)"),
-    feature: str = typer.Option(..., help="feature(s), comma-separated: NAME[:ARRAY][@LAYERS], one per modality"),
-    corpus: str = typer.Option(..., help="corpus name in the store (iemocap, ravdess, iemocap-text, ...)"),
-    protocol: str = typer.Option(..., help=PROTOCOL_HELP),
-    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    config: Path = typer.Option(None, help="a run.yaml (every run directory has one): its settings, overridden "
+                                "by the options given here; `train run --config runs/X/run.yaml` reruns X"),
+    head: str = typer.Option(None, help="head name (an unknown name lists the heads there are)"),
+    feature: str = typer.Option(None, help="feature(s), comma-separated: NAME[:ARRAY][@LAYERS], one per modality"),
+    corpus: str = typer.Option(None, help="corpus name in the store (iemocap, ravdess, iemocap-text, ...)"),
+    protocol: str = typer.Option(None, help=PROTOCOL_HELP),
+    store: Path = typer.Option(None, help=f"the feature store [default: {DEFAULT_STORE}]"),
     out: Path = typer.Option(None, help="run directory (default runs/<head>-<corpus>-<protocol>-<time>)"),
     labels: str = typer.Option(None, help="label set (iemocap: 4class|5class|6class; ravdess: rav4|rav8)"),
-    seeds: str = typer.Option("0", help="seeds, e.g. 0,1,2 or 0-2"),
+    seeds: str = typer.Option(None, help="seeds, e.g. 0,1,2 or 0-2 [default: 0]"),
     set_: list[str] = typer.Option(
         [], "--set", help="head or recipe option key=value (repeatable), e.g. --set fusion_at=late --set lr=1e-3"
     ),
     recipe: Path = typer.Option(None, help="YAML file of head / recipe options (what --set takes; --set wins)"),
-    evaluation: str = typer.Option("honest", help="honest | paper (OPTIMISTIC: the authors' code's checkpoint "
-                                   "choice on the test fold; stamped on every output)"),
+    evaluation: str = typer.Option(None, help="honest | paper (OPTIMISTIC: the authors' code's checkpoint "
+                                   "choice on the test fold; stamped on every output) [default: honest]"),
     modality: str = typer.Option(None, help="audio | text: the unimodal variant"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option(None, help="auto | cpu | cuda [default: auto]"),
     max_epochs: int = typer.Option(None, help="cap the recipe's epochs (quick runs)"),
 ) -> None:
     """Train a head over every fold × seed of a protocol and print the per-fold table."""
-    options = yaml.safe_load(recipe.read_text()) or {} if recipe else {}
-    if not isinstance(options, dict):
-        raise typer.BadParameter(f"{recipe}: a recipe file is a mapping of option: value")
-    req = RunRequest(
-        head,
-        [f for f in feature.split(",") if f],
-        corpus,
-        protocol,
-        str(store),
-        labels,
-        parse_seeds(seeds),
-        {**options, **parse_sets(set_)},
-        modality,
-        device,
-        max_epochs,
-        evaluation=evaluation,
-    )
-    out = out or Path("runs") / f"{head}-{corpus}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = read_yaml_mapping(config, "a run file") if config else {}
+    unknown = sorted(set(base) - set(RUN_KEYS))
+    if unknown:
+        raise typer.BadParameter(f"{config}: unknown setting(s) {', '.join(unknown)}; a run file takes "
+                                 f"{', '.join(RUN_KEYS)}")
+    options = {**(base.get("options") or {}), **(read_yaml_mapping(recipe, "a recipe file") if recipe else {}),
+               **parse_sets(set_)}
+    given = {"head": head, "corpus": corpus, "protocol": protocol, "labels": labels, "modality": modality,
+             "device": device, "max_epochs": max_epochs, "evaluation": evaluation,
+             "store": str(store) if store else None,
+             "features": [f for f in feature.split(",") if f] if feature else None,
+             "seeds": parse_seeds(seeds) if seeds else None}
+    settings = {**base, **{k: v for k, v in given.items() if v is not None}, "options": options}
+    missing = [f"--{k.rstrip('s') if k == 'features' else k}" for k in ("head", "features", "corpus", "protocol")
+               if not settings.get(k)]
+    if missing:
+        raise typer.BadParameter(f"missing {', '.join(missing)} (give them, or a --config run file)")
+    req = RunRequest(**{"store": DEFAULT_STORE, **settings})
+    out = out or Path("runs") / f"{req.head}-{req.corpus}-{req.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = execute(req, out)
-    print_summary(f"{head} on {corpus} / {protocol}", summary)
-    console.print(f"run written to {out} (report: {out / 'report.md'})")
+    print_summary(f"{req.head} on {req.corpus} / {req.protocol}", summary)
+    console.print(f"run written to {out} (report: {out / 'report.md'}; rerun: train run --config {out / 'run.yaml'})")
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file ({what})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: {what} is a mapping of setting: value")
+    return data
 
 
 def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
@@ -222,6 +296,7 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
 
 
 @app.command()
+@friendly
 def sweep(
     config: Path = typer.Argument(..., help="sweep YAML: defaults + grid of heads x options"),
     out: Path = typer.Option(None, help="sweep directory (default runs/sweep-<config stem>)"),
@@ -286,6 +361,9 @@ def select_cells(cells: list[tuple[str, RunRequest]], only: str | None) -> list[
 def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
     """Whether a finished sweep cell was run as the sweep file now asks. New seeds mean it is not finished
     (the run resumes and adds them); any other change is an error, never a silently reused result."""
+    from train.heads import get_head, make_config, make_recipe
+    from train.loop import changed_settings
+
     old = json.loads((cell_dir / "config.json").read_text())
     spec = get_head(req.head)
     new = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(spec, req.options)),
@@ -302,6 +380,10 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
 def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> None:
     """One sweep cell. Features are loaded once per (features, head inputs, label set, modality)
     and reused by every cell that needs the same."""
+    from featurize.store import FeatureStore
+    from train.data import load_data
+    from train.heads import get_head
+
     head = get_head(req.head)
     label_set = default_label_set(req.protocol, req.labels)
     key = (
@@ -339,6 +421,7 @@ def print_grid(out: Path, names: list[str]) -> None:
 
 
 @app.command()
+@friendly
 def report(path: Path = typer.Argument(..., help="a run or sweep directory")) -> None:
     """Write report.md with confusion matrices, per-class accuracy, training curves (and the grid chart)."""
     from train.report import write_run_report, write_sweep_report
@@ -348,6 +431,7 @@ def report(path: Path = typer.Argument(..., help="a run or sweep directory")) ->
 
 
 @app.command()
+@friendly
 def predict(
     run_dir: Path = typer.Argument(..., help="a finished run directory (train run --out ...)"),
     audio: list[Path] = typer.Argument(..., help="audio files (WAV / FLAC, any rate)"),
@@ -367,8 +451,71 @@ def predict(
         json_out.write_text(json.dumps([p.__dict__ for p in preds], indent=1))
 
 
+@app.command()
+@friendly
+def compare(
+    run_a: Path = typer.Argument(..., help="the reference run directory"),
+    run_b: Path = typer.Argument(..., help="the run compared with it"),
+    json_out: Path = typer.Option(None, "--json", help="also write the comparison as JSON"),
+) -> None:
+    """B - A, paired over the same folds and seeds (t-test, Wilcoxon) and utterances (McNemar)."""
+    from train.compare import compare as compare_runs
+
+    r = compare_runs(run_a, run_b)
+    title = f"{run_b} - {run_a}: {r['pairs']} paired runs (fold x seed)"
+    table = Table("metric", "A", "B", "B - A", "± s.e.", "paired t p", "Wilcoxon p", title=title)
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
+    for k, m in r["metrics"].items():
+        table.add_row(k.upper() if k != "macro_f1" else "macro-F1", f"{100 * m['a']:.2f}", f"{100 * m['b']:.2f}",
+                      f"{100 * m['diff']:+.2f}", "-" if m["se"] is None else f"{100 * m['se']:.2f}",
+                      p(m["t_test_p"]), p(m["wilcoxon_p"]))
+    wide_console().print(table)
+    u = r.get("utterances")
+    if u:
+        print(f"per utterance ({u['n']} test utterance x seed pairs): both right {u['both_right']}, only B right "
+              f"{u['b_only']}, only A right {u['a_only']}; McNemar exact p = {u['mcnemar_p']:.3g}")
+    if r["only_a"] or r["only_b"]:
+        console.print(f"[yellow]note[/]: {r['only_a']} runs only in A, {r['only_b']} only in B were left out")
+    if json_out:
+        json_out.write_text(json.dumps(r, indent=1))
+
+
+@app.command()
+@friendly
+def heads() -> None:
+    """List the heads: name, paper, inputs, options and the recipe they train with."""
+    import dataclasses as dc
+
+    from train.heads import HEADS
+
+    table = Table("head", "paper", "inputs", "options (--set key=value)", "recipe")
+    for name in HEADS.names():
+        spec = HEADS.get(name)
+        options = ", ".join(f"{f.name}={f.default}" for f in dc.fields(spec.config_cls))
+        r = spec.recipe
+        recipe = f"{r.optimizer} lr {r.lr:g}, {r.epochs} epochs, batch {r.batch_size}" + (", refit" if r.refit else "")
+        inputs = ", ".join(f"{m}: {form}" for m, form in spec.inputs.items())
+        table.add_row(name, spec.paper or "-", inputs, options, recipe)
+    Console().print(table)
+
+
+def fill_help(group) -> None:
+    """Names from the registries into the options' help, only when a command's --help is shown."""
+    from train.heads import HEADS
+    from train.labels import label_set_names
+    from train.protocols import PROTOCOLS
+
+    set_help(group, "run", "head", f"head: {', '.join(HEADS.names())} (`train heads` describes each)")
+    set_help(group, "run", "protocol", f"protocol: {' | '.join(PROTOCOLS)}")
+    sets = "; ".join(f"{c}: {'|'.join(label_set_names(c))}" for c in ("iemocap", "iemocap-text", "ravdess"))
+    set_help(group, "run", "labels", f"label set ({sets}; any corpus: all)")
+
+
 def main() -> None:
-    app()
+    run_app(app, fill_help)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ fold — and every file it writes says so (``"evaluation": "paper"``, ``"optimis
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
+import io
 import json
 import math
 import random
@@ -317,6 +319,7 @@ def train_fold(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / "history.json", json.dumps(fitted.history, indent=1))
+        write_atomic(out_dir / "predictions.csv", predictions_csv(data, scored, fold.name, seed))
         torch.save(
             {
                 "state_dict": model.state_dict(),
@@ -336,6 +339,33 @@ def train_fold(
     if progress is not None:
         progress.remove_task(task)
     return metrics
+
+
+PREDICTION_COLUMNS = ("utt_id", "speaker", "fold", "seed", "truth", "prediction")
+
+
+def predictions_csv(data: CorpusData, scored: Scored, fold: str, seed: int) -> str:
+    """One row per test utterance: id, speaker, fold, seed, true class, predicted class, one probability per
+    class (``p_<class>``): what error analysis and paired significance tests need."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*PREDICTION_COLUMNS, *(f"p_{c}" for c in data.classes)])
+    for row, y, pred, probs in zip(scored.rows, scored.y, scored.pred, scored.probs, strict=True):
+        u = data.utts[row]
+        w.writerow([u.utt_id, u.speaker, fold, seed, data.classes[y], data.classes[pred],
+                    *(f"{p:.6f}" for p in probs)])
+    return buf.getvalue()
+
+
+def gather_predictions(out_dir: Path) -> None:
+    """The run's predictions.csv: every fold x seed's, in folds/ order (rewritten whole as folds finish)."""
+    parts = sorted((out_dir / "folds").glob("*/predictions.csv"))
+    lines: list[str] = []
+    for i, part in enumerate(parts):
+        text = part.read_text().splitlines()
+        lines += text if i == 0 else text[1:]
+    if lines:
+        write_atomic(out_dir / "predictions.csv", "\n".join(lines) + "\n")
 
 
 # What a run's results depend on. Seeds are left out (adding seeds resumes a run), and so are where the
@@ -416,4 +446,5 @@ def run_folds(
     summary = build_summary(results)
     summary["seconds"] = time.monotonic() - t0
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    gather_predictions(out_dir)
     return summary

@@ -137,7 +137,10 @@ def _ids(utts: Iterable[Utterance]) -> list[str]:
 def _sessions(utts: Sequence[Utterance]) -> list[str]:
     missing = [u.utt_id for u in utts if u.session is None]
     if missing:
-        raise ValueError(f"{len(missing)} utterances have no session, e.g. {missing[:3]}")
+        raise ValueError(
+            f"loso leaves one session out, but {len(missing)} of {len(utts)} utterances have no session "
+            f"(e.g. {', '.join(missing[:3])}): give the manifest a `session` column, or use "
+            f"--protocol speaker-kfold (folds of speakers)")
     return sorted({u.session for u in utts}, key=natural_key)
 
 

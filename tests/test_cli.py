@@ -1,0 +1,151 @@
+"""The command lines as a new user meets them: a mistake gets one clear paragraph and its documented exit code
+(no traceback), help lists what the registries hold, `--version` answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featurize.corpora import read_corpus
+from featurize.extractors import EXTRACTORS
+from featurize.extractors.fbank import Fbank
+from featurize.extractors.opensmile import OpenSmile
+from featurize.pipeline import run_extraction
+from featurize.store import FeatureStore
+from tests.conftest import write_manifest_corpus
+from train.heads import HEADS
+from train.protocols import PROTOCOLS
+
+
+def _cli(tool: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"{tool}.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    manifest = write_manifest_corpus(root / "c", 24, seconds=(0.5, 0.8))
+    utts, _ = read_corpus("manifest", manifest)
+    fs = FeatureStore(root / "s.zarr")
+    run_extraction(fs, utts, Fbank(), workers=1)
+    run_extraction(fs, utts, Fbank(n_mels=24), workers=1)  # two fbank configurations: "fbank" is ambiguous
+    run_extraction(fs, utts, OpenSmile("egemaps"), workers=1)
+    run_extraction(fs, utts, OpenSmile("compare"), workers=1)  # "opensmile" still means ComParE
+    return manifest, root / "s.zarr"
+
+
+def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[str], int, list[str]]]:
+    """(what the user did wrong, command, expected exit code, words the message must contain)."""
+    train = ["train", "run", "--store", str(store), "--corpus", "corpus", "--protocol", "speaker-kfold"]
+    dup = manifest.parent / "dup.csv"  # beside the corpus: its relative paths resolve there
+    dup.write_text(manifest.read_text() + manifest.read_text().splitlines()[1] + "\n")
+    return [
+        ("unknown head", train + ["--head", "nope", "--feature", "fbank-x"], 2, ["unknown head 'nope'", "linear"]),
+        ("unknown extractor, before the corpus is read",
+         ["featurize", "extract", "--corpus", "manifest", "--data", "/nowhere.csv", "--model", "nope"], 2,
+         ["unknown extractor 'nope'", "fbank"]),
+        ("unknown feature", train + ["--head", "linear", "--feature", "hubert"], 3, ["no feature 'hubert'", "stored"]),
+        ("ambiguous feature", train + ["--head", "probe", "--feature", "fbank"], 3, ["'fbank' is ambiguous",
+                                                                                    "name one in full"]),
+        ("unknown protocol", ["train", "run", "--store", str(store), "--corpus", "corpus", "--protocol", "lopo",
+                              "--head", "linear", "--feature", "opensmile"], 2, ["unknown protocol 'lopo'"]),
+        ("loso without sessions", ["train", "run", "--store", str(store), "--corpus", "corpus", "--protocol", "loso",
+                                   "--head", "linear", "--feature", "opensmile"], 2, ["no session",
+                                                                                     "speaker-kfold"]),
+        ("missing data path", ["featurize", "extract", "--corpus", "manifest", "--data", str(tmp / "no.csv"),
+                               "--model", "fbank", "--store", str(tmp / "x.zarr")], 3, ["no.csv", "does not exist"]),
+        ("no store", ["train", "run", "--store", str(tmp / "none.zarr"), "--corpus", "corpus", "--protocol",
+                      "speaker-kfold", "--head", "linear", "--feature", "fbank"], 3, ["no feature store",
+                                                                                     "featurize extract"]),
+        ("seeds that are not numbers", train + ["--head", "linear", "--feature", "opensmile", "--seeds", "a,b"], 2,
+         ["--seeds", "'a,b'"]),
+        ("an unknown --set key", train + ["--head", "linear", "--feature", "opensmile", "--set", "colour=red"], 2,
+         ["colour"]),
+        ("an unknown label set", train + ["--head", "linear", "--feature", "opensmile", "--labels", "rav9"], 2,
+         ["no label set 'rav9'"]),
+        ("a bad -o value", ["featurize", "extract", "--corpus", "manifest", "--data", str(manifest), "--model",
+                            "fbank", "-o", "n_mels=many", "--store", str(tmp / "y.zarr")], 2,
+         ["n_mels", "integer", "'many'"]),
+        ("an unknown -o option", ["featurize", "extract", "--corpus", "manifest", "--data", str(manifest),
+                                  "--model", "opensmile", "-o", "sets=egemaps", "--store", str(tmp / "y.zarr")], 2,
+         ["sets", "set"]),
+        ("duplicate ids in a manifest", ["featurize", "extract", "--corpus", "manifest", "--data", str(dup),
+                                         "--model", "fbank", "--store", str(tmp / "d.zarr"), "--workers", "1"], 3,
+         ["duplicate utterance id", "dup.csv line"]),
+        ("verify a store that does not exist", ["featurize", "verify", "--store", str(tmp / "none.zarr")], 3,
+         ["no feature store"]),
+        ("predict with a run directory that does not exist", ["train", "predict", str(tmp / "no-run"),
+                                                               str(manifest)], 3, ["no-run"]),
+    ]
+
+
+def test_user_mistakes_get_one_paragraph_and_their_exit_code(store, tmp_path):
+    manifest, path = store
+    cases = _mistakes(manifest, path, tmp_path)
+    assert len(cases) >= 12
+    for what, cmd, code, words in cases:
+        res = _cli(cmd[0], *cmd[1:])
+        said = " ".join(res.stderr.split())
+        assert res.returncode == code, f"{what}: exit {res.returncode}, wanted {code}\n{res.stderr[-3000:]}"
+        assert "Traceback" not in res.stderr and "File \"" not in res.stderr, f"{what}: traceback\n{res.stderr}"
+        for w in words:
+            assert w in said, f"{what}: {w!r} not in the message\n{res.stderr}"
+        error_lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(error_lines) <= 1, f"{what}: more than one error\n{res.stderr}"
+
+
+def test_debug_shows_the_traceback(store, tmp_path):
+    _, path = store
+    cmd = ["run", "--store", str(path), "--corpus", "corpus", "--protocol", "speaker-kfold", "--head", "nope",
+           "--feature", "fbank"]
+    res = _cli("train", "--debug", *cmd)
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_the_readmes_feature_names_work_with_several_configs_stored(store, tmp_path):
+    _, path = store
+    fs = FeatureStore(path, create=False)
+    assert fs.resolve_feature("opensmile").startswith("opensmile_compare-")  # eGeMAPS is stored too
+    assert fs.resolve_feature("opensmile_egemaps").startswith("opensmile_egemaps-")
+
+
+def test_help_lists_the_registries_and_version_answers():
+    res = _cli("train", "run", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for name in HEADS.names():
+        assert name in text
+    for protocol in PROTOCOLS:
+        assert protocol in text
+    assert "NAME[:ARRAY][@LAYERS]" in text and "rav4|rav8" in text
+    res = _cli("featurize", "extract", "--help")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "wav2vec2" in text and "wavlm" in text
+    for name in EXTRACTORS.names():
+        assert name in text
+    for tool in ("train", "featurize"):
+        res = _cli(tool, "--version")
+        assert res.returncode == 0 and res.stdout.startswith(f"{tool} (sercache) ")
+        assert "--install-completion" in _cli(tool, "--help").stdout
+
+
+def test_heads_and_models_print_their_tables():
+    res = _cli("train", "heads")
+    assert res.returncode == 0
+    for name in HEADS.names():
+        assert name in res.stdout
+    assert "FG-CME" in res.stdout
+    res = _cli("featurize", "models")
+    assert res.returncode == 0 and all(n in res.stdout for n in EXTRACTORS.names())
+
+
+def test_export_creates_its_folder(store, tmp_path):
+    _, path = store
+    out = tmp_path / "new" / "folder" / "f.h5"
+    res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert out.exists()
