@@ -49,8 +49,12 @@ class Config:
     dropout: float = 0.2
 
 
-# The paper's Adam lr 1e-3, weight decay 1e-5, batch 20 dialogues, 150 epochs; the cosine decay is ours.
-RECIPE = Recipe(lr=1e-3, weight_decay=1e-5, epochs=150, batch_size=20, warmup=0.02, patience=30, stop_after=0.3)
+# The paper's Adam lr 1e-3, weight decay 1e-5, batch 20 dialogues, 150 epochs; the cosine decay is ours, and
+# so is refit: on rav4 (seed 0, 2026-12-01) the best epoch was 4-27, and retraining on training + validation
+# speakers for that many epochs gave UA 0.671 against 0.616 without (a fifth more speakers to learn from).
+# Stronger regularisation did not help there (weight decay 1e-3 + dropout 0.5: 0.638; AdamW 0.1: 0.629).
+RECIPE = Recipe(lr=1e-3, weight_decay=1e-5, epochs=150, batch_size=20, warmup=0.02, patience=30, stop_after=0.3,
+                refit=True)
 
 
 class GRUBlock(nn.Module):
