@@ -34,6 +34,21 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def reader_options(corpus: str, name: str | None, columns: str | None) -> dict:
+    """--name / --columns for the readers of described corpora (manifest, lhotse cuts)."""
+    if corpus not in ("manifest", "lhotse"):
+        if name or columns:
+            raise typer.BadParameter(f"--name and --columns apply to manifest and lhotse corpora, not {corpus!r}")
+        return {}
+    out: dict = {}
+    if name:
+        out["corpus"] = name
+    if columns:
+        pairs = parse_options(columns.split(","))
+        out["columns"] = pairs
+    return out
+
+
 def make_extractor(model: str, options: dict[str, object]):
     """The extractor, or a usage error naming the option and what it accepts."""
     from featurize.extractors import OptionError, build_extractor
@@ -51,6 +66,8 @@ def extract(
     corpus: str = typer.Option(..., help=CORPUS_HELP),
     data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
     model: str = typer.Option(..., help="extractor (`featurize models` lists them)"),
+    name: str = typer.Option(None, help="manifest / lhotse: the corpus name that prefixes ids (default: file stem)"),
+    columns: str = typer.Option(None, help="manifest / lhotse: where the fields are, e.g. path=wav,label=emo"),
     store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
     workers: int = typer.Option(max(1, (os.cpu_count() or 2)), help="CPU worker processes"),
     model_id: str = typer.Option(None, help="Hugging Face hub id of the encoder (neural extractors)"),
@@ -78,7 +95,7 @@ def extract(
         if value is not None:
             opts[key] = str(value)
     extractor = make_extractor(model, opts)  # options checked before the corpus is read
-    utts, report = read_corpus(corpus, data)
+    utts, report = read_corpus(corpus, data, **reader_options(corpus, name, columns))
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     print_skips(report.entries())
     fs = FeatureStore(store, lock_timeout=lock_timeout)
@@ -122,6 +139,8 @@ def print_skips(entries: list[tuple[str, str]], limit: int = 20) -> None:
 def transcribe(
     corpus: str = typer.Option(..., help=CORPUS_HELP),
     data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
+    name: str = typer.Option(None, help="manifest / lhotse: the corpus name that prefixes ids (default: file stem)"),
+    columns: str = typer.Option(None, help="manifest / lhotse: where the fields are, e.g. path=wav,label=emo"),
     store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
     model_path: Path = typer.Option(None, help="CTranslate2 Whisper directory (default: tiny.en from `make models`)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -138,7 +157,7 @@ def transcribe(
     from featurize.corpora import read_corpus
     from featurize.store import FeatureStore
 
-    utts, report = read_corpus(corpus, data)
+    utts, report = read_corpus(corpus, data, **reader_options(corpus, name, columns))
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     print_skips(report.entries())
     workers = max(1, workers)

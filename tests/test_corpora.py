@@ -253,3 +253,51 @@ def test_iemocap_text_real():
     assert trainval == {"hap": 1246, "sad": 839, "neu": 1324, "ang": 933}
     assert test == {"hap": 443, "sad": 245, "neu": 384, "ang": 170}
     assert sum(trainval.values()) == 4342 and sum(test.values()) == 1242
+
+
+# --- other tools' corpus descriptions ------------------------------------------------------------
+
+def test_lhotse_cuts_are_a_corpus(tmp_path):
+    import gzip
+
+    from tests.conftest import tone
+
+    sf.write(tmp_path / "rec1.wav", tone(3.0, 200), 16000)
+    sf.write(tmp_path / "rec2.wav", tone(1.0, 300), 16000)
+
+    def cut(cid, rec, start, dur, emotion, speaker="spk1", **extra):
+        return {"id": cid, "start": start, "duration": dur, "channel": 0, "type": "MonoCut",
+                "supervisions": [{"id": f"s-{cid}", "recording_id": rec, "start": 0.0, "duration": dur,
+                                  "channel": 0, "text": "hello there", "speaker": speaker,
+                                  "custom": {"emotion": emotion, **extra}}],
+                "recording": {"id": rec, "sources": [{"type": "file", "channels": [0], "source": f"{rec}.wav"}],
+                              "sampling_rate": 16000, "num_samples": 16000, "duration": dur, "channel_ids": [0]}}
+
+    lines = [json.dumps(cut("c1", "rec1", 0.5, 1.0, "happy", sess="A")),
+             json.dumps(cut("c2", "rec2", 0.0, 1.0, "sad", speaker="spk2", sess="B")),
+             "{broken",
+             json.dumps(cut("c3", "gone", 0.0, 1.0, "sad"))]
+    path = tmp_path / "cuts.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    utts, report = read_corpus("lhotse", path, columns={"session": "sess"})
+    assert [u.utt_id for u in utts] == ["cuts/c1", "cuts/c2"]
+    a = utts[0]
+    assert (a.label, a.speaker, a.session, a.text, a.start, a.end) == ("happy", "spk1", "A", "hello there", 0.5, 1.5)
+    assert a.audio_path == str(tmp_path / "rec1.wav")
+    assert [w.split(":")[0] for w in report.skipped["unusable cut"]] == ["cuts.jsonl.gz line 3",
+                                                                         "cuts.jsonl.gz line 4"]
+    with pytest.raises(ValueError, match="no field colour"):
+        read_corpus("lhotse", path, columns={"colour": "x"})
+
+
+def test_manifest_column_mapping_and_name(tmp_path):
+    from tests.conftest import tone
+
+    sf.write(tmp_path / "a.wav", tone(0.5, 200), 16000)
+    (tmp_path / "theirs.csv").write_text("wav,emo,who\na.wav,happy,s1\n")
+    with pytest.raises(ValueError, match=r"missing required column 'path'.*--columns path=NAME"):
+        read_corpus("manifest", tmp_path / "theirs.csv")
+    utts, _ = read_corpus("manifest", tmp_path / "theirs.csv", corpus="mine",
+                          columns={"path": "wav", "label": "emo", "speaker": "who"})
+    assert [(u.utt_id, u.label, u.speaker) for u in utts] == [("mine/a", "happy", "s1")]

@@ -284,7 +284,7 @@ def test_bad_protocol_and_options():
     utts = iemocap_like()
     with pytest.raises(ValueError, match="unknown protocol"):
         make_folds("nope", utts)
-    with pytest.raises(TypeError, match="test_session"):
+    with pytest.raises(ValueError, match="test_session"):
         make_folds("holdout", utts, test_session="Ses05")  # typo of test_sessions
     utts[0].session = None
     with pytest.raises(ValueError, match="no session"):

@@ -53,8 +53,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def default_label_set(protocol: str, labels: str | None) -> str | None:
-    # The RAVDESS protocols name their label set.
-    return labels or (protocol if protocol in ("rav4", "rav8") else None)
+    """The RAVDESS protocols ``rav4`` / ``rav8`` are also their label sets; any other protocol trains the label
+    set given (None: the corpus's default, which the run's banner names)."""
+    if protocol in ("rav4", "rav8"):
+        if labels not in (None, protocol):
+            raise ValueError(f"--protocol {protocol} uses the {protocol} label set; --labels {labels} contradicts "
+                             f"it (RAVDESS: --protocol rav4 or rav8, or another protocol with --labels)")
+        return protocol
+    return labels
 
 
 @dataclasses.dataclass
@@ -97,8 +103,9 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     if req.evaluation == "paper":
         console.print(f"[bold yellow]paper evaluation[/]: {EVALUATIONS['paper']}; never compare with honest figures")
     dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
+    chosen = "" if default_label_set(req.protocol, req.labels) else " (the corpus's default label set: --labels)"
     console.print(
-        f"{req.head} on {req.corpus} ({data.label_set}: {', '.join(data.classes)}), "
+        f"{req.head} on {req.corpus} ({data.label_set}{chosen}: {', '.join(data.classes)}), "
         f"{len(data.utts)} utterances{f' ({dropped} dropped)' if dropped else ''}, "
         f"inputs: {', '.join(f'{m}={i.feature}:{i.array} {tuple(i.tail)}' for m, i in data.inputs.items())}, "
         f"{len(folds)} folds x {len(req.seeds)} seeds"
@@ -219,6 +226,7 @@ def run(
     modality: str = typer.Option(None, help="audio | text: the unimodal variant"),
     device: str = typer.Option(None, help="auto | cpu | cuda [default: auto]"),
     max_epochs: int = typer.Option(None, help="cap the recipe's epochs (quick runs)"),
+    folds: int = typer.Option(None, help="speaker-kfold: the number of folds [default: 5]"),
 ) -> None:
     """Train a head over every fold × seed of a protocol and print the per-fold table."""
     base = read_yaml_mapping(config, "a run file") if config else {}
@@ -234,6 +242,10 @@ def run(
              "features": [f for f in feature.split(",") if f] if feature else None,
              "seeds": parse_seeds(seeds) if seeds else None}
     settings = {**base, **{k: v for k, v in given.items() if v is not None}, "options": options}
+    if folds is not None:
+        if settings.get("protocol") != "speaker-kfold":
+            raise typer.BadParameter("--folds sets the fold count of --protocol speaker-kfold only")
+        settings["protocol_options"] = {**(settings.get("protocol_options") or {}), "k": folds}
     missing = [f"--{k.rstrip('s') if k == 'features' else k}" for k in ("head", "features", "corpus", "protocol")
                if not settings.get(k)]
     if missing:

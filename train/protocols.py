@@ -119,7 +119,7 @@ def make_folds(protocol: str, utts: Sequence[Utterance], seed: int = 0, **option
     build, allowed = builders[protocol]
     unknown = set(options) - allowed
     if unknown:
-        raise TypeError(f"protocol {protocol!r} takes no option(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+        raise ValueError(f"protocol {protocol!r} takes no option(s) {sorted(unknown)}; it takes {sorted(allowed)}")
     if not utts:
         raise ValueError("no utterances")
     ids = [u.utt_id for u in utts]

@@ -31,14 +31,19 @@ class _BadRow(Exception):
 
 
 @register("manifest")
-def read(path: Path, corpus: str | None = None) -> tuple[list[Utterance], CorpusReport]:
-    """Read the manifest at `path`; `corpus` names the corpus and prefixes ids (default: file stem)."""
+def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None = None,
+         ) -> tuple[list[Utterance], CorpusReport]:
+    """Read the manifest at `path`; `corpus` names the corpus and prefixes ids (default: file stem);
+    `columns` maps our field names to the manifest's (``{"path": "wav", "label": "emo"}``)."""
     path = Path(path).resolve()
     corpus = corpus or path.stem
     report = CorpusReport()
     utterances: list[Utterance] = []
     first_line: dict[str, int] = {}
-    for lineno, row in _rows(path, report):
+    bad = sorted(set(columns or {}) - set(REQUIRED) - set(OPTIONAL))
+    if bad:
+        raise ValueError(f"--columns: no field {', '.join(bad)}; the fields are {', '.join(REQUIRED + OPTIONAL)}")
+    for lineno, row in _rows(path, report, columns or {}):
         try:
             utt = _utterance(row, path.parent, corpus)
         except _BadRow as bad:
@@ -56,8 +61,14 @@ def read(path: Path, corpus: str | None = None) -> tuple[list[Utterance], Corpus
     return utterances, report
 
 
-def _rows(path: Path, report: CorpusReport) -> Iterator[tuple[int, dict]]:
-    """(line number, row) pairs; raises ValueError if a required column is missing."""
+def _rows(path: Path, report: CorpusReport, columns: dict[str, str]) -> Iterator[tuple[int, dict]]:
+    """(line number, row) pairs under our field names; raises ValueError if a required column is missing."""
+    rename = {theirs: ours for ours, theirs in columns.items()}
+    for lineno, row in _raw_rows(path, report, columns):
+        yield lineno, {rename.get(k, k): v for k, v in row.items()}
+
+
+def _raw_rows(path: Path, report: CorpusReport, columns: dict[str, str]) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     raw = path.read_bytes()
     try:
@@ -69,7 +80,7 @@ def _rows(path: Path, report: CorpusReport) -> Iterator[tuple[int, dict]]:
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(f)
-            _check_columns(path, reader.fieldnames or [])
+            _check_columns(path, reader.fieldnames or [], columns)
             for row in reader:
                 if None in row:  # csv puts cells beyond the header under None: the row is misaligned
                     report.skip("more cells than columns", f"{path.name} line {reader.line_num}: "
@@ -89,17 +100,19 @@ def _rows(path: Path, report: CorpusReport) -> Iterator[tuple[int, dict]]:
                 if not isinstance(row, dict):
                     report.skip("malformed line", f"{path.name} line {lineno}")
                     continue
-                _check_columns(path, list(row), lineno)
+                _check_columns(path, list(row), columns, lineno)
                 yield lineno, row
     else:
         raise ValueError(f"{path}: manifest must be .csv or .jsonl, not {path.suffix!r}")
 
 
-def _check_columns(path: Path, columns: list[str], lineno: int | None = None) -> None:
-    for column in REQUIRED:
-        if column not in columns:
+def _check_columns(path: Path, present: list[str], columns: dict[str, str], lineno: int | None = None) -> None:
+    for field_name in REQUIRED:
+        column = columns.get(field_name, field_name)
+        if column not in present:
             where = f" (line {lineno})" if lineno is not None else ""
-            raise ValueError(f"{path}: missing required column {column!r}{where}")
+            hint = "" if field_name in columns else f"; if it has another name, --columns {field_name}=NAME"
+            raise ValueError(f"{path}: missing required column {column!r}{where}{hint}")
 
 
 def _utterance(row: dict, base: Path, corpus: str) -> Utterance:

@@ -1,0 +1,100 @@
+"""A lhotse CutSet manifest (``cuts.jsonl`` or ``cuts.jsonl.gz``, one cut per line) read as a corpus.
+
+Each MonoCut becomes one utterance: its recording's file source is the audio, ``start`` / ``duration`` the
+slice, and its first supervision gives the speaker, the text and the label. The label is the supervision's
+``custom["emotion"]`` by default; ``--columns label=KEY`` reads ``custom[KEY]`` instead (``session=KEY``
+likewise; ``speaker`` and ``text`` are the supervision's own fields unless mapped to a custom key). lhotse
+itself is not needed to read the file. Cuts that are not plain file-backed mono cuts are skipped and named.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from featurize.audio import AudioError, audio_duration
+from featurize.corpora import register
+from featurize.records import CorpusReport, Utterance
+
+FIELDS = ("label", "speaker", "text", "session")
+
+
+@register("lhotse")
+def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None = None,
+         ) -> tuple[list[Utterance], CorpusReport]:
+    path = Path(path).resolve()
+    stem = path.name.removesuffix(".gz").removesuffix(".jsonl")
+    corpus = corpus or stem
+    columns = dict(columns or {})
+    bad = sorted(set(columns) - set(FIELDS))
+    if bad:
+        raise ValueError(f"--columns for lhotse cuts: no field {', '.join(bad)}; it maps {', '.join(FIELDS)} "
+                         "to keys of a supervision's `custom`")
+    report = CorpusReport()
+    utts: list[Utterance] = []
+    seen: dict[str, int] = {}
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                cut = json.loads(line)
+                utt = _utterance(cut, corpus, columns, path.parent)
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                report.skip("unusable cut", f"{path.name} line {lineno}: {e}")
+                continue
+            except AudioError as e:
+                report.skip("unreadable audio", f"{path.name} line {lineno}: {e}")
+                continue
+            if utt.utt_id in seen:
+                report.skip("duplicate utterance id", f"{path.name} line {lineno}: {utt.utt_id!r} (first on line "
+                            f"{seen[utt.utt_id]})")
+                continue
+            seen[utt.utt_id] = lineno
+            utts.append(utt)
+    return utts, report
+
+
+def _utterance(cut: dict, corpus: str, columns: dict[str, str], base: Path) -> Utterance:
+    if cut.get("type", "MonoCut") != "MonoCut":
+        raise ValueError(f"cut {cut.get('id')!r} is a {cut.get('type')}, not a MonoCut")
+    sources = [s for s in cut["recording"]["sources"] if s.get("type") == "file"]
+    if not sources:
+        raise ValueError(f"cut {cut['id']!r}: its recording has no file source")
+    audio = Path(sources[0]["source"])
+    audio = audio if audio.is_absolute() else base / audio
+    if not audio.is_file():
+        raise ValueError(f"cut {cut['id']!r}: no audio file {audio}")
+    file_seconds = audio_duration(audio)
+    start = float(cut.get("start", 0.0))
+    end = min(start + float(cut["duration"]), file_seconds)
+    if not 0 <= start < end:
+        raise ValueError(f"cut {cut['id']!r}: slice [{start}, {end}] outside the {file_seconds:.3f} s file")
+    sup = (cut.get("supervisions") or [{}])[0]
+    custom = sup.get("custom") or {}
+
+    def field(name: str, default_key: str | None) -> str | None:
+        key = columns.get(name)
+        value = custom.get(key) if key else (sup.get(default_key) if default_key else None)
+        if name == "label" and key is None:
+            value = custom.get("emotion")
+        return None if value in (None, "") else str(value)
+
+    speaker = field("speaker", "speaker")
+    if speaker is None:
+        raise ValueError(f"cut {cut['id']!r}: no speaker (supervision `speaker`, or --columns speaker=KEY)")
+    return Utterance(
+        utt_id=f"{corpus}/{cut['id']}",
+        corpus=corpus,
+        speaker=speaker,
+        label=field("label", None),
+        session=field("session", None),
+        audio_path=str(audio),
+        start=start,
+        end=end,
+        text=field("text", "text"),
+        duration=round(end - start, 6),
+        extra={k: v for k, v in custom.items() if isinstance(v, (str, int, float))},
+    )
