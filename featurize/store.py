@@ -190,6 +190,15 @@ def _checksum() -> tuple:
     return (Crc32cCodec(),)
 
 
+def dimension_names(spec: ArraySpec) -> tuple[str, ...]:
+    """Names of a data array's axes (zarr v3 ``dimension_names``, what xarray reads): rows are frames (or
+    tokens, words) back to back for ``frames`` arrays, one per utterance for ``utterance`` arrays."""
+    row = "row" if spec.kind == "frames" else "utterance"
+    tail = ("dim",) if len(spec.tail) == 1 else ("layer", "dim") if len(spec.tail) == 2 else tuple(
+        f"axis{i}" for i in range(1, len(spec.tail) + 1))
+    return (row, *tail)
+
+
 def _chunk_rows(tail: Sequence[int], itemsize: int) -> int:
     row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * itemsize)
     return max(1, CHUNK_BYTES // row_bytes)
@@ -361,6 +370,7 @@ class FeatureStore:
                 dtype=dtype,
                 chunks=(max(1, min(len(values), 65536)),),
                 compressors=_compressors() if dtype is not str else _checksum(),
+                dimension_names=("utterance",),
             )
             if len(values):
                 arr[:] = values
@@ -519,12 +529,13 @@ class FeatureStore:
             sub = grp.create_group(spec.name)
             rows = _chunk_rows(spec.tail, np.dtype(spec.dtype).itemsize)
             sub.create_array("data", shape=(0, *spec.tail), dtype=spec.dtype, chunks=(rows, *spec.tail),
-                             compressors=_compressors())
+                             compressors=_compressors(), dimension_names=dimension_names(spec))
             if spec.kind == "frames":
                 off = sub.create_array("offsets", shape=(1,), dtype="int64", chunks=(ID_CHUNK,),
-                                       compressors=_compressors())
+                                       compressors=_compressors(), dimension_names=("utterance_edge",))
                 off[:] = np.zeros(1, dtype=np.int64)
-        grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(ID_CHUNK,), compressors=_checksum())
+        grp.create_array("utt_ids", shape=(0,), dtype=str, chunks=(ID_CHUNK,), compressors=_checksum(),
+                         dimension_names=("utterance",))
         grp.update_attributes(
             {
                 "extractor": extractor,

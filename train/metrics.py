@@ -11,6 +11,7 @@ Definitions (written out because papers differ on them):
   A class in `labels` with neither support nor predictions is excluded: it says nothing about
   the model, and counting it as 0 would make the score depend on the label list.
 
+Computed with scikit-learn (``precision_recall_fscore_support``, ``confusion_matrix``), restricted as above.
 Per-class values that are undefined (recall without support, precision without predictions, F1
 without either) are None, so they show up as missing in JSON instead of as a fake 0.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 METRIC_KEYS = ("wa", "ua", "macro_f1")
 
@@ -55,45 +58,32 @@ def compute_metrics(y_true: Sequence[str | int], y_pred: Sequence[str | int], la
     if not true:
         raise ValueError("no utterances to score")
 
-    n_classes = len(labels)
-    cm = [[0] * n_classes for _ in range(n_classes)]
-    for t, p in zip(true, pred, strict=True):
-        cm[t][p] += 1
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    per_class = {}
-    recalls = []
-    f1s = []
-    for c, name in enumerate(labels):
-        tp = cm[c][c]
-        support = sum(cm[c])
-        predicted = sum(row[c] for row in cm)
-        recall = tp / support if support else None
-        precision = tp / predicted if predicted else None
-        # 2tp / (2tp + fp + fn) is the harmonic mean of precision and recall, and is 0 (not
-        # undefined) when the class is true or predicted but never both at once.
-        denominator = support + predicted
-        f1 = 2 * tp / denominator if denominator else None
-        per_class[name] = {
-            "recall": recall,
-            "precision": precision,
-            "f1": f1,
-            "support": support,
-            "predicted": predicted,
-        }
-        if recall is not None:
-            recalls.append(recall)
-        if f1 is not None:
-            f1s.append(f1)
+    classes = list(range(len(labels)))
+    cm = confusion_matrix(true, pred, labels=classes)
+    # zero_division=nan: a precision without predictions (or a recall without support) is undefined, not 0;
+    # F1 is computed from counts (2tp / (2tp + fp + fn)), so it is 0 for a class true or predicted but not
+    # both, and undefined only for a class neither true nor predicted.
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, pred, labels=classes, zero_division=np.nan)
+    predicted = cm.sum(axis=0)
 
-    correct = sum(cm[c][c] for c in range(n_classes))
+    def defined(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    per_class = {name: {"recall": defined(recall[c]), "precision": defined(precision[c]), "f1": defined(f1[c]),
+                        "support": int(support[c]), "predicted": int(predicted[c])}
+                 for c, name in enumerate(labels)}
+    present = support > 0  # UA: classes with test utterances; macro-F1: classes true or predicted
     return {
-        "wa": correct / len(true),
-        "ua": sum(recalls) / len(recalls),
-        "macro_f1": sum(f1s) / len(f1s),
+        "wa": float(accuracy_score(true, pred)),
+        "ua": float(recall[present].mean()),
+        "macro_f1": float(f1[(support + predicted) > 0].mean()),
         "n": len(true),
         "labels": list(labels),
         "per_class": per_class,
-        "confusion": cm,
+        "confusion": cm.tolist(),
     }
 
 
