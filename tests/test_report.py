@@ -110,7 +110,7 @@ def test_run_report(tmp_path):
     assert "| happy |" in text
     assert "| protocol | rav4 |" in text
     assert "not speaker-independent" not in text
-    for name in ("confusion.png", "per_class.png", "curves_fold0_seed0.png", "curves_fold1_seed1.png"):
+    for name in ("confusion.png", "per_class.png", "curves.png"):  # one aggregate curve plot
         assert f"plots/{name}" in text
         assert_png(run_dir / "plots" / name)
 
@@ -171,7 +171,7 @@ def test_plots_directly(tmp_path):
     m = compute_metrics(["neutral", "happy"], ["neutral", "sad"], LABELS)
     assert_png(plot_per_class([m, m], LABELS, tmp_path / "per_class.png"))
     history = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5, "valid_ua": 0.4}]
-    assert_png(plot_curves(history, tmp_path / "curves.png", best_epoch=2))
+    assert_png(plot_curves([history, history[:2]], tmp_path / "curves.png", best_epochs=[2, 0]))
     rows = [{"name": "a", "mean": 0.5, "std": 0.1}, {"name": "b", "mean": 0.7, "std": 0.0}]
     assert_png(plot_grid(rows, tmp_path / "sub" / "grid.png", "ua"))
     with pytest.raises(ValueError):

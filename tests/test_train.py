@@ -107,7 +107,7 @@ def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_p
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "dialog-single-audio" in res.output and "linear-0.01" in res.output and "±" in res.output
     assert (out / "report.md").exists()
-    assert not (out / "cells" / "linear-0.01" / "report.md").exists()  # per-cell pictures only on request
+    assert (out / "cells" / "linear-0.01" / "report.md").exists()  # each cell's report, written as it finishes
     res = CliRunner().invoke(app, ["report", str(out / "cells" / "linear-0.01")])
     assert res.exit_code == 0 and (out / "cells" / "linear-0.01" / "report.md").exists()
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])

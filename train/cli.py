@@ -133,7 +133,7 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     (out / "run.yaml").write_text(run_yaml(req))
     opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation)
     summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console)
-    if report:  # sweeps skip per-cell pictures: the sweep report covers them, `train report` draws any cell
+    if report:
         from train.report import write_run_report
 
         write_run_report(out)
@@ -412,7 +412,7 @@ def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) ->
         cache[key] = load_data(
             store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None
         )
-    execute(req, cell_dir, cache[key], report=False)
+    execute(req, cell_dir, cache[key])  # with its report, so a cell can be read as soon as it finishes
 
 
 def wide_console() -> Console:

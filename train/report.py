@@ -169,86 +169,103 @@ def format_table(
 # ----------------------------------------------------------------------------------------- plots
 
 
-def plot_confusion(cm: Sequence[Sequence[int]], labels: list[str], path: Path, title: str = "") -> Path:
-    """Confusion matrix PNG: counts written in the cells, colours normalised per true-class row.
-
-    Row normalisation makes a rare class as readable as a frequent one (the colour is its recall
-    share); the counts keep the absolute picture.
-    """
+def plot_confusion(cm: Sequence[Sequence[float]], labels: list[str], path: Path, title: str = "",
+                   runs: int = 1) -> Path:
+    """Confusion matrix PNG, rows normalised: each cell is the share (%) of its true class predicted as the
+    column, with the count per run beside it (``cm`` summed over ``runs`` runs, each repeating the test set
+    once per seed). Row shares make a rare class as readable as a frequent one."""
     counts = np.asarray(cm, dtype=float)
     row_sums = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
-    size = 2.0 + 0.7 * len(labels)
+    size = 2.5 + 0.9 * len(labels)
     fig = Figure(figsize=(size + 1.0, size))
     ax = fig.add_subplot()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label="share of the true class")
+    image = ax.imshow(100 * shares, cmap="Blues", vmin=0.0, vmax=100.0)
+    fig.colorbar(image, ax=ax, label="% of the true class")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            # White text on dark cells so the count stays legible.
-            color = "white" if shares[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=color, fontsize=9)
+            color = "white" if shares[i, j] > 0.5 else "black"  # legible on dark cells
+            ax.text(j, i, f"{100 * shares[i, j]:.1f}%\n({counts[i, j] / runs:.1f})", ha="center", va="center",
+                    color=color, fontsize=8)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
 def plot_per_class(metrics_by_run: list[dict], labels: list[str], path: Path, title: str = "") -> Path:
-    """Bar chart of per-class recall, mean ± std over runs (folds x seeds).
+    """Per-class recall, precision and F1, mean ± std over runs (folds x seeds), with chance (1 / classes).
 
-    A run where a class had no test utterances has no recall for it and is left out of that
-    class's mean, instead of pulling it down with a 0.
+    A run where a score is undefined for a class (no test utterances, no predictions) is left out of that
+    class's mean instead of pulling it down with a 0.
     """
-    means, stds = [], []
-    for label in labels:
-        values = [
-            m["per_class"][label]["recall"]
-            for m in metrics_by_run
-            if label in m.get("per_class", {}) and m["per_class"][label]["recall"] is not None
-        ]
-        stats = mean_std(values) if values else {"mean": 0.0, "std": 0.0}
-        means.append(100 * stats["mean"])
-        stds.append(100 * stats["std"])
-    fig = Figure(figsize=(2.0 + 0.8 * len(labels), 4.0))
+    stats_names = ("recall", "precision", "f1")
+    width = 0.8 / len(stats_names)
+    fig = Figure(figsize=(3.0 + 1.1 * len(labels), 4.2))
     ax = fig.add_subplot()
-    ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="tab:blue")
+    for k, stat in enumerate(stats_names):
+        means, stds = [], []
+        for label in labels:
+            values = [m["per_class"][label][stat] for m in metrics_by_run
+                      if label in m.get("per_class", {}) and m["per_class"][label][stat] is not None]
+            st = mean_std(values) if values else {"mean": 0.0, "std": 0.0}
+            means.append(100 * st["mean"])
+            stds.append(100 * st["std"])
+        xs = [i + (k - 1) * width for i in range(len(labels))]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=stat)
+    ax.axhline(100 / len(labels), color="gray", linestyle="--", label=f"chance ({100 / len(labels):.0f}%)")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_ylim(0, 100)
-    ax.set_ylabel("recall (%)")
-    ax.set_title(title or f"per-class recall, mean ± std over {len(metrics_by_run)} runs")
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    ax.set_title(title or f"per class, mean ± std over {len(metrics_by_run)} runs", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "", best_epoch: int | None = None) -> Path:
-    """Training curves: losses on the left, validation UA/WA on the right; `best_epoch` marked."""
-    if not history:
+def plot_curves(histories: list[list[dict]], path: Path, title: str = "",
+                best_epochs: Sequence[int | None] = ()) -> Path:
+    """Training curves over runs: mean ± std (over the runs still training at each epoch) of the training and
+    validation losses (left) and validation UA / WA (right); each run's best epoch is a marker on the UA curve,
+    so a best epoch at 0 shows as well as any other."""
+    histories = [h for h in histories if h]
+    if not histories:
         raise ValueError("empty history")
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10.0, 4.0))
+    fig = Figure(figsize=(11.0, 4.2))
     loss_ax, score_ax = fig.subplots(1, 2)
-    for key, name in (("train_loss", "train"), ("valid_loss", "valid")):
-        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
-        if points:
-            loss_ax.plot(*zip(*points, strict=True), label=name)
+
+    def band(ax, key: str, name: str, scale: float = 1.0):
+        by_epoch: dict[int, list[float]] = {}
+        for h in histories:
+            for e in h:
+                if e.get(key) is not None:
+                    by_epoch.setdefault(int(e["epoch"]), []).append(scale * float(e[key]))
+        if not by_epoch:
+            return None
+        xs = sorted(by_epoch)
+        mean = np.array([np.mean(by_epoch[x]) for x in xs])
+        std = np.array([np.std(by_epoch[x]) for x in xs])
+        line = ax.plot(xs, mean, label=name)[0]
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        return dict(zip(xs, mean, strict=True))
+
+    band(loss_ax, "train_loss", "train")
+    band(loss_ax, "valid_loss", "valid")
     loss_ax.set_ylabel("loss")
-    for key, name in (("valid_ua", "valid UA"), ("valid_wa", "valid WA")):
-        points = [(h["epoch"], 100 * h[key]) for h in history if h.get(key) is not None]
-        if points:
-            score_ax.plot(*zip(*points, strict=True), label=name)
+    ua = band(score_ax, "valid_ua", "valid UA", 100.0)
+    band(score_ax, "valid_wa", "valid WA", 100.0)
+    best = [b for b in best_epochs if b is not None and b >= 0]
+    if best and ua:
+        score_ax.plot(best, [ua.get(b, np.nan) for b in best], "kv", markersize=7, label="best epoch (per run)")
     score_ax.set_ylabel("validation score (%)")
     for ax in (loss_ax, score_ax):
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="gray", linestyle="--", label="best epoch")
         ax.set_xlabel("epoch")
-        ax.set_xlim(min(epochs), max(max(epochs), min(epochs) + 1))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.suptitle(title)
+            ax.legend(fontsize=8)
+    fig.suptitle(title or f"mean ± std over {len(histories)} runs", fontsize=10)
     return _save(fig, path)
 
 
@@ -290,6 +307,25 @@ def config_value(config: dict, key: str) -> object:
             if place.get(name) is not None:
                 return place[name]
     return None
+
+
+def describe_run(config: dict, labels: list[str]) -> str:
+    """One line for plot titles: head, features, protocol, label set."""
+    feats = config.get("inputs") or {}
+    features = ", ".join(f"{m}={i.get('feature', '?')}" for m, i in feats.items()) or str(
+        config_value(config, "features"))
+    label_set = config_value(config, "label_set") or "labels"
+    return (f"{config_value(config, 'head')} on {features} / {config_value(config, 'protocol')}, "
+            f"{label_set} ({len(labels)} classes)")
+
+
+def fold_title(config: dict, fold: str) -> str:
+    """A fold named by its test speakers (from config.json), e.g. ``fold0 (test: Actor_01, Actor_02)``."""
+    speakers = (config.get("fold_speakers") or {}).get(fold, {}).get("test")
+    if not speakers:
+        return fold
+    shown = ", ".join(speakers[:4]) + (f" +{len(speakers) - 4}" if len(speakers) > 4 else "")
+    return f"{fold} (test: {shown})"
 
 
 def _labels_of(run: dict) -> list[str]:
@@ -354,7 +390,7 @@ def write_run_report(run_dir: Path) -> Path:
     lines += ["## Per fold (test set)", ""]
     fold_rows = [
         {
-            "fold": r["fold"],
+            "fold": fold_title(config, r["fold"]),
             "seed": r["seed"],
             "best_epoch": r["metrics"].get("best_epoch"),
             "n": r["metrics"].get("n"),
@@ -378,25 +414,27 @@ def write_run_report(run_dir: Path) -> Path:
         class_rows.append(row)
     lines += [format_table(class_rows, ["class", "recall", "precision", "f1", ("support", "support (all runs)")])]
 
-    # Summed over every run: each fold tests different utterances, each seed repeats them, and the
-    # row-normalised colours are unchanged by that repetition.
+    # Summed over every run: each fold tests different utterances, each seed repeats them; the cells show the
+    # row share and the count per run.
+    what = describe_run(config, labels)
     total = np.sum([np.asarray(r["metrics"]["confusion"]) for r in runs], axis=0)
-    plot_confusion(total.tolist(), labels, plots / "confusion.png", f"summed over {len(runs)} runs")
-    plot_per_class([r["metrics"] for r in runs], labels, plots / "per_class.png")
+    plot_confusion(total.tolist(), labels, plots / "confusion.png", f"{what}\nrow %, (count per run; {len(runs)} runs)",
+                   runs=len(runs))
+    plot_per_class([r["metrics"] for r in runs], labels, plots / "per_class.png",
+                   f"{what}\nper class, mean ± std over {len(runs)} runs")
     lines += [
         f"![confusion matrix]({PLOTS_DIR}/confusion.png)",
         "",
-        f"![per-class recall]({PLOTS_DIR}/per_class.png)",
+        f"![per-class recall, precision, F1]({PLOTS_DIR}/per_class.png)",
         "",
     ]
 
     curves = [r for r in runs if r["history"] and "epoch" in r["history"][0]]  # not a convex fit's C path
     if curves:
-        lines += ["## Training curves", ""]
-        for r in curves:
-            name = f"curves_{r['name']}.png"
-            plot_curves(r["history"], plots / name, f"{r['fold']}, seed {r['seed']}", r["metrics"].get("best_epoch"))
-            lines += [f"![{r['name']}]({PLOTS_DIR}/{name})", ""]
+        lines += ["## Training curves (mean ± std over runs)", ""]
+        plot_curves([r["history"] for r in curves], plots / "curves.png", f"{what}: {len(curves)} runs",
+                    [r["metrics"].get("best_epoch") for r in curves])
+        lines += [f"![training curves]({PLOTS_DIR}/curves.png)", ""]
 
     report = run_dir / REPORT_FILE
     report.write_text("\n".join(lines))
