@@ -82,6 +82,8 @@ def extract(
     dry_run: bool = typer.Option(False, help="print the plan and the disk estimate, extract nothing"),
     lock_timeout: float = typer.Option(
         None, help="seconds to wait when another process is writing this feature (default: wait; 0: refuse)"),
+    scheduler: str = typer.Option(
+        None, help="compute on a dask.distributed cluster: local:N (N worker processes here) or tcp://HOST:PORT"),
 ) -> None:
     """Extract one feature for a corpus. Re-running resumes; a changed configuration makes a new group.
     Two extractions may share a store: different features run side by side, the same feature waits.
@@ -95,6 +97,10 @@ def extract(
         if value is not None:
             opts[key] = str(value)
     extractor = make_extractor(model, opts)  # options checked before the corpus is read
+    if scheduler:
+        from featurize.cluster import check_scheduler
+
+        check_scheduler(scheduler)
     utts, report = read_corpus(corpus, data, **reader_options(corpus, name, columns))
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     print_skips(report.entries())
@@ -111,9 +117,21 @@ def extract(
             f"disk estimate up to {human_bytes(p.estimate_bytes)} before compression"
         )
         return
-    result = run_extraction(
-        fs, utts, extractor, workers=workers, batch_seconds=batch_seconds, console=console, limit=limit
-    )
+    client = None
+    if scheduler:
+        from featurize.cluster import connect
+
+        client = connect(scheduler)
+        console.print(f"computing on {scheduler}: {len(client.scheduler_info(n_workers=-1)['workers'])} workers")
+    try:
+        result = run_extraction(fs, utts, extractor, workers=workers, batch_seconds=batch_seconds, console=console,
+                                limit=limit, client=client)
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)  # a LocalCluster this command started
+            client.close()
+            if cluster is not None:
+                cluster.close()
     seconds = max(result.seconds, 1e-9)
     # text-only corpora have no audio seconds to count: their rate is utterances per second
     rate = (f"{result.audio_seconds / seconds:.1f} audio-s/s" if result.audio_seconds > 0

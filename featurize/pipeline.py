@@ -223,19 +223,22 @@ def run_extraction(
     batch_seconds: float = 60.0,
     console: Console | None = None,
     limit: int | None = None,
+    client=None,
 ) -> ExtractResult:
-    """Extract ``extractor`` for ``utts`` into ``store`` (resuming), and report what happened."""
+    """Extract ``extractor`` for ``utts`` into ``store`` (resuming), and report what happened. With a
+    dask.distributed ``client`` the computing runs on its workers (featurize/cluster.py); planning,
+    committing and resuming stay here."""
     console = console or Console(stderr=True)
     store.write_utterances(utts)
     p, writer = plan(store, utts, extractor, limit)  # holds the feature's lock until finish / close
     try:
-        return _extract(store, extractor, p, writer, workers, batch_seconds, console)
+        return _extract(store, extractor, p, writer, workers, batch_seconds, console, client)
     finally:
         writer.close()
 
 
 def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: FeatureWriter, workers: int,
-             batch_seconds: float, console: Console) -> ExtractResult:
+             batch_seconds: float, console: Console, client=None) -> ExtractResult:
     todo = p.todo
     free = shutil.disk_usage(store.path).free
     console.print(f"[bold]{extractor.describe()}[/] -> {store.path}/features/{p.feature}")
@@ -258,11 +261,16 @@ def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: 
     try:
         with _progress(console) as bar:
             task = bar.add_task(extractor.name, total=len(todo), rate="")
-            stream = (
-                _run_batched(extractor, todo, workers, batch_seconds)
-                if extractor.batched
-                else _run_parallel(extractor, todo, workers)
-            )
+            if client is not None:
+                from featurize.cluster import run_on_cluster
+
+                tasks = (length_batches(todo, batch_seconds) if extractor.batched
+                         else [todo[i : i + TASK_UTTS] for i in range(0, len(todo), TASK_UTTS)])
+                stream = run_on_cluster(client, extractor, tasks)
+            elif extractor.batched:
+                stream = _run_batched(extractor, todo, workers, batch_seconds)
+            else:
+                stream = _run_parallel(extractor, todo, workers)
             for chunk in stream:
                 good = [(uid, v) for uid, v, err in chunk if err is None]
                 for uid, _, err in chunk:

@@ -1,0 +1,112 @@
+"""Extraction on a dask.distributed cluster: `featurize extract --scheduler local:N | tcp://HOST:PORT`.
+
+The extracting process plans, commits and resumes exactly as on one machine (one writer, atomic commits,
+resume by utterance id, the same fingerprints); only the computing moves. Each task is a run of utterances
+(a CPU extractor's small group, or a batched extractor's length-sorted batch, the same batches as locally),
+computed on a worker that builds the extractor once — from the options it was made with — and keeps it for
+every later task. Results come back in submission order, so the arrays equal a local run's. A worker that
+dies takes its tasks with it and the scheduler runs them elsewhere: tasks are pure, nothing is lost or
+written twice (only the extracting process writes).
+
+GPU workers: start them with ``dask worker ... --resources GPU=1``; batched tasks then ask for one GPU each
+when the extractor runs on cuda, so a multi-GPU box uses every GPU with one worker per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+# extractors built on this worker process, by (name, init options): one model per worker, built once
+_BUILT: dict[str, Any] = {}
+
+
+def check_scheduler(scheduler: str) -> int | None:
+    """Validate a --scheduler value without connecting: the worker count of ``local:N``, or None."""
+    if scheduler.startswith("local:"):
+        try:
+            n = int(scheduler.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--scheduler local:N wants a worker count of at least 1, got {scheduler!r}")
+        return n
+    if "://" not in scheduler:
+        raise ValueError(f"--scheduler wants local:N or a scheduler address like tcp://HOST:8786, got {scheduler!r}")
+    return None
+
+
+def connect(scheduler: str):
+    """A distributed Client: ``local:N`` starts a LocalCluster of N single-threaded worker processes on
+    loopback; anything else is a scheduler address (``tcp://HOST:PORT``)."""
+    from distributed import Client, LocalCluster
+
+    n = check_scheduler(scheduler)
+    if n is not None:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               host="127.0.0.1")
+        return Client(cluster)
+    try:
+        return Client(scheduler, timeout=30)
+    except OSError as e:
+        raise ValueError(f"no dask scheduler answers at {scheduler} ({e}); start one with `dask scheduler`") from None
+
+
+def _worker_extractor(name: str, options: dict):
+    key = json.dumps([name, options], sort_keys=True)
+    if key not in _BUILT:
+        import sys
+
+        from threadpoolctl import threadpool_limits
+
+        from featurize.extractors import build_extractor
+
+        threadpool_limits(1)  # a worker is one core's worth of work; more threads only spin against peers
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        extractor = build_extractor(name, options)
+        extractor.setup()
+        _BUILT[key] = extractor
+    return _BUILT[key]
+
+
+def compute_task(name: str, options: dict, utts: list) -> list[tuple[str, dict | None, str | None]]:
+    """One task on a worker: (utt_id, values or None, skip reason or None) per utterance, in order."""
+    from featurize import pipeline
+
+    extractor = _worker_extractor(name, options)
+    if extractor.batched:
+        return pipeline._compute(extractor, pipeline._decode_batch(utts, extractor.sample_rate)
+                                 if extractor.needs == "audio" else [(u, None, None) for u in utts])
+    return pipeline._work(extractor, utts)
+
+
+def run_on_cluster(client, extractor, tasks: list[list], ahead: int | None = None) -> Iterator[list]:
+    """Submit ``tasks`` (lists of utterances) to the cluster, a few per worker ahead, and yield their results
+    in submission order."""
+    options = dict(getattr(extractor, "init_options", {}))
+    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    ahead = ahead or workers * 4
+    gpu = extractor.batched and str(getattr(extractor, "device", "") or "").startswith("cuda")
+    resources = {"GPU": 1} if gpu else None
+    pending: deque = deque()
+    todo = iter(enumerate(tasks))
+
+    def submit_next() -> None:
+        item = next(todo, None)
+        if item is not None:
+            i, utts = item
+            # pure=False: a key per task and position, so equal utterance lists never share a result
+            pending.append(client.submit(compute_task, extractor.name, options, utts, key=f"featurize-{i}-"
+                                         f"{id(tasks)}", resources=resources, pure=False, retries=2))
+
+    for _ in range(ahead):
+        submit_next()
+    while pending:
+        future = pending.popleft()
+        result = future.result()
+        future.release()
+        submit_next()
+        yield result

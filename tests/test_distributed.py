@@ -1,0 +1,161 @@
+"""Extraction on a real dask.distributed cluster (a LocalCluster, and `dask scheduler` + `dask worker` processes
+on loopback): arrays identical to a local run, also when a worker is killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurize.corpora import read_corpus
+from featurize.extractors.fbank import Fbank
+from featurize.extractors.opensmile import OpenSmile
+from featurize.extractors.speech import SpeechEncoder
+from featurize.pipeline import run_extraction
+from featurize.store import FeatureStore
+from tests.conftest import write_manifest_corpus
+from tests.test_neural import _save_tiny_hubert
+
+distributed = pytest.importorskip("distributed")
+
+
+def _values(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    store = FeatureStore(path, create=False)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for info in store.features():
+        for name in info.arrays:
+            fa = store.read(info.name, name)
+            out[f"{info.name}/{name}"] = {u: fa.get(u) for u in fa.utt_ids}
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert a[k].keys() == b[k].keys(), k
+        for u in a[k]:
+            np.testing.assert_array_equal(a[k][u], b[k][u], err_msg=f"{k} {u}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    utts, _ = read_corpus("manifest", write_manifest_corpus(root / "c", 40, seconds=(0.4, 1.2)))
+    return root, utts
+
+
+@pytest.fixture(scope="module")
+def client():
+    from featurize.cluster import connect
+
+    c = connect("local:2")
+    yield c
+    cluster = c.cluster
+    c.close()
+    cluster.close()
+
+
+def test_local_cluster_gives_the_arrays_of_a_local_run(corpus, client, tmp_path):
+    root, utts = corpus
+    hubert = _save_tiny_hubert(tmp_path / "hubert", "group")
+    extractors = lambda: [Fbank(), OpenSmile("egemaps"), SpeechEncoder(model_path=str(hubert), layers="all",  # noqa: E731
+                                                                       dtype="float32")]
+    local, remote = tmp_path / "local.zarr", tmp_path / "remote.zarr"
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker computes: float32 sums in another order differ in the last bit
+    try:
+        for ex in extractors():
+            run_extraction(FeatureStore(local), utts, ex, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    for ex in extractors():
+        result = run_extraction(FeatureStore(remote), utts, ex, client=client)
+        assert result.complete and result.processed == 40
+    _assert_same(_values(remote), _values(local))
+
+
+def test_a_worker_killed_mid_run_changes_nothing(corpus, client, tmp_path):
+    root, utts = corpus
+    local = tmp_path / "local.zarr"
+    run_extraction(FeatureStore(local), utts, OpenSmile("egemaps"), workers=1)
+    pids = list(client.run(os.getpid).values())
+    assert len(pids) == 2
+
+    def kill_one() -> None:
+        time.sleep(1.0)  # a few tasks in: openSMILE takes ~0.1 s an utterance
+        os.kill(pids[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    remote = tmp_path / "remote.zarr"
+    result = run_extraction(FeatureStore(remote), utts, OpenSmile("egemaps"), client=client)
+    killer.join()
+    assert result.complete and result.processed == 40
+    _assert_same(_values(remote), _values(local))
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dask_scheduler_and_worker_processes_on_loopback(corpus, tmp_path):
+    root, utts = corpus
+    port = _free_port()
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    bindir = Path(sys.executable).parent
+    sched = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    worker = subprocess.Popen([str(bindir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+                               "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        manifest = root / "c" / "corpus.csv"
+        remote, local = tmp_path / "remote.zarr", tmp_path / "local.zarr"
+        deadline = time.monotonic() + 60
+        while True:  # the workers take a few seconds to register
+            from distributed import Client
+
+            try:
+                with Client(f"tcp://127.0.0.1:{port}", timeout=5) as c:
+                    c.wait_for_workers(2, timeout=30)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        cmd = [sys.executable, "-m", "featurize.cli", "extract", "--corpus", "manifest", "--data", str(manifest),
+               "--model", "fbank"]
+        res = subprocess.run(cmd + ["--store", str(remote), "--scheduler", f"tcp://127.0.0.1:{port}"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "2 workers" in res.stderr
+        subprocess.run(cmd + ["--store", str(local), "--workers", "1"], check=True, capture_output=True)
+        _assert_same(_values(remote), _values(local))
+    finally:
+        for p in (worker, sched):
+            p.send_signal(signal.SIGTERM)
+        for p in (worker, sched):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_a_bad_scheduler_is_one_clear_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "featurize.cli", "extract", "--corpus", "manifest", "--data",
+                          str(tmp_path / "x.csv"), "--model", "fbank", "--scheduler", "nowhere"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "local:N or a scheduler address" in res.stderr and "Traceback" not in res.stderr
