@@ -159,25 +159,18 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
 
 
 def train_cells(bench: str, names: list[str], out: Path, store: str, jobs: int) -> None:
-    """Train the named cells of a sweep, ``jobs`` cells at a time (each job a `train sweep` process)."""
+    """Train the named cells of a sweep: one `train sweep` here (all cores), or with ``jobs`` > 1 on a local
+    dask.distributed cluster of that many single-threaded workers (`train sweep --scheduler local:N`)."""
     if not names:
         return
     jobs = max(1, min(jobs, len(names)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    groups = [names[i::jobs] for i in range(jobs)]
-    procs = []
-    for group in groups:
-        cmd = [sys.executable, "-m", "train.cli", "sweep", SWEEPS[bench], "--out", str(out), "--store", store,
-               "--keep-going", "--cells", ",".join(group), "--threads", str(threads)]
-        if jobs > 1:
-            cmd.append("--no-report")  # the jobs share one sweep directory: one report, written below
-        print("$", " ".join(cmd[1:]), flush=True)
-        procs.append(subprocess.Popen(cmd, cwd=ROOT))
-    codes = [p.wait() for p in procs]
-    if jobs > 1:
-        subprocess.run([sys.executable, "-m", "train.cli", "report", str(out)], cwd=ROOT)
-    if any(codes):
-        raise SystemExit(f"train sweep failed for {bench} (exit codes {codes})")
+    cmd = [sys.executable, "-m", "train.cli", "sweep", SWEEPS[bench], "--out", str(out), "--store", store,
+           "--keep-going", "--cells", ",".join(names)]
+    cmd += ["--scheduler", f"local:{jobs}"] if jobs > 1 else ["--threads", str(os.cpu_count() or 1)]
+    print("$", " ".join(cmd[1:]), flush=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"train sweep failed for {bench} (exit code {code})")
 
 
 def minutes(seconds: float | None) -> str:

@@ -303,3 +303,26 @@ def test_compare_pairs_folds_and_utterances(tmp_path):
     assert mcnemar_exact(3, 3) == 1.0
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert res.exit_code == 0 and "+5.00" in res.output and "McNemar exact p = 0.00781" in res.output
+
+
+def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):
+    pytest.importorskip("distributed")
+    sweep = {"corpus": "corpus", "protocol": "speaker-kfold", "store": str(store_path), "seeds": [0],
+             "max_epochs": 3, "grid": [{"head": "linear", "features": ["opensmile"], "options": {"C": [0.01, 1.0]}},
+                                       {"head": "probe", "features": ["fbank"]}]}
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump(sweep))
+    here, there = tmp_path / "here", tmp_path / "there"
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(here), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(there), "--scheduler", "local:2"])
+    assert res.exit_code == 0, res.output
+    cells = sorted(p.name for p in (here / "cells").iterdir())
+    assert cells == sorted(p.name for p in (there / "cells").iterdir()) and len(cells) == 3
+    for cell in cells:
+        a = json.loads((here / "cells" / cell / "summary.json").read_text())["per_fold"]
+        b = json.loads((there / "cells" / cell / "summary.json").read_text())["per_fold"]
+        assert a == b, cell
+        assert (there / "cells" / cell / "report.md").exists()
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(there), "--scheduler", "local:2"])
+    assert res.exit_code == 0 and res.output.count("done already") == 3  # resumable the same way

@@ -317,6 +317,8 @@ def sweep(
     only: str = typer.Option(None, "--cells", help="run only these cells (comma-separated names)"),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core)"),
     write_report: bool = typer.Option(True, "--report/--no-report", help="write the sweep report at the end"),
+    scheduler: str = typer.Option(None, help="train the cells on a dask.distributed cluster: local:N or "
+                                  "tcp://HOST:PORT (workers share this file system; one torch thread each)"),
 ) -> None:
     """Run a grid of heads × options × seeds × folds; finished cells are not rerun. Prints the grid table."""
     spec = yaml.safe_load(config.read_text())
@@ -333,12 +335,20 @@ def sweep(
 
         torch.set_num_threads(threads)
     console.print(f"sweep {config}: {len(todo)} of {len(cells)} cells -> {out}")
+    if scheduler:
+        from featurize.cluster import check_scheduler
+
+        check_scheduler(scheduler)
     cache: dict[tuple, CorpusData] = {}
     failed = []
+    pending = []
     for i, (name, req) in enumerate(todo, 1):
         cell_dir = out / "cells" / name
         if (cell_dir / "summary.json").exists() and cell_is_current(cell_dir, req):
             console.print(f"[{i}/{len(todo)}] {name}: done already")
+            continue
+        if scheduler:
+            pending.append((name, req, cell_dir))
             continue
         console.print(f"[{i}/{len(todo)}] {name}")
         try:
@@ -348,6 +358,8 @@ def sweep(
                 raise
             failed.append(name)
             console.print(f"[red]cell {name} failed[/]: {type(e).__name__}: {e}")
+    if pending:
+        failed += run_cells_on_cluster(scheduler, pending, keep_going)
     done = [n for n, _ in cells if (out / "cells" / n / "summary.json").exists()]
     print_grid(out, done)
     if write_report:
@@ -387,6 +399,50 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
             "delete that cell's directory to rerun it, or give the sweep another --out"
         )
     return old["request"]["seeds"] == req.seeds
+
+
+def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path]], keep_going: bool) -> list[str]:
+    """Each cell a task on the cluster's workers (largest first is not known: the sweep file's order); a cell
+    writes its run directory as it would here, so resuming and the reports are the same. Returns the failed."""
+    from distributed import as_completed
+
+    from featurize.cluster import connect
+
+    client = connect(scheduler)
+    failed = []
+    try:
+        futures = {client.submit(cell_task, req, str(cell_dir), key=f"sweep-cell-{name}-{time.time_ns()}",
+                                 pure=False): name for name, req, cell_dir in cells}
+        console.print(f"{len(cells)} cells on {scheduler} "
+                      f"({len(client.scheduler_info(n_workers=-1)['workers'])} workers)")
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                future.result()
+                console.print(f"{name}: done")
+            except Exception as e:
+                if not keep_going:
+                    raise
+                failed.append(name)
+                console.print(f"[red]cell {name} failed[/]: {type(e).__name__}: {e}")
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return failed
+
+
+_WORKER_CACHE: dict[tuple, CorpusData] = {}  # features loaded on a worker process, reused by its later cells
+
+
+def cell_task(req: RunRequest, cell_dir: str) -> str:
+    """One sweep cell on a cluster worker: one torch thread (a worker is one core), the worker's feature cache."""
+    import torch
+
+    torch.set_num_threads(1)
+    run_cell(req, Path(cell_dir), _WORKER_CACHE)
+    return cell_dir
 
 
 def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> None:
