@@ -212,7 +212,7 @@ def test_predict_new_audio_with_every_checkpoint(store_path, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(out), str(wav), "--json", str(tmp_path / "p.json")])
     assert res.exit_code == 0, res.output + repr(res.exception)
     [pred] = json.loads((tmp_path / "p.json").read_text())
-    assert pred["label"] in ("angry", "happy", "neutral", "sad")
+    assert pred["prediction"] in ("angry", "happy", "neutral", "sad")
     assert abs(sum(pred["probabilities"].values()) - 1) < 1e-5
     # Features of another configuration are refused, not silently fed to the model.
     cfg = json.loads((out / "config.json").read_text())

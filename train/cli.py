@@ -515,7 +515,7 @@ def predict(
     classes = list(preds[0].probabilities) if preds else []
     table = Table("file", "prediction", *classes, title=f"predictions of {run_dir}")
     for p in preds:
-        table.add_row(Path(p.path).name, p.label, *(f"{p.probabilities[c]:.3f}" for c in classes))
+        table.add_row(Path(p.path).name, p.prediction, *(f"{p.probabilities[c]:.3f}" for c in classes))
     wide_console().print(table)
     if json_out:
         json_out.write_text(json.dumps([p.__dict__ for p in preds], indent=1))

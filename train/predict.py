@@ -28,7 +28,7 @@ from train.heads import get_head, make_config
 @dataclass
 class Prediction:
     path: str
-    label: str
+    prediction: str  # the predicted class (not a truth label)
     probabilities: dict[str, float]
     text: str | None
 
