@@ -315,8 +315,13 @@ def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):
     here, there = tmp_path / "here", tmp_path / "there"
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(here), "--threads", "1"])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(there), "--scheduler", "local:2"])
-    assert res.exit_code == 0, res.output
+    # as a user runs it: `python -m train.cli` is __main__, and its tasks must still reach the workers
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "train.cli", "sweep", str(cfg), "--out", str(there), "--scheduler",
+                          "local:2"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
     cells = sorted(p.name for p in (here / "cells").iterdir())
     assert cells == sorted(p.name for p in (there / "cells").iterdir()) and len(cells) == 3
     for cell in cells:

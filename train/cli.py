@@ -409,12 +409,14 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
     from distributed import as_completed
 
     from featurize.cluster import connect
+    from train.sweep_task import cell_task  # a module of its own: `python -m train.cli` is __main__
 
     client = connect(scheduler)
     failed = []
     try:
-        futures = {client.submit(cell_task, req, str(cell_dir), key=f"sweep-cell-{name}-{time.time_ns()}",
-                                 pure=False): name for name, req, cell_dir in cells}
+        futures = {client.submit(cell_task, dataclasses.asdict(req), str(cell_dir),
+                                 key=f"sweep-cell-{name}-{time.time_ns()}", pure=False): name
+                   for name, req, cell_dir in cells}
         console.print(f"{len(cells)} cells on {scheduler} "
                       f"({len(client.scheduler_info(n_workers=-1)['workers'])} workers)")
         for future in as_completed(futures):
@@ -433,18 +435,6 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
         if cluster is not None:
             cluster.close()
     return failed
-
-
-_WORKER_CACHE: dict[tuple, CorpusData] = {}  # features loaded on a worker process, reused by its later cells
-
-
-def cell_task(req: RunRequest, cell_dir: str) -> str:
-    """One sweep cell on a cluster worker: one torch thread (a worker is one core), the worker's feature cache."""
-    import torch
-
-    torch.set_num_threads(1)
-    run_cell(req, Path(cell_dir), _WORKER_CACHE)
-    return cell_dir
 
 
 def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> None:
