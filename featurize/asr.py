@@ -90,7 +90,11 @@ class Transcriber:
 
         from featurize.models import resolve_model
 
-        self.location = str(model_path) if model_path else resolve_model("whisper-tiny.en")
+        from featurize.extractors.whisper import SHORT_NAMES
+
+        # a short name (`base`, `whisper-base`, `tiny.en`) means the model `make models` installed
+        name = SHORT_NAMES.get(str(model_path)) if model_path else "whisper-tiny.en"
+        self.location = resolve_model(name) if name else str(model_path)
         self.compute_type = compute_type or ("int8" if device == "cpu" else "float16")
         self.beam_size = beam_size
         self.model = WhisperModel(self.location, device=device, compute_type=self.compute_type, cpu_threads=threads,

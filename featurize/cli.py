@@ -160,7 +160,8 @@ def transcribe(
     name: str = typer.Option(None, help="manifest / lhotse: the corpus name that prefixes ids (default: file stem)"),
     columns: str = typer.Option(None, help="manifest / lhotse: where the fields are, e.g. path=wav,label=emo"),
     store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
-    model_path: Path = typer.Option(None, help="CTranslate2 Whisper directory (default: tiny.en from `make models`)"),
+    model_path: str = typer.Option(None, help="CTranslate2 Whisper directory, or base / tiny.en (the models "
+                                   "`make models` installs; default tiny.en)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     compute_type: str = typer.Option(None, help="CTranslate2 compute type (default int8 on cpu, float16 on cuda)"),
     beam_size: int = typer.Option(5, help="beam size (1 = greedy, faster)"),

