@@ -88,9 +88,8 @@ class Transcriber:
                  beam_size: int = 5, threads: int = 0, workers: int = 1, language: str | None = None):
         from faster_whisper import WhisperModel
 
-        from featurize.models import resolve_model
-
         from featurize.extractors.whisper import SHORT_NAMES
+        from featurize.models import resolve_model
 
         # a short name (`base`, `whisper-base`, `tiny.en`) means the model `make models` installed
         name = SHORT_NAMES.get(str(model_path)) if model_path else "whisper-tiny.en"

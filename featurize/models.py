@@ -147,6 +147,21 @@ def _pip(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _wheel_of(wheels: Path, package: str) -> Path:
+    wheel = next(wheels.glob(package.replace("-", "_") + "-*.whl"), None)
+    if wheel is None:
+        raise RuntimeError(f"pip download did not produce a wheel for {package} in {wheels}")
+    return wheel
+
+
+def _move_into_place(built: Path, target: Path) -> None:
+    """Replace ``target`` by the finished ``built`` (beside it, so the rename is atomic)."""
+    if target.exists():
+        shutil.rmtree(target)
+    built.rename(target)
+    print(f"installed {target}")
+
+
 def _mpnet_ready(target: Path) -> bool:
     return (target / "config.json").exists() and (target / "model.safetensors").exists() \
         and (target / "tokenizer.json").exists()
@@ -169,9 +184,7 @@ def install_mpnet(dest: Path, force: bool = False) -> Path:
         with open(joined, "wb") as out:
             for i, part in enumerate(MPNET_PARTS, start=1):
                 piece_name = f"{MPNET_DIR_NAME}.zip.{i:03d}"
-                wheel = next(wheels.glob(part.replace("-", "_") + "-*.whl"), None)
-                if wheel is None:
-                    raise RuntimeError(f"pip download did not produce a wheel for {part} in {wheels}")
+                wheel = _wheel_of(wheels, part)
                 with zipfile.ZipFile(wheel) as zf:
                     members = [n for n in zf.namelist() if n.endswith("/" + piece_name)]
                     if len(members) != 1:
@@ -193,10 +206,7 @@ def install_mpnet(dest: Path, force: bool = False) -> Path:
         if not _mpnet_ready(model_root):
             raise RuntimeError(f"the MPNet archive lacks config.json / model.safetensors / tokenizer.json "
                                f"(has {sorted(p.name for p in model_root.iterdir())})")
-        if target.exists():
-            shutil.rmtree(target)
-        model_root.rename(target)
-    print(f"installed {target}")
+        _move_into_place(model_root, target)
     return target
 
 
@@ -217,9 +227,7 @@ def install_whisper_base(dest: Path, force: bool = False) -> Path:
         digest = hashlib.sha256()
         with open(built / "model.bin", "wb") as out:
             for k, part in enumerate(WHISPER_BASE_PARTS, start=1):
-                wheel = next(wheels.glob(part.replace("-", "_") + "-*.whl"), None)
-                if wheel is None:
-                    raise RuntimeError(f"pip download did not produce a wheel for {part} in {wheels}")
+                wheel = _wheel_of(wheels, part)
                 with zipfile.ZipFile(wheel) as zf:
                     names = zf.namelist()
                     piece = [n for n in names if n.endswith(f"model.bin.part{k}")]
@@ -239,10 +247,7 @@ def install_whisper_base(dest: Path, force: bool = False) -> Path:
         if size != WHISPER_BASE_BYTES or not digest.hexdigest().startswith(WHISPER_BASE_SHA256_PREFIX):
             raise RuntimeError(f"joined Whisper base model.bin is {size} bytes, sha256 {digest.hexdigest()[:16]}; "
                                f"expected {WHISPER_BASE_BYTES} bytes, sha256 {WHISPER_BASE_SHA256_PREFIX}...")
-        if target.exists():
-            shutil.rmtree(target)
-        built.rename(target)
-    print(f"installed {target}")
+        _move_into_place(built, target)
     return target
 
 

@@ -64,3 +64,25 @@ def write_manifest_corpus(
         w.writeheader()
         w.writerows(rows)
     return manifest
+
+
+def stored_values(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """feature group/array -> utterance -> its rows: what a reader sees, whatever the commit order."""
+    from featurize.store import FeatureStore
+
+    store = FeatureStore(path, create=False)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for info in store.features():
+        for name in info.arrays:
+            fa = store.read(info.name, name)
+            out[f"{info.name}/{name}"] = {u: fa.get(u) for u in fa.utt_ids}
+    return out
+
+
+def assert_same_values(a: dict, b: dict) -> None:
+    """Two ``stored_values`` equal: the same groups, utterances and bit-identical rows."""
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert a[k].keys() == b[k].keys(), k
+        for uid in a[k]:
+            np.testing.assert_array_equal(a[k][uid], b[k][uid], err_msg=f"{k} {uid}")

@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from featurize.corpora import read_corpus
@@ -21,28 +20,10 @@ from featurize.extractors.opensmile import OpenSmile
 from featurize.extractors.speech import SpeechEncoder
 from featurize.pipeline import run_extraction
 from featurize.store import FeatureStore
-from tests.conftest import write_manifest_corpus
+from tests.conftest import assert_same_values, stored_values, write_manifest_corpus
 from tests.test_neural import _save_tiny_hubert
 
 distributed = pytest.importorskip("distributed")
-
-
-def _values(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    store = FeatureStore(path, create=False)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for info in store.features():
-        for name in info.arrays:
-            fa = store.read(info.name, name)
-            out[f"{info.name}/{name}"] = {u: fa.get(u) for u in fa.utt_ids}
-    return out
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys() and a
-    for k in a:
-        assert a[k].keys() == b[k].keys(), k
-        for u in a[k]:
-            np.testing.assert_array_equal(a[k][u], b[k][u], err_msg=f"{k} {u}")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +62,7 @@ def test_local_cluster_gives_the_arrays_of_a_local_run(corpus, client, tmp_path)
     for ex in extractors():
         result = run_extraction(FeatureStore(remote), utts, ex, client=client)
         assert result.complete and result.processed == 40
-    _assert_same(_values(remote), _values(local))
+    assert_same_values(stored_values(remote), stored_values(local))
 
 
 def test_a_worker_killed_mid_run_changes_nothing(corpus, client, tmp_path):
@@ -101,7 +82,7 @@ def test_a_worker_killed_mid_run_changes_nothing(corpus, client, tmp_path):
     result = run_extraction(FeatureStore(remote), utts, OpenSmile("egemaps"), client=client)
     killer.join()
     assert result.complete and result.processed == 40
-    _assert_same(_values(remote), _values(local))
+    assert_same_values(stored_values(remote), stored_values(local))
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
 
 
@@ -143,7 +124,7 @@ def test_dask_scheduler_and_worker_processes_on_loopback(corpus, tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
         assert "2 workers" in res.stderr
         subprocess.run(cmd + ["--store", str(local), "--workers", "1"], check=True, capture_output=True)
-        _assert_same(_values(remote), _values(local))
+        assert_same_values(stored_values(remote), stored_values(local))
     finally:
         for p in (worker, sched):
             p.send_signal(signal.SIGTERM)

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -23,7 +22,7 @@ from featurize.extractors.fbank import Fbank
 from featurize.locks import LockTimeout
 from featurize.pipeline import run_extraction
 from featurize.store import FeatureStore, StoreError
-from tests.conftest import write_manifest_corpus
+from tests.conftest import assert_same_values, stored_values, write_manifest_corpus
 
 
 def _extract_cmd(manifest: Path, store: Path, model: str = "fbank", *extra: str) -> list[str]:
@@ -32,26 +31,6 @@ def _extract_cmd(manifest: Path, store: Path, model: str = "fbank", *extra: str)
 
 
 ENV = {**os.environ, "SERCACHE_COMMIT_SECONDS": "0.02"}
-
-
-def _values(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """feature group -> array -> utterance -> its rows: what a reader sees, whatever the commit order."""
-    store = FeatureStore(path, create=False)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for info in store.features():
-        for name in info.arrays:
-            fa = store.read(info.name, name)
-            for uid in fa.utt_ids:
-                out.setdefault(f"{info.name}/{name}", {})[uid] = fa.get(uid)
-    return out
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].keys() == b[k].keys(), k
-        for uid in a[k]:
-            np.testing.assert_array_equal(a[k][uid], b[k][uid], err_msg=f"{k} {uid}")
 
 
 def _table_ok(path: Path, n: int) -> None:
@@ -80,7 +59,7 @@ def test_kill_at_each_critical_point_then_resume_gives_the_same_store(corpus, tm
     FeatureStore(store).features()
     # ... and a rerun completes it to the same values
     subprocess.run(_extract_cmd(manifest, store), env=ENV, check=True, capture_output=True)
-    _assert_same(_values(store), _values(clean))
+    assert_same_values(stored_values(store), stored_values(clean))
     _table_ok(store, 60)
     assert not any((store / "partial").iterdir()) if (store / "partial").exists() else True
     assert all(i.complete for i in FeatureStore(store).features())
@@ -106,7 +85,7 @@ def test_kill_at_random_points_of_extraction_and_training_then_resume(corpus, tm
     reference = tmp_path / "ref.zarr"
     subprocess.run(_extract_cmd(manifest, reference, "opensmile", "-o", "set=egemaps"), env=ENV, check=True,
                    capture_output=True)
-    _assert_same(_values(store), _values(reference))
+    assert_same_values(stored_values(store), stored_values(reference))
     _table_ok(store, 60)
     assert kills >= 8, f"only {kills} of 16 runs were still running when killed"
 
@@ -146,7 +125,7 @@ def test_two_features_at_once_equal_serial_runs(corpus, tmp_path):
     assert all(r.returncode == 0 for r in runs), [r.stderr[-1500:] for r in runs]
     for model, extra in (("fbank", ()), ("opensmile", ("-o", "set=egemaps"))):
         subprocess.run(_extract_cmd(manifest, serial, model, *extra), env=ENV, check=True, capture_output=True)
-    _assert_same(_values(together), _values(serial))
+    assert_same_values(stored_values(together), stored_values(serial))
     _table_ok(together, 60)
 
 
@@ -164,7 +143,7 @@ def test_two_corpora_into_one_feature_at_once_keep_every_utterance(tmp_path):
     serial = tmp_path / "serial.zarr"
     for m in (a, b):
         subprocess.run(_extract_cmd(m, serial), env=ENV, check=True, capture_output=True)
-    _assert_same(_values(together), _values(serial))
+    assert_same_values(stored_values(together), stored_values(serial))
 
 
 def test_the_same_feature_twice_waits_and_does_the_work_once(corpus, tmp_path):
@@ -176,7 +155,7 @@ def test_the_same_feature_twice_waits_and_does_the_work_once(corpus, tmp_path):
     waited = [r for r in runs if "0 extracted" in r.stderr and "60 were already stored" in r.stderr]
     assert len(done) == 1 and len(waited) == 1, [r.stderr[-800:] for r in runs]
     assert "waiting for feature fbank-" in waited[0].stderr and "locked by pid" in waited[0].stderr
-    _assert_same(_values(store), _values(clean))
+    assert_same_values(stored_values(store), stored_values(clean))
 
 
 def test_a_held_lock_refuses_with_the_holders_name_and_a_dead_holder_never_blocks(corpus, tmp_path):
@@ -229,7 +208,7 @@ def test_damage_is_found_by_reading_and_by_verify_then_repaired(corpus, tmp_path
     path = tmp_path / "s.zarr"
     store = _fbank_store(manifest, path)
     name = store.resolve_feature("fbank")
-    before = _values(path)
+    before = stored_values(path)
     fa = store.read(name)
     lo, hi = 3 * 102, 4 * 102  # rows of data chunk 3 (8192 // 80 bytes a row = 102 rows a chunk)
     expected = {u for u in fa.utt_ids if fa.offsets[fa.position(u)] < hi and fa.offsets[fa.position(u) + 1] > lo}
@@ -268,7 +247,7 @@ def test_damage_is_found_by_reading_and_by_verify_then_repaired(corpus, tmp_path
     utts, _ = read_corpus("manifest", manifest)
     again = run_extraction(repaired, utts, Fbank(), workers=1)
     assert again.processed == len(expected)  # exactly the damaged utterances are redone
-    _assert_same(_values(path), before)
+    assert_same_values(stored_values(path), before)
     assert CliRunner().invoke(app, ["verify", "--store", str(path)]).exit_code == 0
 
 
@@ -323,7 +302,7 @@ def test_disk_full_mid_run_leaves_a_readable_store_that_a_rerun_completes(tmp_pa
             FeatureStore(store).features()  # readable: the last commit is whole
             filler.unlink()
             subprocess.run(_extract_cmd(manifest, store), env=ENV, check=True, capture_output=True)
-            _assert_same(_values(store), _values(clean))
+            assert_same_values(stored_values(store), stored_values(clean))
             assert FeatureStore(store).verify(FeatureStore(store).resolve_feature("fbank")).ok
         finally:
             subprocess.run(["umount", str(disk)], capture_output=True)
@@ -349,4 +328,4 @@ def test_disk_full_mid_run_leaves_a_readable_store_that_a_rerun_completes(tmp_pa
     monkeypatch.setattr(local, "_put", real)
     FeatureStore(store).features()
     run_extraction(FeatureStore(store), utts, Fbank(), workers=1)
-    _assert_same(_values(store), _values(clean))
+    assert_same_values(stored_values(store), stored_values(clean))

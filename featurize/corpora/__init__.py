@@ -29,3 +29,15 @@ def read_corpus(name: str, path: str | Path, **options) -> tuple[list[Utterance]
     if not path.exists():
         raise FileNotFoundError(f"corpus path {path} does not exist")
     return reader(path, **options)
+
+
+def first_of_id(seen: dict[str, int], utt: Utterance, source: str, line: int, report: CorpusReport,
+                hint: str = "") -> bool:
+    """Whether ``utt`` is the first entry with its id (``seen``: id -> line); a later one is a named skip, since
+    ids key the feature store and two entries on one id would silently overwrite each other."""
+    if utt.utt_id in seen:
+        report.skip("duplicate utterance id", f"{source} line {line}: {utt.utt_id!r} (first on line "
+                    f"{seen[utt.utt_id]}){hint}")
+        return False
+    seen[utt.utt_id] = line
+    return True

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from featurize.audio import AudioError, audio_duration
-from featurize.corpora import register
+from featurize.corpora import first_of_id, register
 from featurize.records import CorpusReport, Utterance
 
 FIELDS = ("label", "speaker", "text", "session")
@@ -48,12 +48,8 @@ def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None =
             except AudioError as e:
                 report.skip("unreadable audio", f"{path.name} line {lineno}: {e}")
                 continue
-            if utt.utt_id in seen:
-                report.skip("duplicate utterance id", f"{path.name} line {lineno}: {utt.utt_id!r} (first on line "
-                            f"{seen[utt.utt_id]})")
-                continue
-            seen[utt.utt_id] = lineno
-            utts.append(utt)
+            if first_of_id(seen, utt, path.name, lineno, report):
+                utts.append(utt)
     return utts, report
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featurize.audio import AudioError, audio_duration
-from featurize.corpora import register
+from featurize.corpora import first_of_id, register
 from featurize.records import CorpusReport, Utterance
 
 REQUIRED = ("path", "label", "speaker")
@@ -51,13 +51,8 @@ def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None =
             detail = bad.detail if audio is None or Path(audio).name in bad.detail else f"{audio}: {bad.detail}"
             report.skip(bad.reason, f"{path.name} line {lineno}: {detail}")
             continue
-        if utt.utt_id in first_line:
-            # Ids key the feature store; two rows on one id would silently overwrite each other.
-            report.skip("duplicate utterance id", f"{path.name} line {lineno}: {utt.utt_id!r} (first on line "
-                        f"{first_line[utt.utt_id]}); add a unique `id` column")
-            continue
-        first_line[utt.utt_id] = lineno
-        utterances.append(utt)
+        if first_of_id(first_line, utt, path.name, lineno, report, hint="; add a unique `id` column"):
+            utterances.append(utt)
     return utterances, report
 
 
