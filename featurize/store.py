@@ -577,7 +577,7 @@ class FeatureStore:
         return marked
 
     # -- checking -------------------------------------------------------------------------------
-    def verify(self, feature: str) -> FeatureCheck:
+    def verify(self, feature: str, table_ids: set[str] | None = None) -> FeatureCheck:
         """Read every committed chunk of a feature group and check it against its attributes: chunks present
         and their checksums right, offsets starting at 0, monotone and ending at the committed rows, ids
         unique and in the utterance table. Returns what was found, per utterance where it can be said."""
@@ -602,7 +602,8 @@ class FeatureStore:
         for i, lo, hi, why in broken:
             problem(f"utt_ids chunk {i}", why, range(lo, hi))
         seen: dict[str, int] = {}
-        table = {u.utt_id for u in self.utterances()}
+        # the utterance table's ids (a caller checking every group reads them once and passes them)
+        table = table_ids if table_ids is not None else {u.utt_id for u in self.utterances()}
         for i, u in enumerate(ids):
             if any(lo <= i < hi for _, lo, hi, _ in broken):
                 continue
@@ -767,12 +768,10 @@ class FeatureStore:
 
     def _damage_message(self, feature: str, e: ChunkError) -> str:
         """One line naming the feature, the array, the chunk and the utterances it holds."""
-        grp = self.root["features"][feature]
         affected = self._utterances_in(feature, e.array, e.lo, e.hi)
         who = (f"{len(affected)} utterance(s) affected: {', '.join(affected[:5])}"
                + (f" and {len(affected) - 5} more" if len(affected) > 5 else "")) if affected else \
             "the utterances it holds cannot be named (their ids or offsets are damaged too)"
-        del grp
         return (f"{self.path}: feature {feature}, array {e.array}: {e.reason} (rows {e.lo}-{e.hi - 1}, chunk "
                 f"{e.index}); {who}. Run `featurize verify --store {self.path} --repair`, then extract again")
 
