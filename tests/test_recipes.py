@@ -15,7 +15,7 @@ from train.data import CorpusData, ModalityInput, Normalizer
 from train.heads import get_head, make_config, make_recipe
 from train.loop import Fitted, LoopOptions, fit_head, prior_loss, train_fold, training_flags
 from train.protocols import Fold
-from train.recipe import Recipe, lr_factor
+from train.recipe import Recipe, class_weights, lr_factor
 
 CLASSES = ["a", "b", "c"]
 
@@ -79,23 +79,65 @@ def test_overrides_go_to_the_recipe_or_the_head_and_unknown_ones_are_refused():
         make_recipe(spec, {"schedule": "linear"})
 
 
-def test_linear_agrees_with_scikit_learn_logistic_regression():
+@pytest.mark.parametrize("class_weight", ["none", "balanced"])
+def test_linear_agrees_with_scikit_learn_logistic_regression(class_weight):
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(150, 40))
-    y = rng.integers(0, 3, size=150)
+    y = rng.choice(3, size=150, p=[0.2, 0.3, 0.5])  # unbalanced, so the class weights matter
     x[np.arange(150), y] += 1.0  # informative but not separable
     spec = get_head("linear")
+    recipe = make_recipe(spec, {"class_weight": class_weight})
     for c in (0.01, 1.0):
         cfg = make_config(spec, {"C": c})
         model = spec.build(cfg, {"audio": 40}, {"audio": 1}, 3, ["audio"])
         batch = {"audio": torch.tensor(x, dtype=torch.float32), "labels": torch.tensor(y)}
-        spec.fit(model, batch, None, CLASSES, "ua")
+        spec.fit(model, batch, None, CLASSES, recipe)
         ours = torch.softmax(model(batch)["logits"], -1).detach().numpy()
-        ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x.astype(np.float32), y)
+        ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000, class_weight=None if class_weight == "none"
+                                 else "balanced").fit(x.astype(np.float32), y)
         theirs = ref.predict_proba(x.astype(np.float32))
         assert np.abs(ours - theirs).max() < 1e-3, c
+
+
+def test_balanced_class_weights_count_every_class_alike():
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 2, -100])  # -100: unlabelled context, not counted
+    w = class_weights("balanced", y, 4)
+    assert w.tolist() == pytest.approx([8 / 16, 8 / 8, 8 / 8, 0.0])  # n / (k n_c); class 3 has no row
+    assert class_weights("none", y, 4) is None
+    with pytest.raises(ValueError, match="class_weight must be one of"):
+        make_recipe(get_head("probe"), {"class_weight": "inverse"})
+
+
+def test_neural_heads_train_on_the_weighted_loss():
+    data = synthetic()
+    spec = get_head("probe")
+    fold = fold_of(data)
+    rows = [r for r in data.labelled(fold.train) if int(data.labels[r]) != 0 or r % 4 == 0]  # class 0 rare
+    recipe = make_recipe(spec, {"class_weight": "balanced", "epochs": 1, "min_steps": 0})
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, batch):
+            return self.inner(batch)
+
+        def loss(self, out, batch):
+            seen.append(batch.get("class_weights"))
+            return self.inner.loss(out, batch)
+
+    model = Spy(spec.build(make_config(spec), {"audio": 8}, {"audio": 1}, data.n_classes, ["audio"]))
+    from train.loop import run_epochs
+
+    run_epochs(model, recipe, data, Normalizer.fit(data, rows), rows, None, 1, 1, torch.Generator(),
+               torch.device("cpu"))
+    want = class_weights("balanced", data.labels[rows].numpy(), data.n_classes)
+    assert want[0] > 2 * want[1]
+    assert seen and all(torch.allclose(w, torch.tensor(want, dtype=torch.float32)) for w in seen)
 
 
 def test_linear_chooses_c_on_validation_and_refits_on_train_plus_validation():

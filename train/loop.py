@@ -33,7 +33,7 @@ from train.data import CorpusData, Normalizer
 from train.heads import HeadSpec
 from train.metrics import compute_metrics
 from train.protocols import Fold
-from train.recipe import Recipe, lr_factor, selection_score
+from train.recipe import Recipe, class_weights, lr_factor, selection_score
 from train.report import build_summary
 
 EVALUATIONS = {
@@ -122,6 +122,13 @@ def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
+def loss_weights(recipe: Recipe, data: CorpusData, rows: list[int], device: torch.device) -> torch.Tensor | None:
+    """The recipe's per-class loss weights for these training rows (None: unweighted), as heads read them
+    from ``batch["class_weights"]``."""
+    w = class_weights(recipe.class_weight, data.labels[rows].numpy(), data.n_classes)
+    return None if w is None else torch.tensor(w, dtype=torch.float32, device=device)
+
+
 @dataclasses.dataclass
 class Fitted:
     """What fitting a head on some rows produced."""
@@ -140,6 +147,7 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
     keep the best epoch on those rows and stop after ``recipe.patience`` epochs without a better one, but
     never before epoch ``stop``. Without ``select`` (a refit), train exactly ``budget`` epochs."""
     optim = make_optimizer(recipe, model.parameters())
+    weights = loss_weights(recipe, data, train_rows, device)
     steps_per_epoch = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
     total_steps, step = budget * steps_per_epoch, 0
     history: list[dict] = []
@@ -150,7 +158,10 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
         for batch in data.batches(train_rows, recipe.batch_size, shuffle=True, norm=norm, generator=gen, epoch=epoch):
             for group in optim.param_groups:  # the schedule: warm-up, then cosine / step / constant
                 group["lr"] = recipe.lr * lr_factor(recipe, step / total_steps)
-            loss = model.loss(model(_to_device(batch, device)), _to_device(batch, device))
+            batch = _to_device(batch, device)
+            if weights is not None:
+                batch["class_weights"] = weights
+            loss = model.loss(model(batch), batch)
             optim.zero_grad()
             loss.backward()
             if recipe.clip_norm:
@@ -189,7 +200,7 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
     model = spec.build(config, dims, layers, data.n_classes, sorted(data.inputs)).to(device)
     if spec.fit is not None:  # a convex head: one full-batch fit per candidate C
         whole = lambda rows: _to_device(next(data.batches(rows, len(rows), shuffle=False, norm=norm)), device)  # noqa: E731
-        out = spec.fit(model, whole(train_rows), whole(select[1]) if select else None, data.classes, recipe.select_on)
+        out = spec.fit(model, whole(train_rows), whole(select[1]) if select else None, data.classes, recipe)
         return model, Fitted(copy.deepcopy(model.state_dict()), out["history"], -1, 0, out["chosen"])
     if budget is None:
         steps = math.ceil(len(data.units(train_rows)) / recipe.batch_size)

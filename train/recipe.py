@@ -24,9 +24,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 SELECT_ON = ("ua", "wa", "macro_f1", "loss")  # loss: the lowest validation cross-entropy
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Recipe:
     clip_norm: float | None = None  # gradient clipping (global L2 norm)
     select_on: str = "ua"  # validation metric that picks the checkpoint (or C): ua | wa | macro_f1 | loss
     refit: bool = False  # retrain on train + validation speakers with the chosen epochs / regularisation
+    # balanced: class c weighs n / (k * n_c) in the training loss (scikit-learn's "balanced"), so the loss counts
+    # every class alike, as UA does; none: every utterance alike, as WA does
+    class_weight: str = "none"
 
     def check(self) -> Recipe:
         if self.optimizer not in OPTIMIZERS:
@@ -54,6 +60,9 @@ class Recipe:
             raise ValueError(f"recipe: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.select_on not in SELECT_ON:
             raise ValueError(f"recipe: select_on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"recipe: class_weight must be one of {', '.join(CLASS_WEIGHTS)}, "
+                             f"got {self.class_weight!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("recipe: epochs, batch_size and lr must be positive")
         if not 0 <= self.warmup < 1 or not 0 <= self.stop_after <= 1:
@@ -67,6 +76,17 @@ class Recipe:
     def earliest_stop(self, budget: int) -> int:
         """The first epoch after which early stopping may fire."""
         return math.ceil(self.stop_after * budget)
+
+
+def class_weights(mode: str, labels: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """Per-class loss weights [k] for these training labels (negative = unlabelled, ignored), or None for
+    ``none``. ``balanced``: n / (k * n_c), so the weighted mean over the rows is still a mean (the weights sum to
+    n when every class is present); a class with no training row gets 0."""
+    if mode == "none":
+        return None
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
 def selection_score(select_on: str, metrics: dict[str, float], loss: float) -> float:

@@ -49,7 +49,7 @@ class HeadSpec:
     dialogue: bool = False
     description: str = ""
     # A head with a closed training problem (``linear``: a convex fit) trains itself instead of going
-    # through the epoch loop: fit(model, config, recipe, train: dict, select: dict | None) -> dict (its history).
+    # through the epoch loop: fit(model, train: dict, select: dict | None, classes, recipe) -> dict (its history).
     fit: Callable[..., dict] | None = None
     paper: str = ""  # where the head comes from, for tables
 

@@ -198,7 +198,7 @@ class CME(nn.Module):
         return out
 
     def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
-        return F.cross_entropy(out["logits"], batch["labels"], ignore_index=-100)
+        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,

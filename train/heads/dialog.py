@@ -184,7 +184,8 @@ class DialogHead(nn.Module):
         labels = batch["labels"].reshape(-1)
 
         def ce(logits: Tensor) -> Tensor:
-            return F.cross_entropy(logits.reshape(labels.numel(), -1), labels, ignore_index=-100)
+            return F.cross_entropy(logits.reshape(labels.numel(), -1), labels, weight=batch.get("class_weights"),
+                                   ignore_index=-100)
 
         total = ce(out["logits"])
         if self.perspective:

@@ -135,8 +135,13 @@ class LateConcat(nn.Module):
             total = soft.sum(dim=-1, keepdim=True)
             keep = total.squeeze(-1) > 0
             target = soft[keep] / total[keep]
-            return -(target * F.log_softmax(out["logits"][keep], dim=-1)).sum(dim=-1).mean()
-        return F.cross_entropy(out["logits"], batch["labels"], ignore_index=-100)
+            per_row = -(target * F.log_softmax(out["logits"][keep], dim=-1)).sum(dim=-1)
+            weights = batch.get("class_weights")
+            if weights is None:
+                return per_row.mean()
+            row_weight = target @ weights  # a soft target weighs as the mixture of its classes' weights
+            return (row_weight * per_row).sum() / row_weight.sum().clamp_min(1e-12)
+        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
