@@ -424,6 +424,25 @@ def test_cme_empty_words_are_zero_and_finite(variant: str) -> None:
     assert z[3].abs().sum() == 0
 
 
+def test_cme_crop_to_words_is_exact(monkeypatch) -> None:
+    import train.heads.cme as cme
+
+    torch.manual_seed(0)
+    model = build("cme", cnn_activation=True).eval()
+    batch = make_batch("cme", t=80)
+    batch["audio_mask"][0] = True
+    batch["word_mask"][:] = True
+    # item 0: silence, then words (one empty, one running past the audio's end)
+    batch["word_frames"][0] = torch.tensor([[40, 43], [43, 49], [49, 49], [60, 70], [76, 130]])
+    batch["word_mask"][2] = False  # an item without words
+    with torch.no_grad():
+        cropped = model(batch)
+        monkeypatch.setattr(cme, "crop_to_words", lambda x, n, wf, wm, rf: (x, n, wf))
+        whole = model(batch)
+    torch.testing.assert_close(cropped["z_audio"], whole["z_audio"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cropped["logits"], whole["logits"], atol=1e-5, rtol=1e-5)
+
+
 def test_cme_batch_without_any_word() -> None:
     torch.manual_seed(0)
     model = build("cme")

@@ -4,7 +4,7 @@
    no padding and, as in the public code, no activation in between (`cnn_activation` adds ReLUs);
 2. alignment: CNN output frame t covers input frames [t, t + rf] (rf = sum(k - 1) = 6); it belongs to word
    j if that window meets the word's span [first_j, last_j); only CNN frames computed entirely from real
-   audio are used, so padding never reaches a word;
+   audio are used, so padding never reaches a word (frames no word can reach are cut before the CNN);
 3. temporal alignment mean-max pooling per word -> z^a_j = [mean; max] (256-d); a word with no frames
    gets zeros (the public code's -1e6 fill is not reproduced);
 4. text: word vectors -> Linear -> 256 = z^s_j;
@@ -75,6 +75,28 @@ def fixed_segments(audio_mask: Tensor, size: int) -> dict[str, Tensor]:
     return {"word_frames": frames, "word_mask": starts[None, :] < audio_mask.sum(dim=1, keepdim=True)}
 
 
+def crop_to_words(x: Tensor, audio_len: Tensor, word_frames: Tensor, word_mask: Tensor,
+                  rf: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each item's frames cut to what its words can reach, [first word's start - rf, last word's end + rf):
+    (frames [B, T'', D], their lengths, word_frames shifted to match). Exact: every CNN frame a word pools is
+    computed from the same input frames, and silence before and after the words (a third or more of a RAVDESS
+    clip) never goes through the convolutions."""
+    real = word_mask & (word_frames[..., 1] > word_frames[..., 0])
+    if real.size(1) == 0:  # no word in the batch: nothing is pooled
+        return x[:, :0], torch.zeros_like(audio_len), word_frames
+    first = torch.where(real, word_frames[..., 0], torch.iinfo(word_frames.dtype).max).amin(dim=1)
+    last = torch.where(real, word_frames[..., 1], 0).amax(dim=1)
+    has_words = real.any(dim=1)
+    lo = torch.where(has_words, (first - rf).clamp(min=0), 0)
+    hi = torch.where(has_words, torch.minimum(audio_len, last + rf), 0)
+    length = (hi - lo).clamp(min=0)
+    t = torch.arange(int(length.max()), device=x.device)
+    index = (lo[:, None] + t[None, :]).clamp(max=x.size(1) - 1)
+    cropped = x.gather(1, index[..., None].expand(-1, -1, x.size(2)))
+    cropped = cropped * (t[None, :] < length[:, None])[..., None].to(x.dtype)
+    return cropped, length, word_frames - lo[:, None, None]
+
+
 def aligned_mean_max(h: Tensor, align: Tensor) -> Tensor:
     """[B, T', D] CNN frames, [B, W, T'] alignment -> [B, W, 2D] = [mean; max] per word, zeros if empty."""
     b, w, t = align.shape
@@ -141,6 +163,8 @@ class CME(nn.Module):
         """Steps 1-3: [B, W, 2C] word-level acoustic vectors z^a."""
         x, mask = self.mix_a(batch["audio"]), batch["audio_mask"]
         x = x.masked_fill(~mask[..., None], 0.0)
+        x, audio_len, word_frames = crop_to_words(x, mask.sum(dim=1), batch["word_frames"], batch["word_mask"],
+                                                  self.rf)
         if x.size(1) <= self.rf:  # shorter than one CNN window: pad so the convs run (no frame is used)
             x = F.pad(x, (0, 0, 0, self.rf + 1 - x.size(1)))
         h = x.transpose(1, 2)  # [B, D, T]
@@ -149,7 +173,7 @@ class CME(nn.Module):
             if self.cfg.cnn_activation and i < len(self.convs) - 1:
                 h = F.relu(h)
         h = h.transpose(1, 2)  # [B, T - rf, C]
-        align = word_alignment(batch["word_frames"], batch["word_mask"], mask.sum(dim=1), h.size(1), self.rf)
+        align = word_alignment(word_frames, batch["word_mask"], audio_len, h.size(1), self.rf)
         return aligned_mean_max(h, align)
 
     def word_ids(self, batch: dict) -> Tensor:
