@@ -68,7 +68,7 @@ def extract(
     model: str = typer.Option(..., help="extractor (`featurize models` lists them)"),
     name: str = typer.Option(None, help="manifest / lhotse: the corpus name that prefixes ids (default: file stem)"),
     columns: str = typer.Option(None, help="manifest / lhotse: where the fields are, e.g. path=wav,label=emo"),
-    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
     workers: int = typer.Option(max(1, (os.cpu_count() or 2)), help="CPU worker processes"),
     model_id: str = typer.Option(None, help="Hugging Face hub id of the encoder (neural extractors)"),
     model_path: Path = typer.Option(None, help="local directory of the encoder (neural extractors)"),
@@ -159,7 +159,7 @@ def transcribe(
     data: Path = typer.Option(..., help="corpus location (directory, or manifest CSV/JSONL)"),
     name: str = typer.Option(None, help="manifest / lhotse: the corpus name that prefixes ids (default: file stem)"),
     columns: str = typer.Option(None, help="manifest / lhotse: where the fields are, e.g. path=wav,label=emo"),
-    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
     model_path: str = typer.Option(None, help="CTranslate2 Whisper directory, or base / tiny.en (the models "
                                    "`make models` installs; default tiny.en)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -202,7 +202,7 @@ def transcribe(
 @app.command("ls")
 @friendly
 def list_features(
-    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
     skips: bool = typer.Option(False, help="list every skipped file or utterance, with its reason"),
 ) -> None:
     """List stored features: arrays, shapes, sizes, completeness (or, with --skips, what was skipped)."""
@@ -239,7 +239,7 @@ def list_features(
 @app.command()
 @friendly
 def verify(
-    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
     feature: list[str] = typer.Option([], help="feature(s) to check (default: every one)"),
     repair: bool = typer.Option(False, help="un-commit exactly the damaged utterances (the next extract redoes them)"),
 ) -> None:
@@ -283,7 +283,7 @@ def verify(
 def export(
     feature: str = typer.Option(..., help="feature name (e.g. fbank, opensmile_compare, minilm)"),
     out: Path = typer.Option(..., help="HDF5 file to write"),
-    store: Path = typer.Option(Path(DEFAULT_STORE), help="the feature store"),
+    store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
     array: list[str] = typer.Option([], help="arrays to export (default: all)"),
 ) -> None:
     """Copy one feature to HDF5 for other tools: /<array>/<utt_id> datasets, the config as attributes."""

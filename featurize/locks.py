@@ -7,6 +7,8 @@ however it exits, so a lock left by a killed process never blocks anyone. The ho
 Writers take the exclusive lock of what they change; readers of the utterance table take it shared,
 because the table is replaced by directory renames and must not be read half-swapped.
 
+On an object store (no flock there) a lock is a lease object instead: see ``LeaseLock``.
+
 Within one process a lock is re-entrant (counted per lock file): a writer that holds a feature's lock may
 open it again, and reading the table while writing it does not deadlock. Locks keep processes apart, not
 threads of one process.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -113,7 +116,181 @@ class FileLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    @property
+    def lost(self) -> bool:
+        """Never: the kernel keeps a file lock for as long as its holder lives (see LeaseLock.lost)."""
+        return False
+
     def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class NoLock:
+    """A lock that is never contended (readers of an object store's utterance table need none)."""
+
+    held = True
+    lost = False
+
+    def acquire(self) -> NoLock:
+        return self
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> NoLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+# -- object stores ------------------------------------------------------------------------------------------
+LEASE_SECONDS = 60.0  # a lease not renewed for this long is dead (its holder was killed or lost the network)
+_LEASES: dict[str, list] = {}  # lease key -> [LeaseLock holding it, holds]: re-entrant within a process
+
+
+class LeaseLock:
+    """An exclusive lock on an object store, which has no flock: a lease object at ``key``.
+
+    It is created only if absent (a conditional PUT, If-None-Match: one of two racing writers wins) and holds
+    who took it and until when. The holder renews it every third of ``ttl`` from a background thread. A waiter
+    that finds it expired breaks it with a delete conditional on the lease's ETag (If-Match), so of two waiters
+    only one breaks it and the other waits for the new holder. ``lost`` turns True when a renewal finds the
+    lease taken over (the holder was stalled past ``ttl``): a writer must then stop before its next commit.
+    Same interface as FileLock; exclusive only, re-entrant within a process."""
+
+    def __init__(self, fs, key: str, what: str, timeout: float | None = None,
+                 on_wait: Callable[[str], None] | None = None, ttl: float = LEASE_SECONDS) -> None:
+        self.fs, self.key, self.what, self.timeout, self.on_wait, self.ttl = fs, key, what, timeout, on_wait, ttl
+        self.shared = False
+        self.lost = False
+        self._etag: str | None = None
+        self._stop: threading.Event | None = None
+        self._held = False
+
+    # the lease object
+    def _body(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "expires": time.time() + self.ttl,
+                           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]}).encode()
+
+    def _read(self) -> tuple[dict | None, str | None]:
+        """(the lease's content, its ETag), or (None, None) when there is no lease."""
+        try:
+            etag = self.fs.info(self.key).get("ETag")
+            return json.loads(self.fs.cat_file(self.key) or b"{}"), etag
+        except FileNotFoundError:
+            return None, None
+        except ValueError:  # being written: treat as held
+            return {}, None
+
+    def _s3(self, op: str, **kw) -> dict | None:
+        """A conditional S3 call; None when its precondition failed."""
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(self.key)
+        try:
+            return sync(self.fs.loop, self.fs._call_s3, op, Bucket=bucket, Key=key, **kw)
+        except OSError as e:
+            if "pre-condition" in str(e).lower() or "precondition" in str(e).lower():
+                return None
+            raise
+
+    def _is_s3(self) -> bool:
+        return "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def _break(self, etag: str | None) -> None:
+        """Delete an expired lease, only if it is still the one we read."""
+        if self._is_s3() and etag:
+            self._s3("delete_object", IfMatch=etag)
+        else:  # no conditional delete on this filesystem: a second breaker racing us is not excluded
+            try:
+                self.fs.rm_file(self.key)
+            except FileNotFoundError:
+                pass
+
+    def _renew(self) -> bool:
+        """Push the expiry forward; False when the lease is no longer ours."""
+        if self._is_s3() and self._etag:
+            out = self._s3("put_object", Body=self._body(), IfMatch=self._etag)
+            if out is None:
+                return False
+            self._etag = out.get("ETag", self._etag)
+            return True
+        self.fs.pipe_file(self.key, self._body())
+        return True
+
+    def _keep_alive(self, stop: threading.Event) -> None:
+        while not stop.wait(self.ttl / 3):
+            try:
+                if not self._renew():
+                    self.lost = True
+                    return
+            except OSError:  # the server is unreachable for now: try again at the next beat
+                continue
+
+    def holder(self, info: dict | None) -> str:
+        if not info:
+            return "another process"
+        return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('command', '?')}, "
+                f"since {info.get('since', '?')})")
+
+    def acquire(self) -> LeaseLock:
+        with _HELD_GUARD:
+            if self.key in _LEASES:
+                owner, holds = _LEASES[self.key]
+                _LEASES[self.key][1] = holds + 1
+                self._etag, self._held = owner._etag, True
+                return self
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        told = False
+        while True:
+            try:
+                self.fs.pipe_file(self.key, self._body(), mode="create")
+                break
+            except FileExistsError:
+                pass
+            info, etag = self._read()
+            if info is not None and info.get("expires", math.inf) < time.time():
+                self._break(etag)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeout(f"{self.what} is locked by {self.holder(info)}; try again when it has finished")
+            if not told and self.on_wait is not None and info is not None:
+                self.on_wait(f"waiting for {self.what}: locked by {self.holder(info)}")
+                told = True
+            time.sleep(0.2)
+        self._etag = self.fs.info(self.key).get("ETag")
+        self._stop = threading.Event()
+        threading.Thread(target=self._keep_alive, args=(self._stop,), daemon=True).start()
+        with _HELD_GUARD:
+            _LEASES[self.key] = [self, 1]
+        self._held = True
+        return self
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        with _HELD_GUARD:
+            owner, holds = _LEASES[self.key]
+            if holds > 1:
+                _LEASES[self.key][1] = holds - 1
+                return
+            del _LEASES[self.key]
+        if owner._stop is not None:
+            owner._stop.set()
+        if not owner.lost:
+            owner._break(owner._etag)
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def __enter__(self) -> LeaseLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

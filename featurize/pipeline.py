@@ -240,19 +240,19 @@ def run_extraction(
 def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: FeatureWriter, workers: int,
              batch_seconds: float, console: Console, client=None) -> ExtractResult:
     todo = p.todo
-    free = shutil.disk_usage(store.path).free
-    console.print(f"[bold]{extractor.describe()}[/] -> {store.path}/features/{p.feature}")
+    # an object store has no fixed capacity to check against: its estimate is printed alone
+    free = None if store.remote else shutil.disk_usage(store.path).free
+    console.print(f"[bold]{extractor.describe()}[/] -> {store.where}/features/{p.feature}")
     console.print(
         f"  {len(todo)} utterances to extract ({p.audio_seconds / 3600:.2f} h of audio), "
         f"{p.already_done} already stored, {len(p.not_applicable)} without {extractor.needs}"
     )
-    console.print(
-        f"  disk estimate: up to {human_bytes(p.estimate_bytes)} before compression ({human_bytes(free)} free)"
-    )
-    if p.estimate_bytes > free:
+    room = "" if free is None else f" ({human_bytes(free)} free)"
+    console.print(f"  disk estimate: up to {human_bytes(p.estimate_bytes)} before compression{room}")
+    if free is not None and p.estimate_bytes > free:
         raise RuntimeError(
             f"not enough disk for {p.feature}: needs up to {human_bytes(p.estimate_bytes)}, "
-            f"{human_bytes(free)} free at {store.path}"
+            f"{human_bytes(free)} free at {store.where}"
         )
     result = ExtractResult(p.feature, already_done=p.already_done, not_applicable=len(p.not_applicable))
     t0 = time.monotonic()

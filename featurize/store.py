@@ -15,6 +15,14 @@ Why it is crash-safe: zarr's LocalStore writes every key atomically (temp file +
 commit writes data, then offsets and ids, then the group attributes that say how many utterances
 are committed. Readers and resuming writers trust only ``n_committed``/``rows_committed``; rows a
 killed run wrote past them are ignored, then overwritten on resume.
+
+Object stores (``s3://...`` and other fsspec URLs, see featurize/storage.py): every PUT of one object is
+atomic there too, so commits work unchanged; what they lack is rename. So a feature group is built in place
+with its attributes written last (a group without them is ignored by readers and rebuilt by the next
+writer, who holds its lock); a deleted group loses its attributes before its objects; the utterance table
+is written as a new version ``utterances-<time>-<pid>`` and the root attribute ``utterance_table`` is then
+pointed at it (one PUT), so readers need no lock. Locks are lease objects (featurize/locks.py: LeaseLock).
+``verify --repair`` needs a rename and refuses there.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,8 +51,9 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from featurize import DEFAULT_STORE  # noqa: F401 - importable from here too
 from featurize.faults import die_at
-from featurize.locks import FileLock
+from featurize.locks import FileLock, LeaseLock, NoLock
 from featurize.records import Utterance
+from featurize.storage import Location
 
 SCHEMA_VERSION = 1
 LOCK_DIR = "locks"  # <store>/locks/<part>.lock: see featurize/locks.py
@@ -262,38 +272,45 @@ class FeatureStore:
                  on_wait: Callable[[str], None] | None = None) -> None:
         """``lock_timeout``: seconds to wait for a lock another process holds (None: as long as it takes,
         0: refuse at once); ``on_wait`` is told when a wait begins (default: a line on stderr)."""
-        self.path = Path(path)
+        self.location = Location(path)
+        self.remote = self.location.remote
+        self.path = self.location.local  # the directory of a local store (None for an object store)
+        self.where = str(self.location)  # how messages name the store: its path or URL
+        self._zstore = self.location.zarr_store()
         self.lock_timeout = lock_timeout
         self.on_wait = on_wait or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.ignored: dict[str, str] = {}  # feature groups left half-made by an older sercache: name -> why
-        if (self.path / "utterances.old").exists():  # a table swap was cut short: finish or undo it
+        self.ignored: dict[str, str] = {}  # half-made feature groups: name -> why
+        if not self.remote and (self.path / "utterances.old").exists():  # a table swap was cut short
             with self.lock("utterances"):
                 self._recover_table_swap()
-        if (self.path / "zarr.json").exists():
-            self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        if self.location.exists("zarr.json"):
+            self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
             version = self.root.attrs.get("schema_version")
             if version != SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path}: store schema version {version!r}, this sercache reads "
+                    f"{self.where}: store schema version {version!r}, this sercache reads "
                     f"version {SCHEMA_VERSION}; re-extract into a new store"
                 )
         elif create:
-            self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+            self.root = zarr.open_group(self._zstore, mode="a", zarr_format=3)
             self.root.update_attributes({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
             self.root.require_group("features")
         else:
-            raise StoreError(f"no feature store at {self.path} (run `featurize extract` first)")
+            raise StoreError(f"no feature store at {self.where} (run `featurize extract` first)")
         self.validate()
 
     # -- locks -----------------------------------------------------------------------------------
-    def lock(self, part: str, shared: bool = False) -> FileLock:
-        """The cross-process lock of one part of the store: ``utterances`` or ``feature <group name>``."""
+    def lock(self, part: str, shared: bool = False) -> FileLock | LeaseLock | NoLock:
+        """The cross-process lock of one part of the store: ``utterances`` or ``feature <group name>``.
+        Readers of an object store take none (``shared``): its utterance table is never replaced in place."""
+        if shared and self.remote:
+            return NoLock()
         what = "the utterance table" if part == "utterances" else part
-        return FileLock(self.path / LOCK_DIR / f"{part.replace(' ', '-')}.lock", f"{what} of {self.path}",
-                        shared=shared, timeout=self.lock_timeout, on_wait=self.on_wait)
+        return self.location.lock(f"{LOCK_DIR}/{part.replace(' ', '-')}.lock", f"{what} of {self.where}",
+                                  shared=shared, timeout=self.lock_timeout, on_wait=self.on_wait)
 
     def _reopen(self) -> None:
-        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
 
     # -- the contract ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -301,32 +318,38 @@ class FeatureStore:
         schema = load_schema()
         missing = [a for a in schema["root"]["attrs"] if a not in self.root.attrs]
         if missing:
-            raise StoreError(f"{self.path}: root attributes {missing} missing (store_schema.yaml)")
-        if "utterances" in self.root:
-            table = self.root["utterances"]
+            raise StoreError(f"{self.where}: root attributes {missing} missing (store_schema.yaml)")
+        if self._table_name() in self.root:
+            table = self.root[self._table_name()]
             cols = set(table.array_keys())
             need = set(schema["utterances"]["columns"])
             if need - cols:
-                raise StoreError(f"{self.path}: utterance table lacks columns {sorted(need - cols)}")
+                raise StoreError(f"{self.where}: utterance table lacks columns {sorted(need - cols)}")
         feat_schema = schema["feature"]
         for name, grp in self._feature_groups():
             for arr, spec in grp.attrs["arrays"].items():
                 if spec["kind"] not in feat_schema["array_kinds"]:
-                    raise StoreError(f"{self.path}: feature {name} array {arr}: unknown kind {spec['kind']!r}")
+                    raise StoreError(f"{self.where}: feature {name} array {arr}: unknown kind {spec['kind']!r}")
                 need = feat_schema["array_kinds"][spec["kind"]]
                 if arr not in grp or any(k not in grp[arr] for k in need):
-                    raise StoreError(f"{self.path}: feature {name} array {arr} lacks {need}")
+                    raise StoreError(f"{self.where}: feature {name} array {arr} lacks {need}")
 
     # -- the utterance table ---------------------------------------------------------------------
     def utterances(self) -> list[Utterance]:
         with self.lock("utterances", shared=True):  # never half-swapped by a writer in another process
             return self._read_table()
 
+    def _table_name(self) -> str:
+        """The group holding the utterance table: ``utterances``, or on an object store the version the root
+        points at (see ``_swap_table``)."""
+        return self.root.attrs.get("utterance_table", "utterances")
+
     def _read_table(self) -> list[Utterance]:
         self._reopen()
-        if "utterances" not in self.root:
+        name = self._table_name()
+        if name not in self.root:
             return []
-        table = self.root["utterances"]
+        table = self.root[name]
         cols = {k: table[k][:] for k in table.array_keys()}
         return _rows_from_columns(cols)
 
@@ -354,11 +377,12 @@ class FeatureStore:
                 u.extra = {**old.extra, **u.extra}
             changed = changed or u != old
             current[u.utt_id] = u
-        if not changed and "utterances" in self.root:  # a resumed run: the table is already right
+        if not changed and self._table_name() in self.root:  # a resumed run: the table is already right
             return
         rows = list(current.values())
         cols = _table_columns(rows)
-        tmp_name = "utterances.new"
+        # an object store has no rename: each table is a new version, and the root attributes point at it
+        tmp_name = f"utterances-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}" if self.remote else "utterances.new"
         if tmp_name in self.root:
             del self.root[tmp_name]
         grp = self.root.create_group(tmp_name)
@@ -376,9 +400,24 @@ class FeatureStore:
                 arr[:] = values
         grp.attrs["n"] = len(rows)
         die_at("table-built")
-        self._swap_table()
+        self._swap_table(tmp_name)
 
-    def _swap_table(self) -> None:
+    def _swap_table(self, built: str) -> None:
+        """Put the table built as ``built`` in place. Local: directory renames (recovered at open when cut
+        short). Object store: one write of the root attributes points readers at the new version (a PUT is
+        atomic); the version before it is kept for readers still reading it, older ones are deleted."""
+        if self.remote:
+            previous = self._table_name()
+            self.root.update_attributes({"utterance_table": built})
+            die_at("table-swap")
+            with warnings.catch_warnings():  # locks/ holds lease objects, not zarr: zarr warns while listing
+                warnings.simplefilter("ignore")
+                names = list(self.root.group_keys())
+            for name in names:
+                if name.startswith("utterances") and name not in (built, previous):
+                    self.location.remove_tree(name)
+            self._reopen()
+            return
         base, new, old = (self.path / n for n in ("utterances", "utterances.new", "utterances.old"))
         if base.exists():
             base.rename(old)
@@ -386,7 +425,7 @@ class FeatureStore:
         new.rename(base)
         if old.exists():
             shutil.rmtree(old)
-        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        self._reopen()
 
     def _recover_table_swap(self) -> None:
         # A kill between the renames in _swap_table leaves utterances.old (and maybe .new): finish
@@ -442,7 +481,7 @@ class FeatureStore:
         infos = []
         for name, grp in self._feature_groups():
             a = grp.attrs
-            nbytes = sum(f.stat().st_size for f in (self.path / "features" / name).rglob("*") if f.is_file())
+            nbytes = self.location.tree_bytes(f"features/{name}")
             infos.append(
                 FeatureInfo(
                     name=name,
@@ -481,9 +520,9 @@ class FeatureStore:
             return matches[0]
         if not matches:
             known = ", ".join(names) or "none"
-            raise StoreError(f"no feature {name!r} in {self.path} (stored: {known}); run `featurize extract`")
+            raise StoreError(f"no feature {name!r} in {self.where} (stored: {known}); run `featurize extract`")
         raise StoreError(
-            f"{name!r} is ambiguous in {self.path}: {', '.join(matches)} (different configs); name one in full"
+            f"{name!r} is ambiguous in {self.where}: {', '.join(matches)} (different configs); name one in full"
         )
 
     def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
@@ -512,19 +551,24 @@ class FeatureStore:
     def _create_group(self, name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
                       init_options: dict) -> None:
         """Build the group whole under partial/ (arrays, then attributes), then rename it into features/:
-        a kill at any point leaves either no group or a complete one. The caller holds the group's lock."""
-        partial = self.path / PARTIAL / name
-        self._build_group(partial, name, extractor, config, arrays, init_options)
-        die_at("group-built")
-        os.rename(partial, self.path / "features" / name)
+        a kill at any point leaves either no group or a complete one. The caller holds the group's lock.
+        An object store has no rename: the group is built in place, attributes last, and until they are
+        written readers see a half-made group, which they ignore and the next writer rebuilds."""
+        if self.remote:
+            self._build_group(f"features/{name}", name, extractor, config, arrays, init_options)
+        else:
+            self._build_group(f"{PARTIAL}/{name}", name, extractor, config, arrays, init_options)
+            die_at("group-built")
+            self.location.rename(f"{PARTIAL}/{name}", f"features/{name}")
         self._reopen()
 
-    def _build_group(self, where: Path, name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
+    def _build_group(self, where: str, name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],
                      init_options: dict) -> zarr.Group:
-        """An empty feature group at ``where`` (outside features/), attributes last."""
-        if where.exists():  # left by a writer killed while building it
-            shutil.rmtree(where)
-        grp = zarr.open_group(str(where), mode="w", zarr_format=3)
+        """An empty feature group at ``where`` (a key in the store), attributes last."""
+        self.location.remove_tree(where)  # left by a writer killed while building it
+        # local: a group of its own at that directory (nothing written above it, so partial/ empties again)
+        target = {"store": self._zstore, "path": where} if self.remote else {"store": str(self.path / where)}
+        grp = zarr.open_group(**target, mode="w", zarr_format=3)
         for spec in arrays:
             sub = grp.create_group(spec.name)
             rows = _chunk_rows(spec.tail, np.dtype(spec.dtype).itemsize)
@@ -553,11 +597,16 @@ class FeatureStore:
 
     def _remove_group(self, name: str) -> None:
         """Delete a feature group (the caller holds its lock): renamed out of features/ first, so no reader
-        ever sees it half deleted."""
-        doomed = self.path / PARTIAL / f"{name}.deleting-{os.getpid()}"
-        doomed.parent.mkdir(exist_ok=True)
-        os.rename(self.path / "features" / name, doomed)
-        shutil.rmtree(doomed)
+        ever sees it half deleted; on an object store its attributes are cleared first (readers then ignore
+        it as half made), then its objects are deleted."""
+        if self.remote:
+            self.root["features"][name].attrs.put({})
+            self.location.remove_tree(f"features/{name}")
+        else:
+            doomed = self.path / PARTIAL / f"{name}.deleting-{os.getpid()}"
+            doomed.parent.mkdir(exist_ok=True)
+            os.rename(self.path / "features" / name, doomed)
+            shutil.rmtree(doomed)
         self.ignored.pop(name, None)
         self._reopen()
 
@@ -596,7 +645,7 @@ class FeatureStore:
         check.checksummed = _has_crc(ids_arr)
         if ids_arr.shape[0] < n:
             problem("utt_ids", f"{ids_arr.shape[0]} ids for {n} committed utterances", range(ids_arr.shape[0], n))
-        ids, broken = _read_tolerant(ids_arr, self.path, min(n, ids_arr.shape[0]), check)
+        ids, broken = _read_tolerant(ids_arr, self.location, min(n, ids_arr.shape[0]), check)
         ids = [str(u) for u in ids]
         broken_ids = broken
         for i, lo, hi, why in broken:
@@ -624,7 +673,7 @@ class FeatureStore:
             if spec.kind == "utterance":
                 if rows != n:
                     problem(f"{name}/data", f"{rows} rows committed for {n} utterances", range(min(rows, n), n))
-                _, broken = _read_tolerant(data, self.path, rows, check, keep=False)
+                _, broken = _read_tolerant(data, self.location, rows, check, keep=False)
                 for i, lo, hi, why in broken:
                     problem(f"{name}/data chunk {i}", why, range(lo, hi))
                 continue
@@ -633,7 +682,7 @@ class FeatureStore:
             if offs_arr.shape[0] < n + 1:
                 problem(f"{name}/offsets", f"{offs_arr.shape[0]} offsets for {n} utterances", range(n))
                 continue
-            offsets, off_broken = _read_tolerant(offs_arr, self.path, n + 1, check)
+            offsets, off_broken = _read_tolerant(offs_arr, self.location, n + 1, check)
             known = np.ones(n + 1, dtype=bool)
             for i, lo, hi, why in off_broken:
                 known[lo:hi] = False
@@ -651,7 +700,7 @@ class FeatureStore:
             outside = [i for i in range(n) if known[i + 1] and offsets[i + 1] > rows]
             if outside:
                 problem(f"{name}/offsets", f"{len(outside)} utterance(s) end past the committed rows", outside)
-            _, broken = _read_tolerant(data, self.path, rows, check, keep=False)
+            _, broken = _read_tolerant(data, self.location, rows, check, keep=False)
             for i, lo, hi, why in broken:
                 hit = [u for u in range(n) if not (known[u] and known[u + 1])
                        or (offsets[u] < hi and offsets[u + 1] > lo)]
@@ -668,28 +717,31 @@ class FeatureStore:
         ones. Returns how many were un-committed."""
         if not check.damaged_index:
             return 0
+        if self.remote:
+            raise StoreError(f"{self.where}: repair needs a rename, which object stores lack; copy the store to "
+                             f"a local directory, repair it there and copy it back")
         with self.lock(f"feature {feature}"):
             grp = self.root["features"][feature]
             attrs = dict(grp.attrs)
             n = int(attrs["n_committed"])
             doomed = set(check.damaged_index)
             keep = [i for i in range(n) if i not in doomed]
-            ids = [str(u) for u in _read_tolerant(grp["utt_ids"], self.path, n, None)[0]]
+            ids = [str(u) for u in _read_tolerant(grp["utt_ids"], self.location, n, None)[0]]
             specs = [ArraySpec.from_json(k, v) for k, v in attrs["arrays"].items()]
             values: list[dict] = [{} for _ in keep]
             for spec in specs:
                 rows = int(attrs["rows_committed"][spec.name])
-                data = _read_tolerant(grp[spec.name]["data"], self.path, rows, None)[0]
+                data = _read_tolerant(grp[spec.name]["data"], self.location, rows, None)[0]
                 if spec.kind == "utterance":
                     for v, i in zip(values, keep, strict=True):
                         v[spec.name] = data[i]
                 else:
-                    offsets = _read_tolerant(grp[spec.name]["offsets"], self.path, n + 1, None)[0]
+                    offsets = _read_tolerant(grp[spec.name]["offsets"], self.location, n + 1, None)[0]
                     for v, i in zip(values, keep, strict=True):
                         v[spec.name] = data[offsets[i] : offsets[i + 1]]
             rebuilt = self.path / PARTIAL / f"{feature}.repaired"
-            new = self._build_group(rebuilt, feature, attrs["extractor"], attrs["config"], specs,
-                                    attrs.get("init_options", {}))
+            new = self._build_group(f"{PARTIAL}/{feature}.repaired", feature, attrs["extractor"], attrs["config"],
+                                    specs, attrs.get("init_options", {}))
             new.update_attributes({"fingerprint": attrs["fingerprint"], "created": attrs.get("created", "")})
             writer = FeatureWriter(new, feature)
             writer.commit([ids[i] for i in keep], values)
@@ -706,6 +758,11 @@ class FeatureStore:
         removed = []
         for name in list(self.ignored):
             with self.lock(f"feature {name}"):
+                self._reopen()
+                feats = self.root["features"]
+                if name not in feats or "n_committed" in feats[name].attrs:  # gone, or a writer finished it
+                    self.ignored.pop(name)
+                    continue
                 self._remove_group(name)
             removed.append(name)
         return removed
@@ -745,19 +802,19 @@ class FeatureStore:
                 raise StoreError(f"feature {feature}/{array} has {spec.tail[0]} layers; asked for {bad}")
         zdata = grp[array]["data"]
         try:
-            ids = [str(u) for u in _read_checked(grp["utt_ids"], self.path, n)] if n else []
-            offsets = _read_checked(grp[array]["offsets"], self.path, n + 1) if spec.kind == "frames" else None
+            ids = [str(u) for u in _read_checked(grp["utt_ids"], self.location, n)] if n else []
+            offsets = _read_checked(grp[array]["offsets"], self.location, n + 1) if spec.kind == "frames" else None
             if layers is not None:
                 # Orthogonal selection decodes chunk by chunk, so only the chosen layers are ever held whole.
-                _require_chunks(zdata, self.path, rows)
+                _require_chunks(zdata, self.location, rows)
                 data = zdata.oindex[:rows, layers]
             else:
-                data = _read_rows(zdata, self.path, rows)
+                data = _read_rows(zdata, self.location, rows)
         except ChunkError as e:
             raise StoreError(self._damage_message(feature, e)) from None
         except (ValueError, RuntimeError) as e:  # zarr's own read path: a checksum or a codec failed
-            raise StoreError(f"{self.path}: feature {feature}/{array}: unreadable ({e}); "
-                             f"run `featurize verify --store {self.path}`") from None
+            raise StoreError(f"{self.where}: feature {feature}/{array}: unreadable ({e}); "
+                             f"run `featurize verify --store {self.where}`") from None
         if layers is not None:
             spec = ArraySpec(
                 spec.name, spec.kind, (len(layers), spec.tail[1]), spec.dtype, spec.rows_per_second, spec.rows_per_utt
@@ -772,8 +829,8 @@ class FeatureStore:
         who = (f"{len(affected)} utterance(s) affected: {', '.join(affected[:5])}"
                + (f" and {len(affected) - 5} more" if len(affected) > 5 else "")) if affected else \
             "the utterances it holds cannot be named (their ids or offsets are damaged too)"
-        return (f"{self.path}: feature {feature}, array {e.array}: {e.reason} (rows {e.lo}-{e.hi - 1}, chunk "
-                f"{e.index}); {who}. Run `featurize verify --store {self.path} --repair`, then extract again")
+        return (f"{self.where}: feature {feature}, array {e.array}: {e.reason} (rows {e.lo}-{e.hi - 1}, chunk "
+                f"{e.index}); {who}. Run `featurize verify --store {self.where} --repair`, then extract again")
 
     def _utterances_in(self, feature: str, array_path: str, lo: int, hi: int) -> list[str]:
         """Ids of the committed utterances with rows in [lo, hi) of ``array_path`` (relative to the group),
@@ -781,7 +838,7 @@ class FeatureStore:
         grp = self.root["features"][feature]
         n = int(grp.attrs["n_committed"])
         try:
-            ids = [str(u) for u in _read_checked(grp["utt_ids"], self.path, n)]
+            ids = [str(u) for u in _read_checked(grp["utt_ids"], self.location, n)]
         except (ChunkError, ValueError, RuntimeError):
             return []
         name, _, part = array_path.partition("/")
@@ -791,7 +848,7 @@ class FeatureStore:
         if spec["kind"] == "utterance" or part == "offsets":
             return ids[max(lo - (part == "offsets"), 0) : hi]
         try:
-            offsets = _read_checked(grp[name]["offsets"], self.path, n + 1)
+            offsets = _read_checked(grp[name]["offsets"], self.location, n + 1)
         except (ChunkError, ValueError, RuntimeError):
             return []
         return [ids[i] for i in range(n) if offsets[i] < hi and offsets[i + 1] > lo]
@@ -816,10 +873,9 @@ def _array_name(z: zarr.Array) -> str:
     return "/".join(parts[2:]) if parts[0] == "features" else z.path
 
 
-def _chunk_file(z: zarr.Array, store_path: Path, i: int) -> Path:
+def _chunk_key(z: zarr.Array, i: int) -> str:
     # default chunk keys, chunked along the first axis only: c/<i>/0/.../0
-    tail = "/".join("0" for _ in z.shape[1:])
-    return store_path / z.path / "c" / str(i) / tail if tail else store_path / z.path / "c" / str(i)
+    return "/".join([z.path, "c", str(i), *("0" for _ in z.shape[1:])])
 
 
 def _chunk_bounds(z: zarr.Array, rows: int) -> list[tuple[int, int, int]]:
@@ -827,17 +883,17 @@ def _chunk_bounds(z: zarr.Array, rows: int) -> list[tuple[int, int, int]]:
     return [(i, i * step, min((i + 1) * step, rows)) for i in range(math.ceil(rows / step))]
 
 
-def _require_chunks(z: zarr.Array, store_path: Path, rows: int) -> None:
+def _require_chunks(z: zarr.Array, loc: Location, rows: int) -> None:
     """Every chunk holding one of the first ``rows`` rows exists: zarr itself would hand back fill values
     for a missing one. (Stores write every chunk, empty ones too: see ``zarr.config`` below.)"""
     for i, lo, hi in _chunk_bounds(z, rows):
-        if not _chunk_file(z, store_path, i).exists():
+        if not loc.exists(_chunk_key(z, i)):
             raise ChunkError(_array_name(z), i, lo, hi, "chunk file missing")
 
 
-def _read_checked(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
+def _read_checked(z: zarr.Array, loc: Location, rows: int) -> np.ndarray:
     """The first ``rows`` rows through zarr, with missing chunks and failed checksums as ChunkError."""
-    _require_chunks(z, store_path, rows)
+    _require_chunks(z, loc, rows)
     try:
         return z[:rows]
     except (ValueError, RuntimeError):
@@ -849,7 +905,7 @@ def _read_checked(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
         raise
 
 
-def _read_tolerant(z: zarr.Array, store_path: Path, rows: int, check: FeatureCheck | None,
+def _read_tolerant(z: zarr.Array, loc: Location, rows: int, check: FeatureCheck | None,
                    keep: bool = True) -> tuple[np.ndarray | None, list[tuple[int, int, int, str]]]:
     """The first ``rows`` rows read chunk by chunk, a damaged chunk's rows left as fill values:
     (rows or None when not ``keep``, [(chunk, first row, end row, why) for each damaged chunk])."""
@@ -858,7 +914,7 @@ def _read_tolerant(z: zarr.Array, store_path: Path, rows: int, check: FeatureChe
     for i, lo, hi in _chunk_bounds(z, rows):
         if check is not None:
             check.chunks += 1
-        if not _chunk_file(z, store_path, i).exists():
+        if not loc.exists(_chunk_key(z, i)):
             broken.append((i, lo, hi, "chunk file missing"))
             continue
         try:
@@ -885,7 +941,7 @@ def _why(e: Exception) -> str:
     return f"cannot be decoded ({type(e).__name__}: {text})"
 
 
-def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
+def _read_rows(z: zarr.Array, loc: Location, rows: int) -> np.ndarray:
     """The first ``rows`` rows of a data array written by this module, decoded straight into one array.
 
     zarr's generic read path decodes each chunk into a buffer of its own and then copies it into the
@@ -910,7 +966,7 @@ def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
     if rows == 0:
         return z[:0]
     if not simple:
-        return _read_checked(z, store_path, rows)
+        return _read_checked(z, loc, rows)
     out = np.empty((rows, *z.shape[1:]), dtype=z.dtype)
     flat = out.reshape(-1).view(np.uint8)
     chunk_nbytes = z.chunks[0] * (flat.size // rows)
@@ -920,7 +976,7 @@ def _read_rows(z: zarr.Array, store_path: Path, rows: int) -> np.ndarray:
         i, row_lo, row_hi = bounds
         lo, hi = i * chunk_nbytes, min((i + 1) * chunk_nbytes, flat.size)
         try:
-            buf = _chunk_file(z, store_path, i).read_bytes()
+            buf = loc.read_bytes(_chunk_key(z, i))
         except FileNotFoundError:
             raise ChunkError(_array_name(z), i, row_lo, row_hi, "chunk file missing") from None
         if with_crc:
@@ -954,7 +1010,7 @@ def _grow(arr: zarr.Array, rows: int) -> None:
 class FeatureWriter:
     """Appends utterances to one feature group in commits that are atomic per call of ``commit``."""
 
-    def __init__(self, group: zarr.Group, name: str, lock: FileLock | None = None) -> None:
+    def __init__(self, group: zarr.Group, name: str, lock: FileLock | LeaseLock | None = None) -> None:
         self.group = group
         self.name = name
         self.lock = lock  # the group's lock, held from FeatureStore.writer until finish / close
@@ -1010,6 +1066,9 @@ class FeatureWriter:
         _grow(self._ids, self.n + len(utt_ids))
         self._ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
         die_at("commit-data")
+        if self.lock is not None and self.lock.lost:  # an object-store lease taken over: another writer owns it
+            raise StoreError(f"{self.name}: this writer's lock was taken over (it stalled past its lease); "
+                             "nothing more is committed — run the extraction again to resume")
         # The commit marker: one atomic write of the group's attributes. (Not `attrs.update`: zarr's
         # attribute mapping writes the file once per key, and a kill between those writes left a
         # marker whose utterance count ran ahead of its row counts.)

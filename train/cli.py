@@ -215,7 +215,7 @@ def run(
     feature: str = typer.Option(None, help="feature(s), comma-separated: NAME[:ARRAY][@LAYERS], one per modality"),
     corpus: str = typer.Option(None, help="corpus name in the store (iemocap, ravdess, iemocap-text, ...)"),
     protocol: str = typer.Option(None, help=PROTOCOL_HELP),
-    store: Path = typer.Option(None, help=f"the feature store [default: {DEFAULT_STORE}]"),
+    store: str = typer.Option(None, help=f"the feature store: a directory or an fsspec URL [default: {DEFAULT_STORE}]"),
     out: Path = typer.Option(None, help="run directory (default runs/<head>-<corpus>-<protocol>-<time>)"),
     labels: str = typer.Option(None, help="label set (iemocap: 4class|5class|6class; ravdess: rav4|rav8)"),
     seeds: str = typer.Option(None, help="seeds, e.g. 0,1,2 or 0-2 [default: 0]"),
@@ -314,7 +314,7 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
 def sweep(
     config: Path = typer.Argument(..., help="sweep YAML: defaults + grid of heads x options"),
     out: Path = typer.Option(None, help="sweep directory (default runs/sweep-<config stem>)"),
-    store: Path = typer.Option(None, help="override the sweep file's store"),
+    store: str = typer.Option(None, help="override the sweep file's store (a directory or an fsspec URL)"),
     keep_going: bool = typer.Option(False, help="report a failing cell and go on with the others"),
     only: str = typer.Option(None, "--cells", help="run only these cells (comma-separated names)"),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core)"),

@@ -248,7 +248,7 @@ def load_data(
     if not utts:
         corpora = sorted({u.corpus for u in store.utterances()})
         raise ValueError(
-            f"no utterances of corpus {corpus!r} in {store.path} (it holds: {', '.join(corpora) or 'none'})"
+            f"no utterances of corpus {corpus!r} in {store.where} (it holds: {', '.join(corpora) or 'none'})"
         )
     set_name, mapping, classes = resolve_label_set(corpus, label_set, utts)
     dropped: dict[str, int] = {}
