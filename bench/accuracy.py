@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from train.cli import RunRequest, expand_grid  # noqa: E402
-from train.heads import get_head, make_config, make_recipe  # noqa: E402
+from train.heads import fill_new_fields, get_head, make_config, make_recipe  # noqa: E402
 
 # Cheapest first, so an interrupted run has the most to show.
 SWEEPS = {
@@ -92,7 +92,10 @@ def settings(request: dict, head_config: dict, recipe: dict) -> dict:
     """What a cell's figures depend on: its request, head configuration and recipe, less where the store
     lives and which device trains (neither changes what is computed), in stored (JSON) form."""
     request = {k: v for k, v in request.items() if k not in ("store", "device")}
-    return json.loads(json.dumps({"request": request, "head_config": head_config, "recipe": recipe}))
+    stored = json.loads(json.dumps({"request": request, "head_config": head_config, "recipe": recipe}))
+    stored["head_config"], stored["recipe"] = fill_new_fields(request["head"], stored["head_config"],
+                                                              stored["recipe"])
+    return stored
 
 
 def cell_settings(req: RunRequest) -> dict:
@@ -112,7 +115,9 @@ def read_record(bench: str, cell: str, req: RunRequest) -> dict | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record if record["settings"] == cell_settings(req) else None
+    kept = record["settings"]
+    current = settings(kept["request"], kept.get("head_config"), kept.get("recipe")) == cell_settings(req)
+    return record if current else None
 
 
 def code_version() -> str:

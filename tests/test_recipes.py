@@ -4,6 +4,7 @@ on small synthetic problems built here (no store needed)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -220,3 +221,20 @@ def test_dialog_attention_fusion_at_logits_can_exceed_one():
     alpha = out["fusion_weights"][..., None]
     torch.testing.assert_close(out["logits"], alpha[..., 0, :] * out["audio_logits"] + alpha[..., 1, :]
                                * out["text_logits"])
+
+
+def test_a_field_added_since_a_run_was_recorded_keeps_the_old_run_current():
+    from train.heads import fill_new_fields
+    from train.loop import changed_settings
+
+    for head, still_current in (("probe", True), ("linear", False)):  # linear's recipe weighs classes now
+        spec = get_head(head)
+        recipe = dataclasses.asdict(make_recipe(spec))
+        config = dataclasses.asdict(make_config(spec))
+        old_recipe = {k: v for k, v in recipe.items() if k != "class_weight"}  # written before the field existed
+        filled = fill_new_fields(head, config, old_recipe)[1]
+        assert (filled == recipe) is still_current, head
+        # as read back from a config.json
+        old = json.loads(json.dumps({"request": {"head": head}, "head_config": config, "recipe": old_recipe}))
+        new = {"request": {"head": head}, "head_config": config, "recipe": recipe}
+        assert (changed_settings(old, new) == []) is still_current

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from train.data import CorpusData, Normalizer
-from train.heads import HeadSpec
+from train.heads import HeadSpec, fill_new_fields
 from train.metrics import compute_metrics
 from train.protocols import Fold
 from train.recipe import Recipe, class_weights, lr_factor, selection_score
@@ -389,6 +389,9 @@ def changed_settings(old: dict, new: dict) -> list[str]:
     """The settings (dotted names) that differ between two run configurations, compared on the parts
     present in ``new``; a setting missing on one side counts as changed."""
     new = json.loads(json.dumps(new, default=str))  # compare as stored: tuples become lists
+    head = (old.get("request") or {}).get("head", "")
+    old = dict(old)
+    old["head_config"], old["recipe"] = fill_new_fields(head, old.get("head_config"), old.get("recipe"))
     changed = []
     for part in ("request", *_RESULT_KEYS):
         if part not in new:

@@ -27,6 +27,7 @@ The contract every head follows (the loop and the data loader rely on nothing el
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,3 +89,18 @@ def make_recipe(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Reci
     """The head's training recipe with the ``overrides`` that name recipe fields."""
     check_overrides(spec, overrides or {})
     return apply_overrides(spec.recipe, overrides or {}).check()
+
+
+def fill_new_fields(head: str, head_config: dict | None, recipe: dict | None) -> tuple[dict | None, dict | None]:
+    """A stored head configuration and recipe (a run's config.json, a bench record) with the fields added
+    since it was written filled in with the dataclasses' own defaults. A new field's dataclass default is the
+    behaviour from before it existed (that is the rule for adding one), so an old run compares equal to the
+    same run today, while a head whose recipe sets another value (linear's balanced class weights) does not."""
+    def filled(stored: dict | None, cls: type) -> dict | None:
+        if stored is None:
+            return None
+        defaults = json.loads(json.dumps(dataclasses.asdict(cls()), default=str))
+        return {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
+
+    config_cls = HEADS.get(head).config_cls if head in HEADS.names() else None
+    return (filled(head_config, config_cls) if config_cls else head_config), filled(recipe, Recipe)
