@@ -304,7 +304,7 @@ def test_dialog_loss_ignores_padding_labels() -> None:
 # ---------------------------------------------------------------- msmser
 
 def test_msmser_audio_pool_is_padding_invariant_and_means_real_frames() -> None:
-    from train.heads.msmser import pool_frames
+    from train.heads.probe import pool_frames
 
     torch.manual_seed(0)
     model = build("msmser", audio_pool=3).eval()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.heads import HeadSpec, register
-from train.heads.probe import LayerMix
+from train.heads.probe import LayerMix, pool_frames
 from train.recipe import Recipe
 
 
@@ -64,23 +64,6 @@ def sinusoid(n: int, d: int, device: torch.device) -> Tensor:
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
     return pe
-
-
-def pool_frames(x: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Mean of each run of ``k`` frames over its real frames: [B, T, ...] -> [B, ceil(T/k), ...]. A group
-    with no real frame is padding, so extra padding never changes a real group's value."""
-    if k <= 1:
-        return x, mask
-    b, t = mask.shape
-    extra = (-t) % k
-    if extra:
-        x = F.pad(x, [0, 0] * (x.dim() - 2) + [0, extra])
-        mask = F.pad(mask, [0, extra])
-    groups = mask.view(b, -1, k)
-    weight = groups.to(x.dtype).view(b, groups.size(1), k, *[1] * (x.dim() - 2))
-    x = x.reshape(b, groups.size(1), k, *x.shape[2:])
-    pooled = (x * weight).sum(2) / weight.sum(2).clamp(min=1.0)
-    return pooled, groups.any(-1)
 
 
 def at_least_one(mask: Tensor) -> Tensor:

@@ -52,6 +52,23 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
 
 
+def pool_frames(x: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Mean of each run of ``k`` frames over its real frames: [B, T, ...] -> [B, ceil(T/k), ...]. A group
+    with no real frame is padding, so extra padding never changes a real group's value."""
+    if k <= 1:
+        return x, mask
+    b, t = mask.shape
+    extra = (-t) % k
+    if extra:
+        x = F.pad(x, [0, 0] * (x.dim() - 2) + [0, extra])
+        mask = F.pad(mask, [0, extra])
+    groups = mask.view(b, -1, k)
+    weight = groups.to(x.dtype).view(b, groups.size(1), k, *[1] * (x.dim() - 2))
+    x = x.reshape(b, groups.size(1), k, *x.shape[2:])
+    pooled = (x * weight).sum(2) / weight.sum(2).clamp(min=1.0)
+    return pooled, groups.any(-1)
+
+
 class Probe(nn.Module):
     def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
                  modalities: list[str]) -> None:
