@@ -160,7 +160,8 @@ class LeaseLock:
     that finds it expired breaks it with a delete conditional on the lease's ETag (If-Match), so of two waiters
     only one breaks it and the other waits for the new holder. ``lost`` turns True when a renewal finds the
     lease taken over (the holder was stalled past ``ttl``): a writer must then stop before its next commit.
-    Same interface as FileLock; exclusive only, re-entrant within a process."""
+    Expiry is judged by the waiter's clock against the holder's: hosts must agree on the time to well within
+    ``ttl`` (NTP does). Same interface as FileLock; exclusive only, re-entrant within a process."""
 
     def __init__(self, fs, key: str, what: str, timeout: float | None = None,
                  on_wait: Callable[[str], None] | None = None, ttl: float = LEASE_SECONDS) -> None:

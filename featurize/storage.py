@@ -20,7 +20,7 @@ from typing import Any
 from featurize.locks import FileLock, LeaseLock
 
 # Listing caches would hide what another process wrote a moment ago: every listing goes to the server.
-FS_OPTIONS = {"use_listings_cache": False, "skip_instance_cache": True}
+FS_OPTIONS = {"use_listings_cache": False}
 
 
 def is_url(text: str | Path) -> bool:
