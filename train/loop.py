@@ -387,7 +387,8 @@ _REQUEST_KEYS_IGNORED = ("seeds", "store", "device")
 
 def changed_settings(old: dict, new: dict) -> list[str]:
     """The settings (dotted names) that differ between two run configurations, compared on the parts
-    present in ``new``; a setting missing on one side counts as changed."""
+    present in ``new``; a setting missing on one side counts as changed, except head and recipe fields added
+    since ``old`` was written, which take their dataclass defaults (``fill_new_fields``)."""
     new = json.loads(json.dumps(new, default=str))  # compare as stored: tuples become lists
     head = (old.get("request") or {}).get("head", "")
     old = dict(old)
