@@ -151,7 +151,8 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
         "inputs": inputs,
         **{k: summary[k] for k in METRICS},
         "evaluation": summary.get("evaluation", "honest"),
-        "refit": bool(run_config.get("recipe", {}).get("refit")),
+        # the loop never refits under paper evaluation (its checkpoint comes from the test fold)
+        "refit": bool(run_config.get("recipe", {}).get("refit")) and run_config.get("evaluation") != "paper",
         "flagged": sum(bool(f.get("flags")) for f in per_fold),
         "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
         "per_fold": per_fold,
