@@ -32,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from featurize.registry import Registry
 from train.recipe import Recipe, apply_overrides, field_names
@@ -89,6 +90,12 @@ def make_recipe(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Reci
     """The head's training recipe with the ``overrides`` that name recipe fields."""
     check_overrides(spec, overrides or {})
     return apply_overrides(spec.recipe, overrides or {}).check()
+
+
+def classification_loss(logits: Tensor, labels: Tensor, batch: dict) -> Tensor:
+    """Cross-entropy over the labelled positions (-100: unlabelled), each class weighted as the recipe's
+    ``class_weight`` says (the loop puts the weights in ``batch["class_weights"]``; absent: unweighted)."""
+    return F.cross_entropy(logits, labels, weight=batch.get("class_weights"), ignore_index=-100)
 
 
 def fill_new_fields(head: str, head_config: dict | None, recipe: dict | None) -> tuple[dict | None, dict | None]:

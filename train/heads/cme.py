@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from train.heads import HeadSpec, register
+from train.heads import HeadSpec, classification_loss, register
 from train.heads.probe import LayerMix
 from train.recipe import Recipe
 
@@ -222,7 +222,7 @@ class CME(nn.Module):
         return out
 
     def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
-        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
+        return classification_loss(out["logits"], batch["labels"], batch)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from train.heads import HeadSpec, register
+from train.heads import HeadSpec, classification_loss, register
 from train.heads.probe import LayerMix
 from train.recipe import Recipe
 
@@ -184,8 +184,7 @@ class DialogHead(nn.Module):
         labels = batch["labels"].reshape(-1)
 
         def ce(logits: Tensor) -> Tensor:
-            return F.cross_entropy(logits.reshape(labels.numel(), -1), labels, weight=batch.get("class_weights"),
-                                   ignore_index=-100)
+            return classification_loss(logits.reshape(labels.numel(), -1), labels, batch)
 
         total = ce(out["logits"])
         if self.perspective:

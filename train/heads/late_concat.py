@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.heads import HeadSpec, register
+from train.heads import HeadSpec, classification_loss, register
 from train.heads.probe import LayerMix, masked_mean, pool_frames
 from train.recipe import Recipe
 
@@ -143,7 +143,7 @@ class LateConcat(nn.Module):
                 return per_row.mean()
             row_weight = target @ weights  # a soft target weighs as the mixture of its classes' weights
             return (row_weight * per_row).sum() / row_weight.sum().clamp_min(1e-12)
-        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
+        return classification_loss(out["logits"], batch["labels"], batch)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,

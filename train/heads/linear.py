@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from train.heads import HeadSpec, register
+from train.heads import HeadSpec, classification_loss, register
 from train.metrics import compute_metrics
 from train.recipe import Recipe, class_weights, selection_score
 
@@ -79,7 +78,7 @@ class LinearHead(nn.Module):
         return {"logits": self.out(self.features(batch))}
 
     def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
-        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
+        return classification_loss(out["logits"], batch["labels"], batch)
 
 
 def objective(params: np.ndarray, z: np.ndarray, y: np.ndarray, n_classes: int, penalty: float,

@@ -20,10 +20,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.heads import HeadSpec, register
+from train.heads import HeadSpec, classification_loss, register
 from train.heads.probe import LayerMix, pool_frames
 from train.recipe import Recipe
 
@@ -156,7 +155,7 @@ class MSMSER(nn.Module):
                 **{f"{m}_kept": keep[m] for m in self.modalities}}
 
     def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
-        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
+        return classification_loss(out["logits"], batch["labels"], batch)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.heads import HeadSpec, register
+from train.heads import HeadSpec, classification_loss, register
 from train.recipe import Recipe
 
 
@@ -83,7 +83,7 @@ class Probe(nn.Module):
         return {"logits": self.out(self.drop(torch.cat(pooled, dim=-1)))}
 
     def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
-        return F.cross_entropy(out["logits"], batch["labels"], weight=batch.get("class_weights"), ignore_index=-100)
+        return classification_loss(out["logits"], batch["labels"], batch)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
