@@ -38,16 +38,26 @@ class LockTimeout(RuntimeError):
     pass
 
 
-def holder_of(path: Path) -> str:
-    """Who holds (or last held) the lock at ``path``, in words."""
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return "another process"
+def holder_info() -> dict:
+    """Who this process is, as a lock's holder writes it (a waiter reads it back to say for whom it waits)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]}
+
+
+def describe_holder(info: dict | None) -> str:
+    """A holder's ``holder_info`` in words."""
     if not info:
         return "another process"
     return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('command', '?')}, "
             f"since {info.get('since', '?')})")
+
+
+def holder_of(path: Path) -> str:
+    """Who holds (or last held) the lock at ``path``, in words."""
+    try:
+        return describe_holder(json.loads(path.read_text() or "{}"))
+    except (OSError, ValueError):
+        return "another process"
 
 
 class FileLock:
@@ -89,10 +99,8 @@ class FileLock:
                 told = True
             time.sleep(0.05)
         if not self.shared:
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]}
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
+            os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         with _HELD_GUARD:
             _HELD[key] = [fd, 1]
         self._fd = fd
@@ -174,9 +182,7 @@ class LeaseLock:
 
     # the lease object
     def _body(self) -> bytes:
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "expires": time.time() + self.ttl,
-                           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]}).encode()
+        return json.dumps({**holder_info(), "expires": time.time() + self.ttl}).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
         """(the lease's content, its ETag), or (None, None) when there is no lease."""
@@ -233,12 +239,6 @@ class LeaseLock:
             except OSError:  # the server is unreachable for now: try again at the next beat
                 continue
 
-    def holder(self, info: dict | None) -> str:
-        if not info:
-            return "another process"
-        return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('command', '?')}, "
-                f"since {info.get('since', '?')})")
-
     def acquire(self) -> LeaseLock:
         with _HELD_GUARD:
             if self.key in _LEASES:
@@ -259,9 +259,9 @@ class LeaseLock:
                 self._break(etag)
                 continue
             if deadline is not None and time.monotonic() >= deadline:
-                raise LockTimeout(f"{self.what} is locked by {self.holder(info)}; try again when it has finished")
+                raise LockTimeout(f"{self.what} is locked by {describe_holder(info)}; try again when it has finished")
             if not told and self.on_wait is not None and info is not None:
-                self.on_wait(f"waiting for {self.what}: locked by {self.holder(info)}")
+                self.on_wait(f"waiting for {self.what}: locked by {describe_holder(info)}")
                 told = True
             time.sleep(0.2)
         self._etag = self.fs.info(self.key).get("ETag")

@@ -739,17 +739,17 @@ class FeatureStore:
                     offsets = _read_tolerant(grp[spec.name]["offsets"], self.location, n + 1, None)[0]
                     for v, i in zip(values, keep, strict=True):
                         v[spec.name] = data[offsets[i] : offsets[i + 1]]
-            rebuilt = self.path / PARTIAL / f"{feature}.repaired"
-            new = self._build_group(f"{PARTIAL}/{feature}.repaired", feature, attrs["extractor"], attrs["config"],
-                                    specs, attrs.get("init_options", {}))
+            rebuilt = f"{PARTIAL}/{feature}.repaired"
+            new = self._build_group(rebuilt, feature, attrs["extractor"], attrs["config"], specs,
+                                    attrs.get("init_options", {}))
             new.update_attributes({"fingerprint": attrs["fingerprint"], "created": attrs.get("created", "")})
             writer = FeatureWriter(new, feature)
             writer.commit([ids[i] for i in keep], values)
             writer.finish(False, {**attrs.get("skipped", {})})
-            old = self.path / PARTIAL / f"{feature}.damaged-{os.getpid()}"
-            os.rename(self.path / "features" / feature, old)
-            os.rename(rebuilt, self.path / "features" / feature)
-            shutil.rmtree(old)
+            old = f"{PARTIAL}/{feature}.damaged-{os.getpid()}"
+            self.location.rename(f"features/{feature}", old)
+            self.location.rename(rebuilt, f"features/{feature}")
+            shutil.rmtree(self.path / old)
             self._reopen()
         return len(doomed)
 
