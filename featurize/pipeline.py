@@ -3,8 +3,9 @@
 * Resumable: utterances already committed to this exact configuration's group are skipped.
 * Deterministic order: utterances are processed and committed in length-sorted order (so batches
   pad little), which a resumed run reproduces, so its arrays equal an uninterrupted run's.
-* CPU extractors run in parallel worker processes scheduled by dask, in windows of small tasks;
+* CPU extractors run in parallel worker processes, small tasks streamed a few per worker ahead;
   batched (neural) extractors compute in this process while worker processes decode audio ahead.
+  (dask.distributed takes both to a cluster: featurize/cluster.py.)
 * One background writer thread commits, buffering results to whole data chunks so appends are
   chunk-aligned; every commit is atomic (see featurize/store.py).
 * A broken file is skipped and reported (with its path and the reason); the rest goes on.
@@ -18,6 +19,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from featurize.extractors import Extractor, estimate_bytes
 from featurize.records import Utterance
 from featurize.store import CHUNK_BYTES, FeatureStore, FeatureWriter
 
-TASK_UTTS = 8  # utterances per dask task: amortises pickling, keeps windows balanced
+TASK_UTTS = 8  # utterances per worker task: amortises pickling, keeps the workers evenly loaded
 # The writer commits when a data chunk's worth of rows is buffered, or after this many seconds.
 COMMIT_SECONDS = float(os.environ.get("SERCACHE_COMMIT_SECONDS", "5"))
 # A commit is due once an array holds this much: a few chunks, so the fixed cost of a commit (ids,
@@ -117,7 +119,7 @@ def empty_frames(extractor: Extractor, u: Utterance, values: dict) -> str | None
 
 
 def _work(extractor: Extractor, utts: list[Utterance]) -> list[tuple[str, dict | None, str | None]]:
-    """One dask task: load and featurize a few utterances; failures become skip reasons."""
+    """One task: load and featurize a few utterances; failures become skip reasons."""
     out = []
     for u in utts:
         try:
@@ -302,24 +304,24 @@ def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: 
 
 
 def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> Iterator[list]:
-    """Per-utterance extractors: dask schedules small tasks over worker processes, window by window,
-    so results arrive in order and the writer stays busy while the next window computes."""
-    import dask
-
+    """Per-utterance extractors: small tasks stream through worker processes, a few per worker in
+    flight, and their results come back in submission order (so commits follow the sorted order).
+    A new task is submitted as each result is taken, so no worker waits for the slowest task of a
+    batch: handing dask windows of tasks left one of two cores idle a quarter of the time."""
     tasks = [todo[i : i + TASK_UTTS] for i in range(0, len(todo), TASK_UTTS)]
     if workers <= 1:
         for t in tasks:
             yield _work(extractor, t)
         return
-    window = workers * 8
+    ahead = workers * 8  # results waiting in order are bounded by this many tasks
     with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor,)) as pool:
-        for start in range(0, len(tasks), window):
-            # traverse=False: the utterance lists are plain arguments; letting dask search them for
-            # collections cost the main process most of a second per 1000 utterances
-            delayed = [
-                dask.delayed(_work_in_worker)(dask.delayed(t, traverse=False)) for t in tasks[start : start + window]
-            ]
-            yield from dask.compute(*delayed, scheduler="processes", pool=pool)
+        in_flight = deque(pool.submit(_work_in_worker, t) for t in tasks[:ahead])
+        for t in tasks[ahead:]:
+            done = in_flight.popleft().result()
+            in_flight.append(pool.submit(_work_in_worker, t))
+            yield done
+        while in_flight:
+            yield in_flight.popleft().result()
 
 
 def length_batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:

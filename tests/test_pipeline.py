@@ -152,7 +152,7 @@ def test_fbank_matches_kaldi_native_fbank():
     expected = np.stack([ref.get_frame(i) for i in range(ref.num_frames_ready)])
     ours = kaldi_fbank(x)
     assert ours.shape == expected.shape == (128, 40)
-    np.testing.assert_allclose(ours, expected, atol=1e-3)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize(
