@@ -155,6 +155,43 @@ def test_fbank_matches_kaldi_native_fbank():
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("feature_set", ["compare", "egemaps", "compare_lld"])
+def test_opensmile_reused_instance_equals_process_signal(feature_set):
+    """One openSMILE instance reset between utterances gives process_signal's values bit for bit, in
+    any order: nothing of one utterance leaks into the next."""
+    import opensmile
+
+    from featurize.extractors.opensmile import FEATURE_SETS
+    from tests.conftest import tone
+
+    signals = [tone(1.7, 180, amp=0.4, seed=1), tone(0.6, 300, amp=0.2, seed=2), tone(2.4, 120, amp=0.6, seed=3)]
+    fs, level, _, _ = FEATURE_SETS[feature_set]
+    smile = opensmile.Smile(getattr(opensmile.FeatureSet, fs), getattr(opensmile.FeatureLevel, level))
+    fresh = [smile.process_signal(x, 16000).to_numpy() for x in signals]
+    reused = OpenSmile(feature_set)
+    for order in ([0, 1, 2], [2, 0, 1]):
+        for i in order:
+            (values,) = reused.process_one(None, signals[i]).values()
+            np.testing.assert_array_equal(values, fresh[i].reshape(values.shape).astype(np.float32))
+
+
+def test_opensmile_names_an_utterance_too_short_for_it(tmp_path):
+    import soundfile as sf
+
+    from tests.conftest import tone
+
+    manifest = write_manifest_corpus(tmp_path / "c", 2)
+    blip = tmp_path / "c" / "blip.wav"
+    sf.write(blip, tone(0.03, 200), 16000)
+    with manifest.open("a") as f:
+        f.write("blip,blip.wav,happy,s9,a blip,d9,0\n")
+    utts, _ = read_corpus("manifest", manifest)
+    result = run_extraction(FeatureStore(tmp_path / "s.zarr"), utts, OpenSmile("compare"), workers=1)
+    assert result.processed == 2 and len(result.skipped) == 1
+    (reason,) = result.skipped.values()
+    assert "blip.wav" in reason and "too short for openSMILE compare" in reason
+
+
 @pytest.mark.parametrize(
     "feature_set,dim,kind",
     [("compare", 6373, "utterance"), ("egemaps", 88, "utterance"), ("compare_lld", 65, "frames")],

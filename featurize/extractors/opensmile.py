@@ -1,11 +1,19 @@
 """`opensmile`: ComParE_2016 functionals (6373-d, the IS13 ComParE set), eGeMAPSv02 functionals
 (88-d) or ComParE_2016 low-level descriptors (65-d every 10 ms).
 
-Always fed float32 signals in [-1, 1] through ``process_signal``: int16 input without scaling, or
-the file path, would give different features, so there is one code path only.
+Always fed float32 signals in [-1, 1], converted to 16-bit samples exactly as opensmile-python's
+``Smile.process_signal`` does: int16 input without scaling, or the file path, would give different
+features, so there is one code path only.
+
+One openSMILE instance per worker runs every utterance: ``Smile.process_signal`` parses and builds the
+whole ComParE configuration again for each call (a third of its time per RAVDESS file); SMILEapi's
+``smile_reset`` returns a finished instance to its initial state instead. The values are bit-identical
+to ``process_signal``'s (tests/test_pipeline.py checks it for every set).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -64,9 +72,9 @@ class OpenSmile(Extractor):
         import opensmile
 
         fs, level, _, _ = FEATURE_SETS[self.set]
-        self._smile = opensmile.Smile(
-            feature_set=getattr(opensmile.FeatureSet, fs), feature_level=getattr(opensmile.FeatureLevel, level)
-        )
+        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, fs),
+                                feature_level=getattr(opensmile.FeatureLevel, level))
+        self._smile = ReusedSmile(smile, self.sample_rate)
 
     def __getstate__(self) -> dict:
         # The openSMILE handle is not picklable; each worker process builds its own.
@@ -75,12 +83,53 @@ class OpenSmile(Extractor):
     def process_one(self, utt: Utterance, audio: np.ndarray | None) -> dict[str, np.ndarray]:
         if self._smile is None:
             self.setup()
-        values = self._smile.process_signal(np.asarray(audio, dtype=np.float32), self.sample_rate).to_numpy()
+        try:
+            rows = self._smile.run(audio)
+        except Exception:
+            self._smile = None  # an instance that failed mid-run is not reused
+            raise
+        if len(rows) == 0:
+            # opensmile-python would store a row of NaN here (with a warning); a NaN vector poisons
+            # every normalisation it enters, so the utterance is skipped and named instead
+            raise ValueError(f"too short for openSMILE {self.set}: no output from "
+                             f"{len(audio) / self.sample_rate:.3f} s of audio")
         arr = self.arrays()[0]
         if arr.kind == "utterance":
-            return {arr.name: values.reshape(-1).astype(np.float32)}
-        return {arr.name: values.astype(np.float32)}
+            return {arr.name: rows.reshape(-1).astype(np.float32)}
+        return {arr.name: rows.astype(np.float32)}
 
     def describe(self) -> str:
         fs, level, dim, _ = FEATURE_SETS[self.set]
         return f"opensmile: {fs} {level} ({dim}-d)"
+
+
+class ReusedSmile:
+    """One initialised openSMILE instance of ``smile``'s configuration, fed one signal per run through
+    its external audio source and reset after each; ``run`` returns the rows its sink received."""
+
+    def __init__(self, smile, sample_rate: int) -> None:
+        from opensmile.core.config import config
+        from opensmile.core.lib import OpenSMILE
+
+        self.source, self.sink = config.EXTERNAL_SOURCE_COMPONENT, config.EXTERNAL_OUTPUT_COMPONENT
+        # the options process_signal builds for each call (opensmile-python's own, so they follow it)
+        options = smile._options()
+        options["source"] = os.path.join(smile.default_config_root, config.EXTERNAL_INPUT_CONFIG)
+        options["sampleRate"] = sample_rate
+        options["nBits"] = 16
+        self.handle = OpenSMILE()
+        self.handle.initialize(config_file=smile.config_path, options=options, loglevel=smile.loglevel,
+                               log_file=smile.logfile, debug=smile.verbose)
+
+    def run(self, audio: np.ndarray) -> np.ndarray:
+        rows: list[np.ndarray] = []
+        # a reset instance forgets its sink callback; the wrapper keeps every one it was given alive,
+        # so only the current one is kept
+        self.handle.external_sink_set_callback_ex(self.sink, lambda data, meta: rows.append(data.copy()))
+        del self.handle._callbacks[:-1]
+        samples = np.asarray(audio, dtype=np.float32) * 32768  # as process_signal: scale, then truncate
+        self.handle.external_audio_source_write_data(self.source, bytes(samples.astype(np.int16)))
+        self.handle.external_audio_source_set_eoi(self.source)
+        self.handle.run()
+        self.handle.reset()
+        return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
