@@ -108,17 +108,33 @@ def test_padding_never_leaks(tiny_hubert: Path):
     short, long = (_utt("short"), _noise(0.7, 1)), (_utt("long"), _noise(7.0, 2))
     alone = ex.process_batch([short])[0]["hidden"]
     together = ex.process_batch([short, long])[0]["hidden"]
-    # Exact by design for both kinds: masked padding for layer-norm models, no padding (equal-length
-    # batches only) for group-norm ones.
+    # Exact by design for both kinds: masked padding for layer-norm models; for group-norm ones masked
+    # padding plus the first group norm over each utterance's own frames (or, pad=none, no padding).
     np.testing.assert_allclose(together, alone, atol=ATOL)
     assert together.shape == (ex.frame_count(len(short[1])), 64)
-    if ex._resolve()["attention_mask"]:
+    if ex._resolve()["pad"] == "mask":
         return
-    # Why group-norm models are not zero-padded by default: the first convolution's group norm
-    # normalises over time, so padding moves every frame (here by ~1-3 on values of ~3).
+    assert ex._resolve()["pad"] == "masked_norm" and ex._resolve()["attention_mask"]
+    unpadded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", pad="none")
+    np.testing.assert_allclose(unpadded.process_batch([short, long])[0]["hidden"], alone, atol=ATOL)
+    # Why the norm must be masked: plain zero padding (HF's advice for these models) moves every frame,
+    # since the first convolution's group norm normalises over time (here by ~1-3 on values of ~3).
     padded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", pad="zeros")
     moved = np.abs(padded.process_batch([short, long])[0]["hidden"] - alone).max()
     assert moved > 0.01
+
+
+def test_masked_norm_batches_many_lengths_as_if_alone(tmp_path):
+    """A padded batch of eight group-norm inputs of different lengths, each row equal to the model
+    (the plain Hugging Face one, not our extractor) run on that input alone."""
+    path = _save_tiny_hubert(tmp_path / "group", "group")
+    ex = SpeechEncoder(model_path=str(path), layers="last", dtype="float32")
+    auds = [_noise(0.45 + 0.37 * i, i) for i in range(8)]
+    out = ex.process_batch([(_utt(f"u{i}"), a) for i, a in enumerate(auds)])
+    assert ex._resolve()["pad"] == "masked_norm"
+    for audio, o in zip(auds, out, strict=True):
+        _, last = _reference_states(path, ex._normalize(audio))
+        np.testing.assert_allclose(o["hidden"], last, atol=ATOL)
 
 
 def test_long_audio_is_chunked_on_the_frame_grid(tiny_hubert: Path):
@@ -148,7 +164,9 @@ def test_normalisation_from_preprocessor_or_fallback(tmp_path: Path):
     for norm in ("group", "layer"):
         d = _save_tiny_hubert(tmp_path / norm, norm, preprocessor=False)
         r = SpeechEncoder(model_path=str(d))._resolve()
-        assert r["do_normalize"] == r["attention_mask"] == (norm == "layer")
+        assert r["do_normalize"] == (norm == "layer")
+        # both are batched with an attention mask: group-norm models with their first norm masked too
+        assert r["attention_mask"] and r["pad"] == ("mask" if norm == "layer" else "masked_norm")
         assert r["normalize_source"].startswith("fallback")
     d = _save_tiny_hubert(tmp_path / "pp", "group")
     assert SpeechEncoder(model_path=str(d))._resolve()["normalize_source"] == "preprocessor_config.json"
