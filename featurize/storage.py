@@ -13,9 +13,12 @@ Credentials and endpoints come from the usual places of each filesystem: for S3,
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from featurize.locks import FileLock, LeaseLock
 
@@ -71,6 +74,18 @@ class Location:
         if not self.remote:
             return (self.local / key).read_bytes()
         return self.fs.cat_file(self._key(key))
+
+    def read_into(self, key: str, buffer: np.ndarray) -> np.ndarray:
+        """The bytes of one key as a view of ``buffer`` (uint8) when they fit, else a new array; for a
+        local file read straight into it, so reading many chunks allocates nothing per chunk."""
+        if not self.remote:
+            with open(self.local / key, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size <= len(buffer):
+                    n = f.readinto(memoryview(buffer)[:size])
+                    if n == size:
+                        return buffer[:n]
+        return np.frombuffer(self.read_bytes(key), dtype=np.uint8)
 
     def remove_tree(self, key: str) -> None:
         if not self.remote:
