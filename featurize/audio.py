@@ -31,15 +31,18 @@ def audio_duration(path: str | Path) -> float:
     header says (a copy cut short) is an AudioError: libsndfile would quietly read what is there."""
     path = Path(path)
     try:
-        info = sf.info(str(path))
+        # SoundFile, not sf.info: info also formats five descriptive strings per file, a quarter of the
+        # time a 1440-file corpus took to read
+        with sf.SoundFile(str(path)) as f:
+            rate, frames = f.samplerate, f.frames
     except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
         raise AudioError(f"{path}: cannot read audio header ({e})") from e
-    if info.samplerate <= 0:
-        raise AudioError(f"{path}: header has sample rate {info.samplerate}")
-    if info.frames == 0:
+    if rate <= 0:
+        raise AudioError(f"{path}: header has sample rate {rate}")
+    if frames == 0:
         raise AudioError(f"{path}: no audio samples (the file holds a header only)")
-    check_wav_length(path, info.samplerate)
-    return info.frames / info.samplerate
+    check_wav_length(path, rate)
+    return frames / rate
 
 
 def check_wav_length(path: Path, rate: int) -> None:
