@@ -278,6 +278,28 @@ def verify(
         raise typer.Exit(code=1)
 
 
+@app.command("rm")
+@friendly
+def remove_feature(
+    feature: str = typer.Argument(..., help="the feature group's full name, as `featurize ls` shows it"),
+    store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
+) -> None:
+    """Remove one feature group (e.g. an older configuration that makes a short name ambiguous). Waits for
+    a writer of that feature to finish; other features and the utterance table are untouched."""
+    from featurize.pipeline import human_bytes
+    from featurize.store import FeatureStore
+
+    fs = FeatureStore(store, create=False)
+    infos = {i.name: i for i in fs.features()}
+    if feature not in infos:
+        known = ", ".join(infos) or "none"
+        raise typer.BadParameter(f"no feature group {feature!r} in {fs.where} (stored: {known}); give the full "
+                                 f"name `featurize ls` shows", param_hint="FEATURE")
+    fs.delete_feature(feature)
+    console.print(f"removed {feature} ({infos[feature].n_committed} utterances, "
+                  f"{human_bytes(infos[feature].nbytes_stored)}) from {fs.where}")
+
+
 @app.command()
 @friendly
 def export(

@@ -523,7 +523,8 @@ class FeatureStore:
             known = ", ".join(names) or "none"
             raise StoreError(f"no feature {name!r} in {self.where} (stored: {known}); run `featurize extract`")
         raise StoreError(
-            f"{name!r} is ambiguous in {self.where}: {', '.join(matches)} (different configs); name one in full"
+            f"{name!r} is ambiguous in {self.where}: {', '.join(matches)} (different configs); name one in full, "
+            f"or remove the one you no longer want with `featurize rm NAME --store {self.where}`"
         )
 
     def writer(self, feature_name: str, extractor: str, config: dict, arrays: Sequence[ArraySpec],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,21 @@ def test_export_creates_its_folder(store, tmp_path):
     res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert out.exists()
+
+
+def test_rm_removes_one_group_and_resolves_the_ambiguity(store, tmp_path):
+    _, path = store
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(path, copy)
+    fs = FeatureStore(copy, create=False)
+    before = {i.name for i in fs.features()}
+    fbanks = sorted(i.name for i in fs.features() if i.extractor == "fbank")
+    narrow = next(n for n in fbanks if fs.read(n).data.shape[1] == 24)
+    res = _cli("featurize", "rm", "fbank", "--store", str(copy))  # a short name is refused: say which
+    assert res.returncode == 2 and "full name" in res.stderr and fbanks[0] in res.stderr
+    res = _cli("featurize", "rm", narrow, "--store", str(copy))
+    assert res.returncode == 0, res.stderr
+    assert f"removed {narrow}" in " ".join((res.stdout + res.stderr).split())
+    fs = FeatureStore(copy, create=False)
+    assert fs.read("fbank").data.shape[1] == 40  # the short name resolves again, to the one left
+    assert len(fs.utterances()) == 24 and {i.name for i in fs.features()} == before - {narrow}
