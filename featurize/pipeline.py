@@ -260,6 +260,7 @@ def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: 
     t0 = time.monotonic()
     sink = _Writer(writer)
     sink.start()
+    stream = None
     try:
         with _progress(console) as bar:
             task = bar.add_task(extractor.name, total=len(todo), rate="")
@@ -287,6 +288,8 @@ def _extract(store: FeatureStore, extractor: Extractor, p: ExtractPlan, writer: 
                 el = time.monotonic() - t0
                 bar.update(task, completed=done, rate=f"{done / max(el, 1e-9):.1f} utt/s")
     finally:
+        if hasattr(stream, "close"):  # a run stopped early stops its workers now, not when collected
+            stream.close()
         sink.inbox.put(None)
         sink.join()
     if sink.error is not None:
@@ -314,7 +317,8 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
             yield _work(extractor, t)
         return
     ahead = workers * 8  # results waiting in order are bounded by this many tasks
-    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor,)) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor,))
+    try:
         in_flight = deque(pool.submit(_work_in_worker, t) for t in tasks[:ahead])
         for t in tasks[ahead:]:
             done = in_flight.popleft().result()
@@ -322,6 +326,8 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
             yield done
         while in_flight:
             yield in_flight.popleft().result()
+    finally:  # also when the run stops early (a failed commit, Ctrl-C): queued tasks are dropped, not run
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def length_batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:

@@ -501,3 +501,40 @@ def test_resolve_model_says_what_to_install(tmp_path: Path, monkeypatch):
         resolve_model("mpnet")
     if local_model("minilm") is not None:
         assert (Path(resolve_model("minilm")) / "config.json").exists()
+
+
+def test_masked_norm_is_each_inputs_own_group_norm_in_float32_under_autocast(tmp_path):
+    """The masked norm of a padded batch equals the model's GroupNorm on each input cut to its own length,
+    also for a frame count float16 cannot hold (>65504) and when handed float16 / bfloat16 activations."""
+    path = _save_tiny_hubert(tmp_path / "group", "group")
+    ex = SpeechEncoder(model_path=str(path), layers="last", dtype="float32")
+    ex.setup()
+    masked = ex._masked_norm
+    lengths = [70001, 900]
+    x = torch.randn(2, 32, max(lengths)) * 3 + 1
+    for dtype in (torch.float16, torch.bfloat16):
+        masked.lengths = torch.tensor(lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = masked(x.to(dtype))
+        masked.lengths = None
+        assert out.dtype == torch.float32
+        for b, n in enumerate(lengths):
+            alone = masked.norm(x[b:b + 1, :, :n].to(dtype).float())[0]
+            torch.testing.assert_close(out[b, :, :n], alone, atol=1e-4, rtol=1e-4)
+            assert torch.all(out[b, :, n:] == 0)
+
+
+def test_data2vec_audio_needs_no_masked_norm(tmp_path):
+    """data2vec-audio's convolutions normalise each frame (no feat_extract_norm in its config): batched with
+    the attention mask alone, and exactly."""
+    from transformers import Data2VecAudioConfig, Data2VecAudioModel
+
+    cfg = Data2VecAudioConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                              conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    torch.manual_seed(0)
+    Data2VecAudioModel(cfg).save_pretrained(tmp_path / "d2v")
+    ex = SpeechEncoder(model_path=str(tmp_path / "d2v"), layers="last", dtype="float32")
+    assert ex._resolve()["pad"] != "masked_norm"
+    short, long = (_utt("short"), _noise(0.7, 1)), (_utt("long"), _noise(2.0, 2))
+    alone = ex.process_batch([short])[0]["hidden"]
+    np.testing.assert_allclose(ex.process_batch([short, long])[0]["hidden"], alone, atol=ATOL)

@@ -86,7 +86,8 @@ class OpenSmile(Extractor):
         try:
             rows = self._smile.run(audio)
         except Exception:
-            self._smile = None  # an instance that failed mid-run is not reused
+            self._smile.free()  # an instance that failed mid-run is not reused
+            self._smile = None
             raise
         if len(rows) == 0:
             # opensmile-python would store a row of NaN here (with a warning); a NaN vector poisons
@@ -122,14 +123,23 @@ class ReusedSmile:
                                log_file=smile.logfile, debug=smile.verbose)
 
     def run(self, audio: np.ndarray) -> np.ndarray:
+        if np.ndim(audio) != 1:
+            raise ValueError(f"openSMILE is fed one mono signal, got an array of shape {np.shape(audio)}")
         rows: list[np.ndarray] = []
         # a reset instance forgets its sink callback; the wrapper keeps every one it was given alive,
         # so only the current one is kept
         self.handle.external_sink_set_callback_ex(self.sink, lambda data, meta: rows.append(data.copy()))
         del self.handle._callbacks[:-1]
-        samples = np.asarray(audio, dtype=np.float32) * 32768  # as process_signal: scale, then truncate
+        # as process_signal: scale, then truncate (float WAVs beyond +-1 wrap there too)
+        samples = np.asarray(audio, dtype=np.float32) * 32768
         self.handle.external_audio_source_write_data(self.source, bytes(samples.astype(np.int16)))
         self.handle.external_audio_source_set_eoi(self.source)
         self.handle.run()
         self.handle.reset()
         return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def free(self) -> None:
+        try:
+            self.handle.free()
+        except Exception:  # a handle in a failed state may refuse; it is dropped either way
+            pass

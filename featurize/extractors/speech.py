@@ -115,6 +115,8 @@ class SpeechEncoder(Extractor):
         cfg = load_config(where, self.revision, local)
         n_layers = int(cfg.num_hidden_layers)
         layer_norm_front = getattr(cfg, "feat_extract_norm", "group") == "layer"
+        # data2vec-audio has no feat_extract_norm: its convolutions use per-frame layer norms (nothing to mask)
+        group_norm_front = getattr(cfg, "feat_extract_norm", None) == "group"
         try:
             fe = AutoFeatureExtractor.from_pretrained(where, revision=self.revision, local_files_only=local)
             if "input_values" not in getattr(fe, "model_input_names", ["input_values"]):
@@ -131,7 +133,7 @@ class SpeechEncoder(Extractor):
         stride = int(np.prod(cfg.conv_stride))
         pad = self.pad_opt
         if pad == "auto":
-            pad = "masked_norm" if not layer_norm_front else "mask" if use_mask else "none"
+            pad = "masked_norm" if group_norm_front else "mask" if use_mask else "none"
         self._resolved = {
             "config": cfg, "feature_extractor": fe, "n_layers": n_layers, "hidden_size": int(cfg.hidden_size),
             "layers": parse_layers(self.layer_spec, n_layers), "do_normalize": do_normalize,
@@ -251,8 +253,12 @@ class SpeechEncoder(Extractor):
             lengths = [(len(p) - first.kernel_size[0]) // first.stride[0] + 1 for p in pieces]
             padded = len(set(lengths)) > 1
             self._masked_norm.lengths = torch.tensor(lengths, device=device) if padded else None
-        with torch.inference_mode(), autocast_context(pick_autocast(self.autocast_opt, device), device):
-            out = self._model(torch.from_numpy(batch).to(device), output_hidden_states=True, **kwargs)
+        try:
+            with torch.inference_mode(), autocast_context(pick_autocast(self.autocast_opt, device), device):
+                out = self._model(torch.from_numpy(batch).to(device), output_hidden_states=True, **kwargs)
+        finally:
+            if self._masked_norm is not None:
+                self._masked_norm.lengths = None
         states = list(out.hidden_states)
         states[-1] = out.last_hidden_state  # the final output (incl. a pre-LN model's last layer norm)
         picked = torch.stack([states[i] for i in r["layers"]], dim=2).float().cpu().numpy()
@@ -321,15 +327,19 @@ def install_masked_channel_norm(model):
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, channels, time]
             if self.lengths is None:  # nothing padded: the model's own norm
-                return norm(x)
-            keep = (torch.arange(x.shape[-1], device=x.device)[None, :] < self.lengths[:, None])[:, None, :]
-            keep = keep.to(x.dtype)
-            count = self.lengths.to(x.dtype)[:, None, None]
-            mean = (x * keep).sum(-1, keepdim=True) / count
-            centred = (x - mean) * keep
-            var = (centred * centred).sum(-1, keepdim=True) / count  # biased, as GroupNorm's
-            scale = torch.rsqrt(var + norm.eps) * norm.weight[None, :, None]
-            return centred * scale + norm.bias[None, :, None] * keep  # padded frames: zeros
+                return self.norm(x)
+            # in float32 whatever the autocast: as autocast runs group_norm, and a frame count over
+            # 65504 (a 20 s piece) is inf in float16
+            with torch.autocast(x.device.type, enabled=False):
+                x = x.float()
+                keep = (torch.arange(x.shape[-1], device=x.device)[None, :] < self.lengths[:, None])[:, None, :]
+                keep = keep.float()
+                count = self.lengths.float()[:, None, None]
+                mean = (x * keep).sum(-1, keepdim=True) / count
+                centred = (x - mean) * keep
+                var = (centred * centred).sum(-1, keepdim=True) / count  # biased, as GroupNorm's
+                scale = torch.rsqrt(var + self.norm.eps) * self.norm.weight.float()[None, :, None]
+                return centred * scale + self.norm.bias.float()[None, :, None] * keep  # padded frames: zeros
 
     layer.layer_norm = MaskedChannelNorm()
     return layer.layer_norm
