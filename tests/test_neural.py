@@ -83,7 +83,7 @@ def _reference_states(model_dir: Path, x: np.ndarray) -> tuple[list[np.ndarray],
 
 
 def test_speech_layers_frames_and_batching(tiny_hubert: Path):
-    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="all", dtype="float32")
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="all", dtype="float32", max_batch_seconds=60)
     auds = [_noise(s, i) for i, s in enumerate((0.5, 1.0, 3.0, 1.0))]
     items = [(_utt(f"u{i}"), a) for i, a in enumerate(auds)]
     batched = ex.process_batch(items)
@@ -104,7 +104,7 @@ def test_speech_layers_frames_and_batching(tiny_hubert: Path):
 
 
 def test_padding_never_leaks(tiny_hubert: Path):
-    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32")
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", max_batch_seconds=60)
     short, long = (_utt("short"), _noise(0.7, 1)), (_utt("long"), _noise(7.0, 2))
     alone = ex.process_batch([short])[0]["hidden"]
     together = ex.process_batch([short, long])[0]["hidden"]
@@ -115,11 +115,13 @@ def test_padding_never_leaks(tiny_hubert: Path):
     if ex._resolve()["pad"] == "mask":
         return
     assert ex._resolve()["pad"] == "masked_norm" and ex._resolve()["attention_mask"]
-    unpadded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", pad="none")
+    unpadded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32",
+                             max_batch_seconds=60, pad="none")
     np.testing.assert_allclose(unpadded.process_batch([short, long])[0]["hidden"], alone, atol=ATOL)
     # Why the norm must be masked: plain zero padding (HF's advice for these models) moves every frame,
     # since the first convolution's group norm normalises over time (here by ~1-3 on values of ~3).
-    padded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", pad="zeros")
+    padded = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", max_batch_seconds=60,
+                           pad="zeros")
     moved = np.abs(padded.process_batch([short, long])[0]["hidden"] - alone).max()
     assert moved > 0.01
 
@@ -128,7 +130,7 @@ def test_masked_norm_batches_many_lengths_as_if_alone(tmp_path):
     """A padded batch of eight group-norm inputs of different lengths, each row equal to the model
     (the plain Hugging Face one, not our extractor) run on that input alone."""
     path = _save_tiny_hubert(tmp_path / "group", "group")
-    ex = SpeechEncoder(model_path=str(path), layers="last", dtype="float32")
+    ex = SpeechEncoder(model_path=str(path), layers="last", dtype="float32", max_batch_seconds=60)
     auds = [_noise(0.45 + 0.37 * i, i) for i in range(8)]
     out = ex.process_batch([(_utt(f"u{i}"), a) for i, a in enumerate(auds)])
     assert ex._resolve()["pad"] == "masked_norm"
@@ -138,7 +140,8 @@ def test_masked_norm_batches_many_lengths_as_if_alone(tmp_path):
 
 
 def test_long_audio_is_chunked_on_the_frame_grid(tiny_hubert: Path):
-    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", chunk_seconds=2.0,
+    ex = SpeechEncoder(model_path=str(tiny_hubert), layers="last", dtype="float32", max_batch_seconds=60,
+                       chunk_seconds=2.0,
                        chunk_overlap=0.5)
     audio = _noise(7.3, 3)
     out = ex.process_batch([(_utt("long"), audio)])[0]["hidden"]
@@ -533,8 +536,25 @@ def test_data2vec_audio_needs_no_masked_norm(tmp_path):
                               conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
     torch.manual_seed(0)
     Data2VecAudioModel(cfg).save_pretrained(tmp_path / "d2v")
-    ex = SpeechEncoder(model_path=str(tmp_path / "d2v"), layers="last", dtype="float32")
+    ex = SpeechEncoder(model_path=str(tmp_path / "d2v"), layers="last", dtype="float32", max_batch_seconds=60)
     assert ex._resolve()["pad"] != "masked_norm"
     short, long = (_utt("short"), _noise(0.7, 1)), (_utt("long"), _noise(2.0, 2))
     alone = ex.process_batch([short])[0]["hidden"]
     np.testing.assert_allclose(ex.process_batch([short, long])[0]["hidden"], alone, atol=ATOL)
+
+
+def test_cpu_takes_one_input_per_pass_unless_asked(tmp_path):
+    path = _save_tiny_hubert(tmp_path / "group", "group")
+    calls = []
+
+    def count(ex):
+        forward = ex._forward
+        ex._forward = lambda pieces: (calls.append(len(pieces)), forward(pieces))[1]
+        return ex
+
+    items = [(_utt(f"u{i}"), _noise(0.5 + 0.2 * i, i)) for i in range(4)]
+    count(SpeechEncoder(model_path=str(path), device="cpu")).process_batch(items)
+    assert calls == [1, 1, 1, 1]
+    calls.clear()
+    count(SpeechEncoder(model_path=str(path), device="cpu", max_batch_seconds=60)).process_batch(items)
+    assert calls == [4]

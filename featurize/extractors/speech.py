@@ -29,8 +29,9 @@ default (``pad=auto``) batches them as ``masked_norm``: zero-padded, with the at
 one group norm computing its statistics over each utterance's own frames only
 (``install_masked_channel_norm``).
 The later convolutions are unpadded ("valid"), so a real frame never sees a padded sample, and the
-mask does the rest as above. Batching pays on a CPU too: 8 RAVDESS utterances in one pass ran 1.4x
-faster than one at a time on 2 cores (2026-12-01). ``pad=none`` batches group-norm models over
+mask does the rest as above. A GPU batches 60 padded seconds a pass; a CPU takes one input a pass
+unless ``max_batch_seconds`` is set, since on the quiet 2-core box padded batches of 2-8 RAVDESS
+utterances ran 5-30% slower than one at a time (2026-12-01). ``pad=none`` batches group-norm models over
 inputs of equal length only (never pads); ``pad=zeros`` zero-pads without a mask, as HF does (values
 shift with the batch's composition). Each output is cut to the utterance's real frame count,
 ``model._get_feat_extract_output_lengths(samples)``.
@@ -79,7 +80,7 @@ class SpeechEncoder(Extractor):
     def __init__(self, model_id: str | None = None, model_path: str | None = None, revision: str | None = None,
                  layers: str | None = None, device: str | None = None, autocast: str = "auto",
                  dtype: str = "float16", pad: str = "auto", chunk_seconds: float = 30.0,
-                 chunk_overlap: float = 1.0, max_batch_seconds: float = 60.0):
+                 chunk_overlap: float = 1.0, max_batch_seconds: float | None = None):
         if model_path is None and is_local(model_id):
             model_id, model_path = None, model_id
         self.model_id = None if model_path is not None else (model_id or self.default_model_id)
@@ -98,7 +99,10 @@ class SpeechEncoder(Extractor):
         # frames straddling a window boundary would be missing.
         if not 0.05 <= self.chunk_overlap < self.chunk_seconds / 2:
             raise ValueError("chunk_overlap must be at least 0.05 s and under half of chunk_seconds")
-        self.max_batch_seconds = as_float(max_batch_seconds, "max_batch_seconds")
+        # padded seconds per forward pass; default 60 on a GPU and one input at a time on a CPU, where padded
+        # batches of 2-8 RAVDESS utterances ran 5-30% slower than one at a time on the quiet 2-core box
+        self.max_batch_seconds = None if max_batch_seconds is None else as_float(max_batch_seconds,
+                                                                                 "max_batch_seconds")
         self._resolved: dict[str, Any] | None = None
         self._model = None
         self._masked_norm = None
@@ -282,7 +286,10 @@ class SpeechEncoder(Extractor):
         results: list[np.ndarray | None] = [None] * len(pieces)
         # Group-norm models are batched over equal lengths only unless zero padding is allowed.
         equal_only = r["pad"] == "none"
-        cap = self.max_batch_seconds * self.sample_rate
+        batch_seconds = self.max_batch_seconds
+        if batch_seconds is None:
+            batch_seconds = 60.0 if self._device().startswith("cuda") else 0.0
+        cap = batch_seconds * self.sample_rate
         for group in length_groups([len(p) for p in pieces], cap, equal_only):
             for j, states in zip(group, self._forward([pieces[j] for j in group]), strict=True):
                 results[j] = states
