@@ -30,8 +30,9 @@ one group norm computing its statistics over each utterance's own frames only
 (``install_masked_channel_norm``).
 The later convolutions are unpadded ("valid"), so a real frame never sees a padded sample, and the
 mask does the rest as above. A GPU batches 60 padded seconds a pass; a CPU takes one input a pass
-unless ``max_batch_seconds`` is set, since on the quiet 2-core box padded batches of 2-8 RAVDESS
-utterances ran 5-30% slower than one at a time (2026-12-01). ``pad=none`` batches group-norm models over
+unless ``max_batch_seconds`` is set, since on the quiet 2-core box padded batches of ~14 RAVDESS
+utterances reached 5.7 audio-s/s and one at a time 7.1 (bench/feat_neural.py's compute limit, 2026-12-01).
+``pad=none`` batches group-norm models over
 inputs of equal length only (never pads); ``pad=zeros`` zero-pads without a mask, as HF does (values
 shift with the batch's composition). Each output is cut to the utterance's real frame count,
 ``model._get_feat_extract_output_lengths(samples)``.
@@ -100,7 +101,7 @@ class SpeechEncoder(Extractor):
         if not 0.05 <= self.chunk_overlap < self.chunk_seconds / 2:
             raise ValueError("chunk_overlap must be at least 0.05 s and under half of chunk_seconds")
         # padded seconds per forward pass; default 60 on a GPU and one input at a time on a CPU, where padded
-        # batches of 2-8 RAVDESS utterances ran 5-30% slower than one at a time on the quiet 2-core box
+        # batches were slower than one at a time on the quiet 2-core box (see the module docstring)
         self.max_batch_seconds = None if max_batch_seconds is None else as_float(max_batch_seconds,
                                                                                  "max_batch_seconds")
         self._resolved: dict[str, Any] | None = None
