@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from featurize.extractors import EXTRACTORS, estimate_bytes  # noqa: E402
+from featurize.store import ArraySpec  # noqa: E402
 
 
 def hubert_base_flops_per_second() -> float:
@@ -40,8 +41,10 @@ def stored_bytes(name: str, hours: float, mean_seconds: float, **options) -> int
 
 
 def hubert_arrays_bytes(hours: float, layers: int) -> int:
-    # 50 frames a second of 768 float16 values per stored layer (featurize/extractors/speech.py)
-    return int(hours * 3600 * 50 * layers * 768 * 2)
+    # the array SpeechEncoder.arrays() declares for a base model (768-d float16, 50 frames a second); built
+    # here because the extractor itself needs the model's config, and no HuBERT is installed offline
+    tail = (768,) if layers == 1 else (layers, 768)
+    return estimate_bytes([ArraySpec("hidden", "frames", tail, "float16", rows_per_second=50)], hours * 3600, 0)
 
 
 def main() -> None:

@@ -316,18 +316,24 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
         for t in tasks:
             yield _work(extractor, t)
         return
-    ahead = workers * 8  # results waiting in order are bounded by this many tasks
     pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor,))
     try:
-        in_flight = deque(pool.submit(_work_in_worker, t) for t in tasks[:ahead])
-        for t in tasks[ahead:]:
-            done = in_flight.popleft().result()
-            in_flight.append(pool.submit(_work_in_worker, t))
-            yield done
-        while in_flight:
-            yield in_flight.popleft().result()
+        yield from _in_order(pool, _work_in_worker, [(t,) for t in tasks], ahead=workers * 8)
     finally:  # also when the run stops early (a failed commit, Ctrl-C): queued tasks are dropped, not run
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(pool: ProcessPoolExecutor, fn, args: list[tuple], ahead: int) -> Iterator:
+    """``fn(*a)`` for each ``a`` of ``args`` on the pool's workers, yielded in ``args``' order. At most
+    ``ahead`` calls are in flight or waiting to be taken; the next is submitted as each result is taken,
+    so the workers stay busy and a result taken is no longer held here."""
+    in_flight = deque(pool.submit(fn, *a) for a in args[:ahead])
+    for a in args[ahead:]:
+        done = in_flight.popleft().result()
+        in_flight.append(pool.submit(fn, *a))
+        yield done
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 def length_batches(todo: list[Utterance], batch_seconds: float, max_items: int = 64) -> list[list[Utterance]]:
@@ -354,14 +360,14 @@ def _run_batched(extractor: Extractor, todo: list[Utterance], workers: int, batc
         for b in batches:
             yield _compute(extractor, [(u, None, None) for u in b])
         return
-    ahead = max(2, workers * 2)
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(_decode_batch, b, extractor.sample_rate) for b in batches[:ahead]]
-        for i in range(len(batches)):
-            items = futures[i].result()
-            if i + ahead < len(batches):
-                futures.append(pool.submit(_decode_batch, batches[i + ahead], extractor.sample_rate))
+    pool = ProcessPoolExecutor(max(1, workers))
+    try:
+        decoded = _in_order(pool, _decode_batch, [(b, extractor.sample_rate) for b in batches],
+                            ahead=max(2, workers * 2))
+        for items in decoded:
             yield _compute(extractor, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _compute(extractor: Extractor, items: list) -> list[tuple[str, dict | None, str | None]]:

@@ -24,18 +24,16 @@ check it against the model run on the utterance by itself). Models that take an 
 zero-padded with one (padding cannot reach the real frames: the mask zeroes padded frames before the
 positional convolution and hides them from attention). Group-norm models (HuBERT-base, wav2vec2-base)
 are the catch: Hugging Face's docs say to zero-pad them without a mask, but their first convolution's
-group norm normalises each channel over time, so padding moves every frame of an utterance. The
-default (``pad=auto``) batches them as ``masked_norm``: zero-padded, with the attention mask, and that
-one group norm computing its statistics over each utterance's own frames only
-(``install_masked_channel_norm``).
-The later convolutions are unpadded ("valid"), so a real frame never sees a padded sample, and the
-mask does the rest as above. A GPU batches 60 padded seconds a pass; a CPU takes one input a pass
-unless ``max_batch_seconds`` is set, since on the quiet 2-core box padded batches of ~14 RAVDESS
-utterances reached 5.7 audio-s/s and one at a time 7.1 (bench/feat_neural.py's compute limit, 2026-12-01).
-``pad=none`` batches group-norm models over
-inputs of equal length only (never pads); ``pad=zeros`` zero-pads without a mask, as HF does (values
-shift with the batch's composition). Each output is cut to the utterance's real frame count,
-``model._get_feat_extract_output_lengths(samples)``.
+group norm normalises each channel over time, so padding moves every frame of an utterance. The default
+(``pad=auto``) batches them as ``masked_norm``: zero-padded, with the attention mask, and that one group
+norm computing its statistics over each utterance's own frames only (``install_masked_channel_norm``).
+The later convolutions are unpadded ("valid"), so a real frame never sees a padded sample, and the mask
+does the rest as above. A GPU batches 60 padded seconds a pass; a CPU takes one input a pass unless
+``max_batch_seconds`` is set, since on the quiet 2-core box padded batches of ~14 RAVDESS utterances
+reached 5.7 audio-s/s and one at a time 7.1 (bench/feat_neural.py's compute limit, 2026-12-01).
+``pad=none`` batches group-norm models over inputs of equal length only (never pads); ``pad=zeros``
+zero-pads without a mask, as HF does (values shift with the batch's composition). Each output is cut to
+the utterance's real frame count, ``model._get_feat_extract_output_lengths(samples)``.
 
 Long utterances are never truncated: audio longer than ``chunk_seconds`` (30 s) is cut into windows
 of that length overlapping by ``chunk_overlap`` (1 s), window starts on the model's frame grid; the
