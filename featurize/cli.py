@@ -287,17 +287,16 @@ def remove_feature(
     """Remove one feature group (e.g. an older configuration that makes a short name ambiguous). Waits for
     a writer of that feature to finish; other features and the utterance table are untouched."""
     from featurize.pipeline import human_bytes
-    from featurize.store import FeatureStore
+    from featurize.store import FeatureStore, StoreError
 
     fs = FeatureStore(store, create=False)
-    infos = {i.name: i for i in fs.features()}
-    if feature not in infos:
-        known = ", ".join(infos) or "none"
-        raise typer.BadParameter(f"no feature group {feature!r} in {fs.where} (stored: {known}); give the full "
-                                 f"name `featurize ls` shows", param_hint="FEATURE")
+    try:
+        info = fs.feature_info(feature)
+    except StoreError as e:  # a short or mistyped name: this command takes one group's full name
+        raise typer.BadParameter(str(e), param_hint="FEATURE") from None
     fs.delete_feature(feature)
-    console.print(f"removed {feature} ({infos[feature].n_committed} utterances, "
-                  f"{human_bytes(infos[feature].nbytes_stored)}) from {fs.where}")
+    console.print(f"removed {feature} ({info.n_committed} utterances, {human_bytes(info.nbytes_stored)}) "
+                  f"from {fs.where}")
 
 
 @app.command()
@@ -314,8 +313,8 @@ def export(
     from featurize.store import FeatureStore
 
     fs = FeatureStore(store, create=False)
-    name = fs.resolve_feature(feature)
-    info = next(i for i in fs.features() if i.name == name)
+    info = fs.feature_info(fs.resolve_feature(feature))
+    name = info.name
     arrays = array or list(info.arrays)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")  # never leave a half-written file under the real name

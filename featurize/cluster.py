@@ -78,8 +78,7 @@ def compute_task(name: str, options: dict, utts: list) -> list[tuple[str, dict |
 
     extractor = _worker_extractor(name, options)
     if extractor.batched:
-        return pipeline._compute(extractor, pipeline._decode_batch(utts, extractor.sample_rate)
-                                 if extractor.needs == "audio" else [(u, None, None) for u in utts])
+        return pipeline.decode_and_compute(extractor, utts)
     return pipeline._work(extractor, utts)
 
 

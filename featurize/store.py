@@ -479,26 +479,33 @@ class FeatureStore:
         return out
 
     def features(self) -> list[FeatureInfo]:
-        infos = []
-        for name, grp in self._feature_groups():
-            a = grp.attrs
-            nbytes = self.location.tree_bytes(f"features/{name}")
-            infos.append(
-                FeatureInfo(
-                    name=name,
-                    extractor=a["extractor"],
-                    fingerprint=a["fingerprint"],
-                    config=dict(a["config"]),
-                    arrays={k: ArraySpec.from_json(k, v) for k, v in a["arrays"].items()},
-                    n_committed=int(a["n_committed"]),
-                    complete=bool(a.get("complete", False)),
-                    nbytes_stored=nbytes,
-                    created=a.get("created", ""),
-                    init_options=dict(a.get("init_options", {})),
-                    stale=a.get("stale"),
-                )
-            )
-        return infos
+        return [self._info(name, grp) for name, grp in self._feature_groups()]
+
+    def feature_info(self, name: str) -> FeatureInfo:
+        """One group's description by its full name, without sizing every other group (a ``du`` each on S3)."""
+        if "features" in self.root and name in self.root["features"]:
+            grp = self.root["features"][name]
+            if all(a in grp.attrs for a in load_schema()["feature"]["attrs"]):  # not a half-made group
+                return self._info(name, grp)
+        known = ", ".join(n for n, _ in self._feature_groups()) or "none"
+        raise StoreError(f"no feature group {name!r} in {self.where} (stored: {known}); give the full name "
+                         f"`featurize ls` shows")
+
+    def _info(self, name: str, grp) -> FeatureInfo:
+        a = grp.attrs
+        return FeatureInfo(
+            name=name,
+            extractor=a["extractor"],
+            fingerprint=a["fingerprint"],
+            config=dict(a["config"]),
+            arrays={k: ArraySpec.from_json(k, v) for k, v in a["arrays"].items()},
+            n_committed=int(a["n_committed"]),
+            complete=bool(a.get("complete", False)),
+            nbytes_stored=self.location.tree_bytes(f"features/{name}"),
+            created=a.get("created", ""),
+            init_options=dict(a.get("init_options", {})),
+            stale=a.get("stale"),
+        )
 
     def resolve_feature(self, name: str) -> str:
         """A feature group name from a full name (``fbank-1a2b3c4d``) or an extractor name

@@ -222,6 +222,43 @@ def test_run_extraction_end_to_end(tiny_hubert: Path, tmp_path: Path):
         np.testing.assert_allclose(stored.astype(np.float32), alone.astype(np.float32), rtol=1e-3, atol=1e-3)
 
 
+def test_cpu_replicas_equal_a_one_thread_run_and_name_broken_files(tmp_path: Path):
+    """On a CPU, workers > 1 computes in forked one-thread model replicas (pipeline._run_replicas):
+    arrays bit-identical to one thread in this process, a file that fails to decode named, and the
+    compute really done in other processes."""
+    from featurize.corpora import read_corpus
+    from tests.conftest import assert_same_values, stored_values, write_manifest_corpus
+
+    model = _save_tiny_hubert(tmp_path / "hubert", "group")
+    utts, _ = read_corpus("manifest", write_manifest_corpus(tmp_path / "c", 14, seconds=(0.4, 1.6), broken=2))
+    ex = SpeechEncoder(model_path=str(model), layers="all", dtype="float32")
+    assert ex.cpu_replicas()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = run_extraction(FeatureStore(tmp_path / "alone.zarr"), utts, ex, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    original = SpeechEncoder.process_batch
+
+    def recording(self, items):  # runs in the workers; the pids come back through the file system
+        (tmp_path / f"pid-{os.getpid()}").touch()
+        return original(self, items)
+
+    SpeechEncoder.process_batch = recording
+    try:
+        replicas = run_extraction(FeatureStore(tmp_path / "replicas.zarr"), utts, ex, workers=2, batch_seconds=2.0)
+    finally:
+        SpeechEncoder.process_batch = original
+    seen = {int(f.name.split("-")[1]) for f in tmp_path.glob("pid-*")}
+    assert seen and os.getpid() not in seen
+    assert replicas.processed == alone.processed == 12
+    assert sorted(replicas.skipped) == sorted(alone.skipped) == ["corpus/u0000", "corpus/u0001"]
+    for uid, why in replicas.skipped.items():  # each reason names its file
+        assert why.startswith(str(tmp_path / "c" / "wav" / uid.split("/")[1])), why
+    assert_same_values(stored_values(tmp_path / "replicas.zarr"), stored_values(tmp_path / "alone.zarr"))
+
+
 # -- text encoders -----------------------------------------------------------------------------------
 WORDS = ["kids", "are", "talk", "##ing", "by", "the", "door", "dog", "##s", "sit", "##t", ".", ",", "!", "hello",
          "world", "a", "b", "c"]

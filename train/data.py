@@ -257,12 +257,11 @@ def load_data(
         utts = [u for u in utts if u.label in mapping]
         dropped["label outside the set"] = n0 - len(utts)
 
-    infos = {i.name: i for i in store.features()}
     chosen: dict[str, tuple[FeatureChoice, str, object]] = {}
     for text in features:
         choice = FeatureChoice.parse(text)
         group = store.resolve_feature(choice.name)
-        info = infos[group]
+        info = store.feature_info(group)
         if info.stale:
             raise ValueError(f"feature {group} is stale ({info.stale}): re-extract it with `featurize extract "
                              f"--model {info.extractor} ...`, which rebuilds it from the current utterance table")
@@ -321,7 +320,7 @@ def load_data(
     rate = inputs["audio"].rows_per_second if "audio" in inputs else 100.0
     if any(inp.form == "words" for inp in inputs.values()):
         group = inputs["text"].feature
-        hashes = store.read(group, "word_hash") if "word_hash" in infos[group].arrays else None
+        hashes = store.read(group, "word_hash") if "word_hash" in store.feature_info(group).arrays else None
         check_words(utts, inputs["text"].items, hashes, group)
         spans = [word_frames(u, len(inputs["text"].items[k]), rate) for k, u in enumerate(utts)]
     elif head.inputs.get("text") == "words" and "audio" in inputs and any(u.words for u in utts):

@@ -34,7 +34,7 @@ class Prediction:
 
 
 def _extractor_for(store: FeatureStore, group: str):
-    info = next(i for i in store.features() if i.name == group)
+    info = store.feature_info(group)
     extractor = build_extractor(info.extractor, info.init_options)  # stored as the strings -o would give
     here = feature_group_name(extractor.feature_name(), extractor.name, extractor.config(), extractor.arrays())
     if here != group or here.rsplit("-", 1)[1] != info.fingerprint:

@@ -4,9 +4,10 @@ Two ways to run, chosen by the class:
 
 * ``batched = False`` (CPU features: fbank, openSMILE): ``process_one`` is called per utterance in
   parallel worker processes (dask); the extractor must be picklable and cheap to build.
-* ``batched = True`` (neural encoders): ``process_batch`` runs in the main process on batches of
-  length-sorted utterances (so CUDA is only ever initialised there); audio is decoded in worker
-  processes ahead of the compute.
+* ``batched = True`` (neural encoders): ``process_batch`` runs on batches of length-sorted
+  utterances. On a GPU it runs in the main process (so CUDA is only ever initialised there) while
+  worker processes decode audio ahead; an extractor whose ``cpu_replicas()`` is true computes on a
+  CPU as one single-threaded model replica per worker process instead (featurize/pipeline.py).
 
 Every extractor states its complete configuration (``config``), which fingerprints the store
 group, and the arrays it writes (``arrays``).
@@ -51,6 +52,11 @@ class Extractor:
 
     def process_one(self, utt: Utterance, audio: np.ndarray | None) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def cpu_replicas(self) -> bool:
+        """Whether this batched extractor, as configured, computes as one single-threaded replica per
+        worker process (a torch model on a CPU); false keeps the compute in the main process."""
+        return False
 
     def process_batch(self, items: list[tuple[Utterance, np.ndarray | None]]) -> list[dict[str, np.ndarray]]:
         return [self.process_one(u, a) for u, a in items]

@@ -153,6 +153,9 @@ class SpeechEncoder(Extractor):
     def _device(self) -> str:
         return pick_device(self.device_opt)
 
+    def cpu_replicas(self) -> bool:
+        return not self._device().startswith("cuda")
+
     def config(self) -> dict[str, Any]:
         r = self._resolve()
         device = self._device()
