@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -164,6 +165,8 @@ def test_sequence_batches_pad_with_zeros_and_mask_real_frames(store_path):
     assert batch["audio_mask"].sum(1).tolist() == lengths
     assert (batch["audio"][~batch["audio_mask"]] == 0).all()
     assert batch["labels"].tolist() == [int(data.labels[i]) for i in rows]
+    for b, i in enumerate(rows):  # each real frame standardised exactly as the utterance alone would be
+        assert torch.equal(batch["audio"][b, : lengths[b]], norm("audio", data.inputs["audio"].items[i]))
 
 
 def test_dialogue_batches_label_only_the_requested_rows(store_path):

@@ -115,11 +115,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
+    # fused: one kernel over every parameter. On a CPU torch otherwise steps parameter by parameter, op by
+    # op, an order of magnitude slower on cme's 2 M parameters (measured ad hoc, 2026-12-01); the values
+    # agree to float32 rounding.
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
-    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
 
 
 def loss_weights(recipe: Recipe, data: CorpusData, rows: list[int], device: torch.device) -> torch.Tensor | None:
