@@ -114,7 +114,7 @@ def time_compute_replicas(extractor: Extractor, workers: int) -> float:
 
     t0 = time.perf_counter()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=pipeline._start_worker, initargs=(extractor,))
+                               initializer=pipeline._start_worker, initargs=(extractor, os.getpid()))
     try:
         for _ in pipeline._in_order(pool, _compute_replica_task, [(i,) for i in range(len(_replica_tasks))],
                                     ahead=workers * 2):

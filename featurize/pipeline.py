@@ -143,8 +143,22 @@ def _work(extractor: Extractor, utts: list[Utterance]) -> list[tuple[str, dict |
 _worker_extractor: Extractor | None = None
 
 
-def _start_worker(extractor: Extractor) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Make this worker process exit once ``parent`` is gone. A parent killed with -9 never shuts its pool
+    down, and a worker waiting for its next task would wait forever (its siblings hold the task pipe open),
+    each holding its memory (a model replica's included)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _start_worker(extractor: Extractor, parent: int) -> None:
     global _worker_extractor
+    _exit_with_parent(parent)
     # Parallelism is across worker processes. A forked worker inherits the parent's BLAS / OpenMP
     # thread pools (numpy's OpenBLAS, torch's OpenMP), so workers x threads would spin on the cores:
     # measured on 2 cores, two fbank workers were then slower than one.
@@ -332,7 +346,7 @@ def _run_parallel(extractor: Extractor, todo: list[Utterance], workers: int) -> 
         for t in tasks:
             yield _work(extractor, t)
         return
-    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor,))
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(extractor, os.getpid()))
     try:
         yield from _in_order(pool, _work_in_worker, [(t,) for t in tasks], ahead=workers * 8)
     finally:  # also when the run stops early (a failed commit, Ctrl-C): queued tasks are dropped, not run
@@ -380,7 +394,7 @@ def _run_batched(extractor: Extractor, todo: list[Utterance], workers: int, batc
         for b in batches:
             yield _compute(extractor, [(u, None, None) for u in b])
         return
-    pool = ProcessPoolExecutor(max(1, workers))
+    pool = ProcessPoolExecutor(max(1, workers), initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         decoded = _in_order(pool, _decode_batch, [(b, extractor.sample_rate) for b in batches],
                             ahead=max(2, workers * 2))
@@ -400,7 +414,7 @@ def _run_replicas(extractor: Extractor, todo: list[Utterance], workers: int, bat
     thread hangs), which ``_start_worker`` sets. Results equal a one-thread run in this process."""
     tasks = length_batches(todo, min(batch_seconds, REPLICA_TASK_SECONDS))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
-                               initargs=(extractor,))
+                               initargs=(extractor, os.getpid()))
     try:
         yield from _in_order(pool, _compute_in_worker, [(t,) for t in tasks], ahead=workers * 2)
     finally:

@@ -65,6 +65,37 @@ def test_kill_at_each_critical_point_then_resume_gives_the_same_store(corpus, tm
     assert all(i.complete for i in FeatureStore(store).features())
 
 
+def _processes_with(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (forked workers keep their parent's)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text in (d / "cmdline").read_bytes().decode(errors="replace") and \
+                    (d / "stat").read_text().split()[2] != "Z":
+                out.append(int(d.name))
+        except OSError:  # gone meanwhile
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_workers_exit_when_their_parent_is_killed(corpus, tmp_path):
+    """kill -9 skips the pool's shutdown; the worker processes must not linger (each holds its memory)."""
+    manifest, _ = corpus
+    store = tmp_path / "orphans.zarr"
+    cmd = _extract_cmd(manifest, store, "opensmile", "-o", "set=egemaps")
+    cmd[cmd.index("--workers") + 1] = "2"
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as err:  # not a pipe: a lingering worker would hold it open, and the run would hang
+        died = subprocess.run(cmd, env={**ENV, "SERCACHE_DIE_AT": "commit-data"}, stdout=subprocess.DEVNULL,
+                              stderr=err)
+    assert died.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    deadline = time.monotonic() + 15
+    while _processes_with(str(store)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert _processes_with(str(store)) == []
+
+
 def test_kill_at_random_points_of_extraction_and_training_then_resume(corpus, tmp_path):
     """16 kills at random moments of one extraction (each rerun resumes what the last one left), then 4 of
     one training run: both end identical to uninterrupted runs."""
