@@ -107,14 +107,10 @@ def _compute_replica_task(i: int) -> int:
 def time_compute_replicas(extractor: Extractor, workers: int) -> float:
     """(b'): e2e's replica tasks over ``workers`` forked one-thread processes, as ``_run_replicas`` runs
     them (same pool, same initializer, same submit-ahead), with nothing to decode or store."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from featurize import pipeline
 
     t0 = time.perf_counter()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=pipeline._start_worker, initargs=(extractor, os.getpid()))
+    pool = pipeline.replica_pool(extractor, workers)
     try:
         for _ in pipeline._in_order(pool, _compute_replica_task, [(i,) for i in range(len(_replica_tasks))],
                                     ahead=workers * 2):

@@ -404,17 +404,22 @@ def _run_batched(extractor: Extractor, todo: list[Utterance], workers: int, batc
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def replica_pool(extractor: Extractor, workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes forked from this one after ``extractor.setup()``, each a one-thread replica."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                               initargs=(extractor, os.getpid()))
+
+
 def _run_replicas(extractor: Extractor, todo: list[Utterance], workers: int, batch_seconds: float) -> Iterator[list]:
     """One model replica per worker process, each on one thread, decoding and computing its own tasks;
     results come back in task order. On the quiet 2-core box two one-thread replicas of HuBERT-base
-    computed 1.18x as fast as one process with two threads (bench/feat_neural.py, 2026-12-01): two
+    computed 1.10x as fast as one process with two threads (bench/feat_neural.py's (b') / (b), 2026-12-01): two
     threads wait on each other at every op, and decoding is 0.3% of the work. The workers are forked
     after ``setup``, so they share the model's weights (copy-on-write) instead of each loading them;
     a forked worker must stay at one thread (torch's OpenMP pool does not survive a fork: a second
     thread hangs), which ``_start_worker`` sets. Results equal a one-thread run in this process."""
     tasks = length_batches(todo, min(batch_seconds, REPLICA_TASK_SECONDS))
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
-                               initargs=(extractor, os.getpid()))
+    pool = replica_pool(extractor, workers)
     try:
         yield from _in_order(pool, _compute_in_worker, [(t,) for t in tasks], ahead=workers * 2)
     finally:
