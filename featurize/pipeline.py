@@ -414,7 +414,7 @@ def _run_replicas(extractor: Extractor, todo: list[Utterance], workers: int, bat
     """One model replica per worker process, each on one thread, decoding and computing its own tasks;
     results come back in task order. On the quiet 2-core box two one-thread replicas of HuBERT-base
     computed 1.10x as fast as one process with two threads (bench/feat_neural.py's (b') / (b), 2026-12-01): two
-    threads wait on each other at every op, and decoding is 0.3% of the work. The workers are forked
+    threads wait on each other at every op, and decoding is a small part of the work. The workers are forked
     after ``setup``, so they share the model's weights (copy-on-write) instead of each loading them;
     a forked worker must stay at one thread (torch's OpenMP pool does not survive a fork: a second
     thread hangs), which ``_start_worker`` sets. Results equal a one-thread run in this process."""
