@@ -484,6 +484,31 @@ def test_cme_gates_match_paper() -> None:
         torch.testing.assert_close(out["z_audio"], z_a * torch.sigmoid(model.excite_a(z_s)))
 
 
+def test_cme_audio_pool_maps_word_spans_and_is_padding_invariant() -> None:
+    from train.heads.cme import pool_words
+    from train.heads.probe import pool_frames
+
+    spans = torch.tensor([[[0, 3], [3, 4], [5, 5], [6, 12]]])  # the third word is empty
+    batch = {"audio": torch.randn(1, 12, 2), "audio_mask": torch.ones(1, 12, dtype=torch.bool), "word_frames": spans}
+    pooled = pool_words(batch, 4)
+    # a word keeps every pooled frame it touches: [0, 3) -> [0, 1); [3, 4) -> [0, 1); [6, 12) -> [1, 3)
+    assert pooled["word_frames"].tolist() == [[[0, 1], [0, 1], [1, 1], [1, 3]]]
+    assert pooled["audio"].shape == (1, 3, 2)
+
+    torch.manual_seed(0)
+    model = build("cme", audio_pool=3, cnn_activation=True).eval()
+    batch = make_batch("cme", t=40)
+    with torch.no_grad():
+        out = model(batch)
+        torch.testing.assert_close(model(pad_batch("cme", batch))["logits"], out["logits"], atol=1e-5, rtol=1e-5)
+        # the same head with no pooling, fed frames and spans pooled beforehand, computes the same thing
+        unpooled = build("cme", audio_pool=1, cnn_activation=True).eval()
+        unpooled.load_state_dict(model.state_dict())
+        audio, audio_mask = pool_frames(batch["audio"], batch["audio_mask"], 3)
+        prepooled = {**batch, **pool_words(batch, 3), "audio": audio, "audio_mask": audio_mask}
+        torch.testing.assert_close(unpooled(prepooled)["logits"], out["logits"])
+
+
 def test_cme_audio_only_without_word_list() -> None:
     # the loader sends words only with text: audio-only pools fixed spans, still padding-invariant
     torch.manual_seed(0)

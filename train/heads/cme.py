@@ -14,6 +14,9 @@
 6. g_j = [z~^a_j; z~^s_j] -> BiLSTM (256 per direction, packed) -> max over real words -> FCN 512->128->C.
 Unimodal: audio-only uses z^a, text-only z^s (no excitation). An audio-only batch without a word list
 (the loader sends words only with text) pools fixed `audio_segment`-frame spans (~a word's length) instead.
+Ours: `audio_pool` k > 1 mean-pools each k input frames (real frames only) before the CNN, and word spans
+become the pooled frames they touch; for a 50 frames/s encoder (Whisper) k frames per step is k times less
+CNN work, forward and backward, where a word still spans several steps.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from train.heads import HeadSpec, classification_loss, register
-from train.heads.probe import LayerMix
+from train.heads.probe import LayerMix, pool_frames
 from train.recipe import Recipe
 
 EXCITE = ("both", "audio", "text", "none")
@@ -47,6 +50,7 @@ class Config:
     variant: str = "paper"  # paper: Z * E ; code: Z * (1 + E), audio gate from a word-id embedding table
     vocab_size: int = 16384  # code variant: rows of the word-id gate table (ids are taken modulo this)
     audio_segment: int = 25  # audio-only without a word list: fixed spans of this many frames act as words
+    audio_pool: int = 1  # mean of each k input frames before the CNN (1: the paper; spans in input frames)
 
 
 # The paper's Adam lr 5e-4, batch 32, 20 epochs leave the head under-trained on a 400-utterance fold (best
@@ -73,6 +77,19 @@ def fixed_segments(audio_mask: Tensor, size: int) -> dict[str, Tensor]:
     starts = torch.arange(0, max(t, 1), size, device=audio_mask.device)
     frames = torch.stack([starts, starts + size], dim=-1).expand(b, -1, -1)
     return {"word_frames": frames, "word_mask": starts[None, :] < audio_mask.sum(dim=1, keepdim=True)}
+
+
+def pool_words(batch: dict, k: int) -> dict[str, Tensor]:
+    """The audio of a batch mean-pooled k frames to 1 (``pool_frames``), with word spans [first, last) in
+    input frames turned into the pooled frames they touch, [first // k, ceil(last / k))."""
+    audio, audio_mask = pool_frames(batch["audio"], batch["audio_mask"], k)
+    pooled = {"audio": audio, "audio_mask": audio_mask}
+    if batch.get("word_frames") is not None:
+        first, last = batch["word_frames"][..., 0], batch["word_frames"][..., 1]
+        start = torch.div(first, k, rounding_mode="floor")
+        end = torch.where(last > first, torch.div(last + k - 1, k, rounding_mode="floor"), start)  # empty stays empty
+        pooled["word_frames"] = torch.stack([start, end], dim=-1)
+    return pooled
 
 
 def crop_to_words(x: Tensor, audio_len: Tensor, word_frames: Tensor, word_mask: Tensor,
@@ -121,6 +138,7 @@ class CME(nn.Module):
         assert cfg.excite in EXCITE, f"excite must be one of {EXCITE}"
         assert cfg.variant in VARIANTS, f"variant must be one of {VARIANTS}"
         assert len(cfg.conv_channels) == len(cfg.conv_kernels)
+        assert cfg.audio_pool >= 1, "audio_pool must be at least 1"
         self.cfg = cfg
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.fused = len(self.modalities) == 2
@@ -187,8 +205,11 @@ class CME(nn.Module):
         return torch.remainder(ids, self.cfg.vocab_size)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
+        if "audio" in self.modalities and self.cfg.audio_pool > 1:
+            batch = {**batch, **pool_words(batch, self.cfg.audio_pool)}
         if "text" not in self.modalities and batch.get("word_frames") is None:
-            batch = {**batch, **fixed_segments(batch["audio_mask"], self.cfg.audio_segment)}
+            segment = max(1, round(self.cfg.audio_segment / self.cfg.audio_pool))  # the same span in seconds
+            batch = {**batch, **fixed_segments(batch["audio_mask"], segment)}
         word_mask = batch["word_mask"]
         out: dict[str, Tensor] = {}
         z_a = self.audio_words(batch) if "audio" in self.modalities else None
