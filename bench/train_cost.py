@@ -1,0 +1,130 @@
+"""train-cost: what one seed of the rav4 grid costs to train on this machine, on the code as it is now.
+
+    python bench/train_cost.py [--store cache/bench.zarr] [--jobs 2] [--cells a,b]
+
+Trains every honest cell of bench/sweeps/rav4.yaml (5 folds, seed 0 only; the paper-evaluation twins are
+diagnostics, not part of the grid) with `train sweep --scheduler local:N`, as `bench/accuracy.py --jobs N`
+does, into runs/cost/rav4 (a fresh directory each run, so nothing is reused from an older run), and prints:
+
+* per cell: training time summed over its folds (select + refit, one torch thread per job) and seed 0's UA;
+* the grid's summed training time and its wall-clock time on this machine, each against the 30-minute goal.
+
+Features must already be in the store (`bench/accuracy.py` or `make features` makes them). Results are
+appended to bench/results/train-cost-rav4.txt with machine, date and code version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+
+SWEEP = ROOT / "bench" / "sweeps" / "rav4.yaml"
+GOAL_MINUTES = 30.0
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def one_seed_sweep(cells: set[str] | None) -> dict:
+    """The rav4 sweep file with seed 0 only and its honest cells only (or the named ones)."""
+    sweep = yaml.safe_load(SWEEP.read_text())
+    sweep["seeds"] = [0]
+    grid = [c for c in sweep["grid"] if c.get("evaluation", "honest") != "paper"]
+    if cells is not None:
+        grid = [c for c in grid if cell_name(c) in cells]
+    sweep["grid"] = grid
+    return sweep
+
+
+def cell_name(entry: dict) -> str:
+    return entry["name"] + ("-audio" if entry.get("modality") == "audio" else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default="cache/bench.zarr")
+    ap.add_argument("--jobs", type=int, default=2, help="cells trained at once, one torch thread each")
+    ap.add_argument("--cells", help="only these cells (comma-separated); the wall-clock is then theirs alone")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cost" / "rav4")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: print the table of the cells an interrupted run finished under --out")
+    a = ap.parse_args()
+    if a.collect_only:
+        report(one_seed_sweep(set(a.cells.split(",")) if a.cells else None), a, None, 0)
+        return
+    if not Path(a.store).exists():
+        raise SystemExit(f"no feature store at {a.store}: run `python bench/accuracy.py --only rav4` first")
+    wanted = set(a.cells.split(",")) if a.cells else None
+    sweep = one_seed_sweep(wanted)
+    if a.out.exists():
+        shutil.rmtree(a.out)  # a cost run trains everything afresh: a finished cell would cost nothing
+    a.out.mkdir(parents=True)
+    sweep_file = a.out / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    cmd = [sys.executable, "-m", "train.cli", "sweep", str(sweep_file), "--out", str(a.out), "--store", a.store,
+           "--keep-going", "--no-report", "--scheduler", f"local:{a.jobs}"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    wall = time.perf_counter() - start
+
+    report(sweep, a, wall, code)
+
+
+def report(sweep: dict, a: argparse.Namespace, wall: float | None, code: int) -> None:
+    """The cost table from the finished cells under ``a.out`` (``wall`` None: collected after the fact)."""
+    lines = [f"## train-cost rav4, seed 0, 5 folds, {a.jobs} jobs — {machine()}, code {code_version()}",
+             f"`python bench/train_cost.py --jobs {a.jobs}" + (f" --cells {a.cells}`" if a.cells else "`"), "",
+             "| cell | training minutes (summed over folds) | UA (seed 0, 5 folds) |", "|---|---|---|"]
+    total, missing = 0.0, []
+    for entry in sweep["grid"]:
+        name = cell_name(entry)
+        summary_file = a.out / "cells" / name / "summary.json"
+        if not summary_file.exists():
+            missing.append(name)
+            lines.append(f"| {name} | not finished | |")
+            continue
+        summary = json.loads(summary_file.read_text())
+        seconds = summary.get("train_seconds") or 0.0
+        total += seconds
+        lines.append(f"| {name} | {seconds / 60:.1f} | {100 * summary['ua']['mean']:.2f} |")
+    lines += ["",
+              f"summed training time: {total / 60:.1f} min ({total / 60 / GOAL_MINUTES:.2f}x the "
+              f"{GOAL_MINUTES:.0f}-minute goal); " + (
+                  "wall-clock not measured (collected after the run)" if wall is None else
+                  f"wall-clock on this machine, {a.jobs} jobs: {wall / 60:.1f} min ({wall / 60 / GOAL_MINUTES:.2f}x "
+                  f"the goal)")]
+    if missing or code:
+        lines.append(f"INCOMPLETE: train sweep exit code {code}; not finished: {', '.join(missing) or 'none'}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    results = ROOT / "bench" / "results" / "train-cost-rav4.txt"
+    with results.open("a") as f:
+        f.write(text + "\n")
+    if missing or code:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
