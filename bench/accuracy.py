@@ -120,7 +120,11 @@ def read_record(bench: str, cell: str, req: RunRequest) -> dict | None:
     return record if current else None
 
 
-def code_version() -> str:
+def code_version(run_config: dict | None = None) -> str:
+    """The commit a run trained on (its provenance, written when the run started), else this checkout's HEAD."""
+    commit = ((run_config or {}).get("provenance") or {}).get("git_commit")
+    if commit:
+        return commit[:7]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -141,7 +145,7 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
     per_fold = [{k: r.get(k) for k in ("fold", "seed", "best_epoch", "budget", *METRICS, "flags")}
                 for r in summary["per_fold"]]
     old = read_record(bench, cell, req)
-    if old is not None and old["per_fold"] == per_fold:
+    if old is not None and old["per_fold"] == per_fold and old.get("code") == code_version(run_config):
         return
     inputs = ", ".join(f"{m}={i['feature'].rsplit('-', 1)[0]}:{i['array']}" for m, i in run_config["inputs"].items())
     record = {
@@ -157,7 +161,7 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
         "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
         "per_fold": per_fold,
         "machine": machine(),
-        "code": code_version(),
+        "code": code_version(run_config),  # the commit the run trained on, not the one that collected it
     }
     path = record_path(bench, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
