@@ -12,7 +12,7 @@ BENCH_DATA ?= ../shared/data
 # e.g. make bench-accuracy BENCH_ARGS="--only rav8 --missing --jobs 2"
 BENCH_ARGS ?=
 
-.PHONY: install models test lint demo features bench bench-accuracy clean
+.PHONY: install models test lint demo features bench bench-accuracy bench-cost clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ bench: install
 
 bench-accuracy: install
 	$(PY) bench/accuracy.py --data $(BENCH_DATA) $(BENCH_ARGS)
+
+# One seed of the rav4 grid trained afresh (needs the bench store: bench-accuracy makes it)
+bench-cost: install
+	$(PY) bench/train_cost.py --jobs 2
 
 clean:
 	rm -rf cache/demo runs .pytest_cache

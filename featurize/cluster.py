@@ -15,6 +15,7 @@ when the extractor runs on cuda, so a multi-GPU box uses every GPU with one work
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +53,35 @@ def connect(scheduler: str):
         return Client(scheduler, timeout=30)
     except OSError as e:
         raise ValueError(f"no dask scheduler answers at {scheduler} ({e}); start one with `dask scheduler`") from None
+
+
+def one_per_worker(client, fn, tasks: list[tuple[str, tuple]], key_prefix: str) -> Iterator[tuple[str, Any]]:
+    """Run ``fn(*args)`` for each (name, args) of ``tasks``, never more at once than the cluster has workers,
+    yielding (name, finished future) as each ends. Long tasks of unknown length (a sweep's cells: seconds to an
+    hour each) must not be handed out all at submission: the scheduler then queues several behind one worker
+    while another sits idle (seen with 14 cells on 2 workers). Holding the rest back gives each cell to the
+    next free worker; the worker count is read again at each completion, so workers that join are used."""
+    from distributed import as_completed
+
+    pending = list(tasks)
+    running = as_completed()
+    names = {}
+
+    def submit() -> None:
+        name, args = pending.pop(0)
+        future = client.submit(fn, *args, key=f"{key_prefix}-{name}-{time.time_ns()}", pure=False)
+        names[future.key] = name
+        running.add(future)
+
+    def free_slots() -> int:
+        return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {}))) - running.count()
+
+    while pending and free_slots() > 0:
+        submit()
+    for future in running:
+        while pending and free_slots() > 0:
+            submit()
+        yield names.pop(future.key), future
 
 
 def _worker_extractor(name: str, options: dict):

@@ -140,3 +140,36 @@ def test_a_bad_scheduler_is_one_clear_error(tmp_path):
                           str(tmp_path / "x.csv"), "--model", "fbank", "--scheduler", "nowhere"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "local:N or a scheduler address" in res.stderr and "Traceback" not in res.stderr
+
+
+def _start_then_wait(folder: str, name: str) -> str:
+    """A task that says it started, then runs until the test opens the gate (at most a minute)."""
+    (Path(folder) / f"started-{name}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not (Path(folder) / "gate").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return name
+
+
+def test_long_tasks_go_one_per_free_worker_in_order(client, tmp_path):
+    # a sweep's cells run for minutes each: the first two must start at once on the two workers (never
+    # queued behind each other) and the rest wait at the client until a worker is free
+    from featurize.cluster import one_per_worker
+
+    tasks = [(n, (str(tmp_path), n)) for n in ("a", "b", "c", "d", "e")]
+    done: list[str] = []
+    runner = threading.Thread(target=lambda: done.extend(name for name, f in
+                                                         one_per_worker(client, _start_then_wait, tasks, "t")
+                                                         if f.result() == name))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("started-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    started = sorted(p.name for p in tmp_path.glob("started-*"))
+    assert started == ["started-a", "started-b"]  # in order, on two different processes, nothing else
+    assert (tmp_path / "started-a").read_text() != (tmp_path / "started-b").read_text()
+    assert len(client.processing()) == 2 and sum(len(v) for v in client.processing().values()) == 2
+    (tmp_path / "gate").write_text("")
+    runner.join(timeout=60)
+    assert sorted(done) == ["a", "b", "c", "d", "e"]

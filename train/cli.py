@@ -404,23 +404,18 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
 
 
 def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path]], keep_going: bool) -> list[str]:
-    """Each cell a task on the cluster's workers (largest first is not known: the sweep file's order); a cell
-    writes its run directory as it would here, so resuming and the reports are the same. Returns the failed."""
-    from distributed import as_completed
-
-    from featurize.cluster import connect
+    """Each cell a task on the cluster's workers, in the sweep file's order; a cell writes its run directory as
+    it would here, so resuming and the reports are the same. Returns the failed."""
+    from featurize.cluster import connect, one_per_worker
     from train.sweep_task import cell_task  # a module of its own: `python -m train.cli` is __main__
 
     client = connect(scheduler)
     failed = []
     try:
-        futures = {client.submit(cell_task, dataclasses.asdict(req), str(cell_dir),
-                                 key=f"sweep-cell-{name}-{time.time_ns()}", pure=False): name
-                   for name, req, cell_dir in cells}
         console.print(f"{len(cells)} cells on {scheduler} "
                       f"({len(client.scheduler_info(n_workers=-1)['workers'])} workers)")
-        for future in as_completed(futures):
-            name = futures[future]
+        tasks = [(name, (dataclasses.asdict(req), str(cell_dir))) for name, req, cell_dir in cells]
+        for name, future in one_per_worker(client, cell_task, tasks, key_prefix="sweep-cell"):
             try:
                 future.result()
                 console.print(f"{name}: done")
