@@ -9,6 +9,9 @@ does, into runs/cost/rav4 (a fresh directory each run, so nothing is reused from
 * per cell: training time summed over its folds (select + refit, one torch thread per job) and seed 0's UA;
 * the grid's summed training time and its wall-clock time on this machine, each against the 30-minute goal.
 
+`--resume` finishes an interrupted run instead (folds already trained keep their own timings; the
+wall-clock is then not measured). A fold's time is its own: select, refit and test, nothing else.
+
 Features must already be in the store (`bench/accuracy.py` or `make features` makes them). Results are
 appended to bench/results/train-cost-rav4.txt with machine, date and code version.
 """
@@ -67,6 +70,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="cells trained at once, one torch thread each")
     ap.add_argument("--cells", help="only these cells (comma-separated); the wall-clock is then theirs alone")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cost" / "rav4")
+    ap.add_argument("--resume", action="store_true",
+                    help="finish the run under --out (its finished folds are kept; no wall-clock figure)")
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: print the table of the cells an interrupted run finished under --out")
     a = ap.parse_args()
@@ -77,9 +82,9 @@ def main() -> None:
         raise SystemExit(f"no feature store at {a.store}: run `python bench/accuracy.py --only rav4` first")
     wanted = set(a.cells.split(",")) if a.cells else None
     sweep = one_seed_sweep(wanted)
-    if a.out.exists():
+    if a.out.exists() and not a.resume:
         shutil.rmtree(a.out)  # a cost run trains everything afresh: a finished cell would cost nothing
-    a.out.mkdir(parents=True)
+    a.out.mkdir(parents=True, exist_ok=True)
     sweep_file = a.out / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(sweep, sort_keys=False))
     cmd = [sys.executable, "-m", "train.cli", "sweep", str(sweep_file), "--out", str(a.out), "--store", a.store,
@@ -89,7 +94,7 @@ def main() -> None:
     code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     wall = time.perf_counter() - start
 
-    report(sweep, a, wall, code)
+    report(sweep, a, None if a.resume else wall, code)
 
 
 def report(sweep: dict, a: argparse.Namespace, wall: float | None, code: int) -> None:
@@ -112,7 +117,7 @@ def report(sweep: dict, a: argparse.Namespace, wall: float | None, code: int) ->
     lines += ["",
               f"summed training time: {total / 60:.1f} min ({total / 60 / GOAL_MINUTES:.2f}x the "
               f"{GOAL_MINUTES:.0f}-minute goal); " + (
-                  "wall-clock not measured (collected after the run)" if wall is None else
+                  "wall-clock not measured (resumed or collected after the run)" if wall is None else
                   f"wall-clock on this machine, {a.jobs} jobs: {wall / 60:.1f} min ({wall / 60 / GOAL_MINUTES:.2f}x "
                   f"the goal)")]
     if missing or code:
