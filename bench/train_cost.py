@@ -49,6 +49,13 @@ def code_version() -> str:
         return "unknown"
 
 
+def trained_on(out: Path) -> str:
+    """The commits the cells under ``out`` trained on (each run's provenance), else this checkout's."""
+    commits = sorted({json.loads(f.read_text()).get("provenance", {}).get("git_commit", "")[:7]
+                      for f in (out / "cells").glob("*/config.json")} - {""})
+    return ", ".join(commits) or code_version()
+
+
 def one_seed_sweep(cells: set[str] | None) -> dict:
     """The rav4 sweep file with seed 0 only and its honest cells only (or the named ones)."""
     sweep = yaml.safe_load(SWEEP.read_text())
@@ -99,16 +106,20 @@ def main() -> None:
 
 def report(sweep: dict, a: argparse.Namespace, wall: float | None, code: int) -> None:
     """The cost table from the finished cells under ``a.out`` (``wall`` None: collected after the fact)."""
-    lines = [f"## train-cost rav4, seed 0, 5 folds, {a.jobs} jobs — {machine()}, code {code_version()}",
+    lines = [f"## train-cost rav4, seed 0, 5 folds, {a.jobs} jobs — {machine()}, trained on code {trained_on(a.out)}",
              f"`python bench/train_cost.py --jobs {a.jobs}" + (f" --cells {a.cells}`" if a.cells else "`"), "",
              "| cell | training minutes (summed over folds) | UA (seed 0, 5 folds) |", "|---|---|---|"]
-    total, missing = 0.0, []
+    total, partial, missing = 0.0, 0.0, []
     for entry in sweep["grid"]:
         name = cell_name(entry)
         summary_file = a.out / "cells" / name / "summary.json"
         if not summary_file.exists():
             missing.append(name)
-            lines.append(f"| {name} | not finished | |")
+            folds = [json.loads(f.read_text()) for f in (a.out / "cells" / name / "folds").glob("*/metrics.json")]
+            so_far = sum(f.get("seconds") or 0.0 for f in folds)
+            partial += so_far
+            lines.append(f"| {name} | not finished: {len(folds)} of 5 folds, {so_far / 60:.1f} so far | |"
+                         if folds else f"| {name} | not finished | |")
             continue
         summary = json.loads(summary_file.read_text())
         seconds = summary.get("train_seconds") or 0.0
@@ -120,6 +131,9 @@ def report(sweep: dict, a: argparse.Namespace, wall: float | None, code: int) ->
                   "wall-clock not measured (resumed or collected after the run)" if wall is None else
                   f"wall-clock on this machine, {a.jobs} jobs: {wall / 60:.1f} min ({wall / 60 / GOAL_MINUTES:.2f}x "
                   f"the goal)")]
+    if partial:
+        lines.append(f"with the finished folds of unfinished cells: {(total + partial) / 60:.1f} min so far "
+                     f"({(total + partial) / 60 / GOAL_MINUTES:.2f}x the goal)")
     if missing or code:
         lines.append(f"INCOMPLETE: train sweep exit code {code}; not finished: {', '.join(missing) or 'none'}")
     text = "\n".join(lines) + "\n"
