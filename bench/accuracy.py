@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import code_version, machine  # noqa: E402
 from train.cli import RunRequest, expand_grid  # noqa: E402
 from train.heads import fill_new_fields, get_head, make_config, make_recipe  # noqa: E402
 
@@ -118,18 +118,6 @@ def read_record(bench: str, cell: str, req: RunRequest) -> dict | None:
     kept = record["settings"]
     current = settings(kept["request"], kept.get("head_config"), kept.get("recipe")) == cell_settings(req)
     return record if current else None
-
-
-def code_version(run_config: dict | None = None) -> str:
-    """The commit a run trained on (its provenance, written when the run started), else this checkout's HEAD."""
-    commit = ((run_config or {}).get("provenance") or {}).get("git_commit")
-    if commit:
-        return commit[:7]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> None:

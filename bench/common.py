@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,18 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, {time.strftime('%Y-%m-%d')}"
+
+
+def code_version(run_config: dict | None = None) -> str:
+    """The commit a run trained on (its provenance, written when the run started), else this checkout's HEAD."""
+    commit = ((run_config or {}).get("provenance") or {}).get("git_commit")
+    if commit:
+        return commit[:7]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:

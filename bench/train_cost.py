@@ -32,43 +32,26 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import code_version, machine  # noqa: E402
+from train.cli import expand_grid  # noqa: E402
 
 SWEEP = ROOT / "bench" / "sweeps" / "rav4.yaml"
 GOAL_MINUTES = 30.0
 
 
-def code_version() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return out + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def trained_on(out: Path) -> str:
     """The commits the cells under ``out`` trained on (each run's provenance), else this checkout's."""
-    commits = sorted({json.loads(f.read_text()).get("provenance", {}).get("git_commit", "")[:7]
-                      for f in (out / "cells").glob("*/config.json")} - {""})
+    commits = sorted({code_version(json.loads(f.read_text())) for f in (out / "cells").glob("*/config.json")})
     return ", ".join(commits) or code_version()
 
 
-def one_seed_sweep(cells: set[str] | None) -> dict:
-    """The rav4 sweep file with seed 0 only and its honest cells only (or the named ones)."""
+def one_seed_sweep(wanted: set[str] | None) -> tuple[dict, list[str]]:
+    """The rav4 sweep file with seed 0 only, and the names of its honest cells (or of the wanted ones)."""
     sweep = yaml.safe_load(SWEEP.read_text())
     sweep["seeds"] = [0]
-    grid = [c for c in sweep["grid"] if c.get("evaluation", "honest") != "paper"]
-    if cells is not None:
-        grid = [c for c in grid if cell_name(c) in cells]
-    sweep["grid"] = grid
-    return sweep
-
-
-def cell_name(entry: dict) -> str:
-    return entry["name"] + ("-audio" if entry.get("modality") == "audio" else "")
+    names = [name for name, req in expand_grid(sweep)
+             if req.evaluation != "paper" and (wanted is None or name in wanted)]
+    return sweep, names
 
 
 def main() -> None:
@@ -83,42 +66,43 @@ def main() -> None:
                     help="train nothing: print the table of the cells an interrupted run finished under --out")
     a = ap.parse_args()
     if a.collect_only:
-        report(one_seed_sweep(set(a.cells.split(",")) if a.cells else None), a, None, 0)
+        report(one_seed_sweep(set(a.cells.split(",")) if a.cells else None)[1], a, None, 0)
         return
     if not Path(a.store).exists():
         raise SystemExit(f"no feature store at {a.store}: run `python bench/accuracy.py --only rav4` first")
     wanted = set(a.cells.split(",")) if a.cells else None
-    sweep = one_seed_sweep(wanted)
+    sweep, names = one_seed_sweep(wanted)
     if a.out.exists() and not a.resume:
         shutil.rmtree(a.out)  # a cost run trains everything afresh: a finished cell would cost nothing
     a.out.mkdir(parents=True, exist_ok=True)
     sweep_file = a.out / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(sweep, sort_keys=False))
     cmd = [sys.executable, "-m", "train.cli", "sweep", str(sweep_file), "--out", str(a.out), "--store", a.store,
-           "--keep-going", "--no-report", "--scheduler", f"local:{a.jobs}"]
+           "--keep-going", "--no-report", "--cells", ",".join(names), "--scheduler", f"local:{a.jobs}"]
     print("$", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     wall = time.perf_counter() - start
 
-    report(sweep, a, None if a.resume else wall, code)
+    report(names, a, None if a.resume else wall, code)
 
 
-def report(sweep: dict, a: argparse.Namespace, wall: float | None, code: int) -> None:
+def report(names: list[str], a: argparse.Namespace, wall: float | None, code: int) -> None:
     """The cost table from the finished cells under ``a.out`` (``wall`` None: collected after the fact)."""
     lines = [f"## train-cost rav4, seed 0, 5 folds, {a.jobs} jobs — {machine()}, trained on code {trained_on(a.out)}",
              f"`python bench/train_cost.py --jobs {a.jobs}" + (f" --cells {a.cells}`" if a.cells else "`"), "",
              "| cell | training minutes (summed over folds) | UA (seed 0, 5 folds) |", "|---|---|---|"]
     total, partial, missing = 0.0, 0.0, []
-    for entry in sweep["grid"]:
-        name = cell_name(entry)
+    for name in names:
         summary_file = a.out / "cells" / name / "summary.json"
         if not summary_file.exists():
             missing.append(name)
-            folds = [json.loads(f.read_text()) for f in (a.out / "cells" / name / "folds").glob("*/metrics.json")]
+            cell = a.out / "cells" / name
+            folds = [json.loads(f.read_text()) for f in (cell / "folds").glob("*/metrics.json")]
             so_far = sum(f.get("seconds") or 0.0 for f in folds)
             partial += so_far
-            lines.append(f"| {name} | not finished: {len(folds)} of 5 folds, {so_far / 60:.1f} so far | |"
+            of = len(json.loads((cell / "config.json").read_text())["folds"]) if folds else 0
+            lines.append(f"| {name} | not finished: {len(folds)} of {of} folds, {so_far / 60:.1f} so far | |"
                          if folds else f"| {name} | not finished | |")
             continue
         summary = json.loads(summary_file.read_text())
