@@ -84,18 +84,40 @@ def one_per_worker(client, fn, tasks: list[tuple[str, tuple]], key_prefix: str) 
         yield names.pop(future.key), future
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def worker_process_setup() -> None:
+    """One core's worth of work per worker, and glibc's allocator back to what tensor work needs.
+
+    A dask nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536. Setting that variable at all also
+    freezes glibc's mmap threshold at 128 KiB, so every tensor above it is a fresh mmap whose pages fault in
+    on first touch and are unmapped on free: a cme training epoch took 5.2 s in such a process against
+    2.2 s in a plain one (2026-12-02, 2-core EPYC; two thirds of the extra time in the kernel). The same
+    limits set again at run time give the plain process's speed; memory freed stays with the worker."""
+    import ctypes
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # more threads than the worker's one core only spin against its peers
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): their allocators ignore the variable anyway
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's own upper bound for its adaptive threshold
+    libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
 def _worker_extractor(name: str, options: dict):
     key = json.dumps([name, options], sort_keys=True)
     if key not in _BUILT:
-        import sys
-
-        from threadpoolctl import threadpool_limits
-
         from featurize.extractors import build_extractor
 
-        threadpool_limits(1)  # a worker is one core's worth of work; more threads only spin against peers
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
+        worker_process_setup()
         extractor = build_extractor(name, options)
         extractor.setup()
         _BUILT[key] = extractor

@@ -10,11 +10,12 @@ _CACHE: dict = {}  # features loaded on this worker process, reused by its later
 
 def cell_task(request: dict, cell_dir: str) -> str:
     """Train one cell (its RunRequest as a dict) into ``cell_dir``: one torch thread (a worker is one core),
-    this worker's feature cache."""
-    import torch
+    an allocator fit for tensors (``worker_process_setup``), this worker's feature cache."""
+    import torch  # noqa: F401  (imported before the setup, so it too gets one thread)
 
+    from featurize.cluster import worker_process_setup
     from train.cli import RunRequest, run_cell
 
-    torch.set_num_threads(1)
+    worker_process_setup()
     run_cell(RunRequest(**request), Path(cell_dir), _CACHE)
     return cell_dir
