@@ -102,6 +102,54 @@ def test_linear_agrees_with_scikit_learn_logistic_regression(class_weight):
         assert np.abs(ours - theirs).max() < 1e-3, c
 
 
+def test_linear_svm_agrees_with_scikit_learn_linear_svc_and_converges():
+    # the squared hinge is solved by Newton steps on its active set: at every C, even where the data are
+    # nearly separable (C = 100), it reaches the optimum; LinearSVC's intercept is penalised, so a large
+    # intercept_scaling stands in for our unpenalised bias
+    from sklearn.svm import LinearSVC
+
+    x, y = _three_class_problem()
+    spec = get_head("linear")
+    for c in (0.01, 1.0, 100.0):
+        cfg = make_config(spec, {"C": c, "loss": "hinge"})
+        model = spec.build(cfg, {"audio": 40}, {"audio": 1}, 3, ["audio"])
+        batch = {"audio": torch.tensor(x), "labels": torch.tensor(y)}
+        out = spec.fit(model, batch, None, CLASSES, make_recipe(spec, {"class_weight": "none"}))
+        info = out["history"][0]
+        assert info["converged"] and info["iterations"] < 50, info
+        ours = model.out(torch.tensor(x, dtype=torch.float32)).detach().numpy()
+        ref = LinearSVC(C=c, tol=1e-12, max_iter=200_000, intercept_scaling=1e3).fit(x, y)
+        theirs = ref.decision_function(x)
+        assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max(), c
+
+
+def test_linear_svm_with_class_weights_reaches_the_weighted_optimum():
+    # balanced weights weigh each row by its class in every one-vs-rest problem (liblinear weighs only the
+    # positives, so LinearSVC is not the reference here): the optimum of our own objective is
+    from scipy.optimize import minimize
+
+    from train.heads.linear import Config, objective, solve
+    from train.recipe import class_weights
+
+    x, y = _three_class_problem()
+    c = 1.0
+    params, info = solve(x, y, 3, c, Config(loss="hinge"), class_weight="balanced")
+    penalty, weights = 1.0 / (2 * c * len(y)), class_weights("balanced", y, 3)
+    ref = minimize(objective, np.zeros_like(params), args=(x, y, 3, penalty, "hinge", weights), jac=True,
+                   method="L-BFGS-B", options={"maxiter": 100_000, "gtol": 1e-10, "ftol": 1e-16})
+    assert info["converged"]
+    assert objective(params, x, y, 3, penalty, "hinge", weights)[0] <= ref.fun + 1e-12
+    assert np.abs(params - ref.x).max() < 1e-3 * np.abs(ref.x).max()
+
+
+def _three_class_problem() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 40))
+    y = rng.choice(3, size=150, p=[0.2, 0.3, 0.5])  # unbalanced, so class weights matter
+    x[np.arange(150), y] += 1.0  # informative, not separable at small C
+    return x, y
+
+
 def test_balanced_class_weights_count_every_class_alike():
     y = np.array([0, 0, 0, 0, 1, 1, 2, 2, -100])  # -100: unlabelled context, not counted
     w = class_weights("balanced", y, 4)

@@ -239,7 +239,7 @@ def training_flags(fitted: Fitted, train_ce: float, prior: float) -> list[str]:
         flags.append(f"training loss {train_ce:.3f} near the prior-only loss {prior:.3f}: the head barely learned")
     if fitted.best_epoch < 0:  # convex fit
         if not all(h.get("converged", True) for h in fitted.history):
-            flags.append("L-BFGS stopped before convergence (raise max_iter)")
+            flags.append("the convex solver stopped before convergence (raise max_iter)")
         grid = [h["C"] for h in fitted.history]
         if len(grid) > 1 and fitted.chosen["C"] == max(grid):
             flags.append(f"C chosen at the top of the grid ({fitted.chosen['C']}): extend c_grid")
