@@ -280,7 +280,7 @@ def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path,
     flagged = [r["cell"] for r in rows if r.get("flagged")]
     if flagged:
         lines.append(f"\nFlagged (a run whose best epoch is in the last 10% of its budget, whose training loss stayed "
-                     f"near the prior-only loss, whose L-BFGS fit did not converge or whose C sat at the grid's edge; "
+                     f"near the prior-only loss, whose convex fit did not converge or whose C sat at the grid's edge; "
                      f"per-run reasons in the records): {', '.join(flagged)}.")
     paper = [r for r in rows if r["paper"]]
     if paper:

@@ -142,6 +142,17 @@ def test_linear_svm_with_class_weights_reaches_the_weighted_optimum():
     assert np.abs(params - ref.x).max() < 1e-3 * np.abs(ref.x).max()
 
 
+def test_a_convex_fit_is_flagged_when_c_sits_at_either_edge_of_its_grid():
+
+    history = [{"C": c, "converged": True} for c in (1e-4, 1e-3, 1e-2)]
+    fitted = lambda c: Fitted({}, history, -1, 0, {"C": c})  # noqa: E731
+    assert training_flags(fitted(1e-3), 0.5, 1.3) == []
+    assert "bottom of the grid" in training_flags(fitted(1e-4), 0.5, 1.3)[0]
+    assert "top of the grid" in training_flags(fitted(1e-2), 0.5, 1.3)[0]
+    unconverged = Fitted({}, [*history[:2], {"C": 1e-2, "converged": False}], -1, 0, {"C": 1e-3})
+    assert "stopped before convergence" in training_flags(unconverged, 0.5, 1.3)[0]
+
+
 def _three_class_problem() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(150, 40))

@@ -241,8 +241,9 @@ def training_flags(fitted: Fitted, train_ce: float, prior: float) -> list[str]:
         if not all(h.get("converged", True) for h in fitted.history):
             flags.append("the convex solver stopped before convergence (raise max_iter)")
         grid = [h["C"] for h in fitted.history]
-        if len(grid) > 1 and fitted.chosen["C"] == max(grid):
-            flags.append(f"C chosen at the top of the grid ({fitted.chosen['C']}): extend c_grid")
+        if len(grid) > 1 and fitted.chosen["C"] in (min(grid), max(grid)):
+            edge = "top" if fitted.chosen["C"] == max(grid) else "bottom"
+            flags.append(f"C chosen at the {edge} of the grid ({fitted.chosen['C']}): extend c_grid")
     return flags
 
 
