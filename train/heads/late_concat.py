@@ -41,7 +41,7 @@ class Config:
 # fold are ~190 steps: the budget has a floor of 600 steps, with warm-up and cosine decay. The paper's lr 1.5e-4
 # (it fine-tunes BERT with it) leaves the CNN at UA ~0.44 on rav4 (seed 0, 5 folds, training loss still 0.87
 # at epoch 30); lr 1e-3: audio-only folds 0-2 0.644 / 0.481 / 0.556 against 0.444 / 0.381 / 0.494, fused folds
-# 0-1 0.463 / 0.500 against 0.387 / 0.462 (2026-12-02, seed 0, log-mel pooled 2 to 1).
+# 0-2 0.463 / 0.500 / 0.619 against 0.387 / 0.462 / 0.444 (2026-12-02, seed 0, log-mel pooled 2 to 1).
 RECIPE = Recipe(lr=1e-3, weight_decay=1e-3, epochs=15, min_steps=600, batch_size=32, warmup=0.05, patience=20)
 
 
