@@ -143,7 +143,6 @@ def test_linear_svm_with_class_weights_reaches_the_weighted_optimum():
 
 
 def test_a_convex_fit_is_flagged_when_c_sits_at_either_edge_of_its_grid():
-
     history = [{"C": c, "converged": True} for c in (1e-4, 1e-3, 1e-2)]
     fitted = lambda c: Fitted({}, history, -1, 0, {"C": c})  # noqa: E731
     assert training_flags(fitted(1e-3), 0.5, 1.3) == []
