@@ -536,6 +536,21 @@ def test_late_concat_soft_labels() -> None:
     torch.testing.assert_close(model.loss(out, onehot), hard)
 
 
+def test_late_concat_batch_norm_counts_only_real_frames() -> None:
+    """In training the batch statistics (and so the outputs and the running averages) must not see the
+    padding."""
+    torch.manual_seed(0)
+    model = build("late_concat", batch_norm=True, dropout=0.0).train()
+    twin = build("late_concat", batch_norm=True, dropout=0.0).train()
+    twin.load_state_dict(model.state_dict())
+    batch = make_batch("late_concat")
+    a, b = model(batch)["logits"], twin(pad_batch("late_concat", batch))["logits"]
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    for norm, twin_norm in zip(model.audio.norms, twin.audio.norms, strict=True):
+        torch.testing.assert_close(twin_norm.running_mean, norm.running_mean)
+        torch.testing.assert_close(twin_norm.running_var, norm.running_var)
+        assert norm.num_batches_tracked == 1 and not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+
 def test_linear_means_layers() -> None:
     torch.manual_seed(0)
     spec = get_head("linear")

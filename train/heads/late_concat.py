@@ -35,6 +35,7 @@ class Config:
     attn_hidden: int = 128  # width of the attention-pooling scorer
     leaky_slope: float = 0.01
     audio_pool: int = 1  # mean of each k frames before the CNN (k = 4: Whisper's 50 frames/s to 12.5)
+    batch_norm: bool = False  # batch normalisation (over real frames only) after each conv, before its activation
 
 
 # The paper's Adam weight decay 1e-3, 15 epochs; batch 32 is ours (unpublished). 15 epochs of a 400-utterance
@@ -51,6 +52,26 @@ def masked_max(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.any(dim=1, keepdim=True), y, torch.zeros_like(y))
 
 
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over [B, C, T, F] whose batch statistics count only real frames (mask [B, 1, T, 1]), so
+    an item's output in training does not depend on how much padding its batch carries."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        if not self.training:
+            return super().forward(x)
+        w = mask.to(x.dtype)
+        n = (w.sum() * x.size(3)).clamp_min(1.0)
+        mean = (x * w).sum(dim=(0, 2, 3)) / n
+        var = (((x - mean[None, :, None, None]) * w) ** 2).sum(dim=(0, 2, 3)) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            unbiased = var * n / (n - 1).clamp_min(1.0)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
 class AudioCNN(nn.Module):
     """[B, T, D] frames + [B, T] mask -> [B, audio_hidden]."""
 
@@ -60,6 +81,7 @@ class AudioCNN(nn.Module):
         self.convs = nn.ModuleList([nn.Conv2d(chans[i], chans[i + 1], 3, padding=1)
                                     for i in range(len(chans) - 1)])
         self.slope = cfg.leaky_slope
+        self.norms = nn.ModuleList([MaskedBatchNorm2d(c) for c in chans[1:]]) if cfg.batch_norm else None
         # He initialisation for the LeakyReLU: PyTorch's default conv init shrinks the activations' std by
         # about half per block (0.98 -> 0.40 -> 0.18 -> 0.09 -> 0.04 -> 0.02 through the five), so the
         # logits start nearly constant and validation sat at one class for the first epochs.
@@ -74,9 +96,12 @@ class AudioCNN(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x.unsqueeze(1)  # [B, 1, T, D]
         m = mask[:, None, :, None]  # [B, 1, T, 1], broadcasts over channels and frequency
-        for conv in self.convs:
+        for i, conv in enumerate(self.convs):
             # zero padding before the conv = what the conv's own zero padding gives at the true end
-            x = F.leaky_relu(conv(x.masked_fill(~m, 0.0)), self.slope)
+            x = conv(x.masked_fill(~m, 0.0))
+            if self.norms is not None:
+                x = self.norms[i](x, m)
+            x = F.leaky_relu(x, self.slope)
             # -inf before the pool, so a window straddling the end sees only its real frame, as it would
             # with ceil_mode on the unpadded item
             x = F.max_pool2d(x.masked_fill(~m, float("-inf")), 2, ceil_mode=True)
