@@ -43,6 +43,7 @@ class Config:
 # (it fine-tunes BERT with it) leaves the CNN at UA ~0.44 on rav4 (seed 0, 5 folds, training loss still 0.87
 # at epoch 30); lr 1e-3: audio-only folds 0-2 0.644 / 0.481 / 0.556 against 0.444 / 0.381 / 0.494, fused folds
 # 0-2 0.463 / 0.500 / 0.619 against 0.387 / 0.462 / 0.444 (2026-12-02, seed 0, log-mel pooled 2 to 1).
+# Half the steps (300) left it at 0.41-0.46 on folds 0-2 (training loss 0.82-0.87): the floor stays at 600.
 RECIPE = Recipe(lr=1e-3, weight_decay=1e-3, epochs=15, min_steps=600, batch_size=32, warmup=0.05, patience=20)
 
 
