@@ -14,7 +14,7 @@ import torch
 from featurize.records import Utterance
 from train.data import CorpusData, ModalityInput, Normalizer
 from train.heads import get_head, make_config, make_recipe
-from train.loop import Fitted, LoopOptions, fit_head, prior_loss, train_fold, training_flags
+from train.loop import Fitted, LoopOptions, fit_head, forward, prior_loss, train_fold, training_flags
 from train.protocols import Fold
 from train.recipe import Recipe, class_weights, lr_factor
 
@@ -296,3 +296,35 @@ def test_a_field_added_since_a_run_was_recorded_keeps_the_old_run_current():
         old = json.loads(json.dumps({"request": {"head": head}, "head_config": config, "recipe": old_recipe}))
         new = {"request": {"head": head}, "head_config": config, "recipe": recipe}
         assert (changed_settings(old, new) == []) is still_current
+
+
+@pytest.mark.parametrize("head", ["cme", "late_concat"])
+def test_bfloat16_autocast_trains_in_bfloat16_and_scores_in_float32(head):
+    """``autocast: bfloat16`` runs the convolutions in bfloat16 while the weights stay float32 and the
+    logits, loss and metrics are float32; a fold trained so learns the synthetic problem."""
+    data = synthetic(n=90, signal=2.0)
+    if head == "cme":  # word-level: each utterance's frames split into two timed words
+        data.inputs["text"] = dataclasses.replace(data.inputs["text"], form="words")
+        data.word_frames = [torch.tensor([[0, len(a) // 2], [len(a) // 2, len(a)]]) for a in data.inputs["audio"].items]
+        data.inputs["text"].items = [t[:2] for t in data.inputs["text"].items]
+    spec = get_head(head)
+    cfg = make_config(spec, {"lstm_hidden": 32} if head == "cme" else {})
+    recipe = make_recipe(spec, {"autocast": "bfloat16", "epochs": 20, "min_steps": 0, "refit": False,
+                                "lr": 3e-3, "batch_size": 16})
+    metrics = train_fold(spec, cfg, recipe, data, fold_of(data), 0, LoopOptions(device="cpu"))
+    prior = prior_loss(data.labels.numpy(), data.n_classes)
+    assert metrics["train_loss_final"] < 0.5 * prior and metrics["ua"] > 0.5, metrics
+
+    model = spec.build(cfg, {m: i.dim for m, i in data.inputs.items()}, {"audio": 1, "text": 1}, 3,
+                       sorted(data.inputs)).eval()
+    seen = []
+    conv = next(m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    batch = next(data.batches(list(range(16)), 16, shuffle=False, norm=Normalizer.identity()))
+    out = forward(model, batch, "bfloat16", torch.device("cpu"))
+    assert seen == [torch.bfloat16] and out["logits"].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    exact = forward(model, batch, "none", torch.device("cpu"))["logits"]
+    assert seen[-1] == torch.float32 and torch.allclose(out["logits"], exact, atol=0.05)
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        make_recipe(spec, {"autocast": "float8"}).check()

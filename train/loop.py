@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from featurize.extractors.neural import autocast_context
 from train.data import CorpusData, Normalizer
 from train.heads import HeadSpec, fill_new_fields
 from train.metrics import compute_metrics
@@ -81,8 +82,16 @@ class Scored:
     ce: float  # mean cross-entropy of the head's logits
 
 
+def forward(model: torch.nn.Module, batch: dict, autocast: str, device: torch.device) -> dict:
+    """The head's outputs for a batch, computed under the recipe's ``autocast`` and returned in float32, so
+    that losses, soft-maxes and metrics are float32 whatever the forward pass ran in."""
+    with autocast_context(autocast, device.type):
+        out = model(batch)
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in out.items()}
+
+
 def evaluate(model: torch.nn.Module, data: CorpusData, rows: list[int], norm: Normalizer, batch_size: int,
-             device: torch.device, phase: str) -> Scored:
+             device: torch.device, phase: str, autocast: str = "none") -> Scored:
     """The model's predictions over the labelled utterances in ``rows``. ``phase`` (valid | test | train) is
     passed in the batch: a head may act differently at test (msmser's ``eval_mask``)."""
     model.eval()
@@ -90,7 +99,7 @@ def evaluate(model: torch.nn.Module, data: CorpusData, rows: list[int], norm: No
     with torch.no_grad():
         for batch in data.batches(rows, batch_size, shuffle=False, norm=norm):
             batch = _to_device({**batch, "phase": phase}, device)
-            logits = model(batch)["logits"]
+            logits = forward(model, batch, autocast, device)["logits"]
             labels = batch["labels"]
             keep = labels >= 0
             if data.dialogue:  # the labelled positions of the padded dialogues, in row order
@@ -164,7 +173,7 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
             batch = _to_device(batch, device)
             if weights is not None:
                 batch["class_weights"] = weights
-            loss = model.loss(model(batch), batch)
+            loss = model.loss(forward(model, batch, recipe.autocast, device), batch)
             optim.zero_grad()
             loss.backward()
             if recipe.clip_norm:
@@ -174,7 +183,7 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
         entry = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], "train_loss": total / max(n, 1)}
         if select is not None:
             phase, rows = select
-            scored = evaluate(model, data, rows, norm, recipe.batch_size, device, phase)
+            scored = evaluate(model, data, rows, norm, recipe.batch_size, device, phase, recipe.autocast)
             m = compute_metrics(scored.y, scored.pred, data.classes)
             entry.update({"valid_loss": scored.ce, "valid_wa": m["wa"], "valid_ua": m["ua"],
                           "valid_macro_f1": m["macro_f1"]})
@@ -295,7 +304,7 @@ def train_fold(
     select = ("test", test_rows) if paper else ("valid", valid_rows)
     model, fitted = fit_head(spec, config, recipe, data, norm, train_rows, select, seed, opts, on_epoch=on_epoch)
     device = pick_device(opts.device)
-    train_ce = evaluate(model, data, train_rows, norm, recipe.batch_size, device, "train").ce
+    train_ce = evaluate(model, data, train_rows, norm, recipe.batch_size, device, "train", recipe.autocast).ce
     flags = training_flags(fitted, train_ce, prior_loss(data.labels[train_rows].numpy(), data.n_classes))
     final_rows, refit_info = train_rows, None
     if refit:
@@ -307,7 +316,7 @@ def train_fold(
         model, _ = fit_head(spec, refit_config, recipe, data, norm, final_rows, None, seed, opts,
                             budget=fitted.chosen.get("epochs"), on_epoch=on_epoch)
         refit_info = {**fitted.chosen, "n_train": len(final_rows), "budget": fitted.budget}
-    scored = evaluate(model, data, test_rows, norm, recipe.batch_size, device, "test")
+    scored = evaluate(model, data, test_rows, norm, recipe.batch_size, device, "test", recipe.autocast)
     metrics = compute_metrics(scored.y, scored.pred, data.classes)
     metrics.update(
         {

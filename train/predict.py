@@ -23,6 +23,7 @@ from featurize.records import Utterance
 from featurize.store import FeatureStore, feature_group_name
 from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, word_frames
 from train.heads import get_head, make_config
+from train.loop import forward
 
 
 @dataclass
@@ -123,7 +124,9 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> 
         norm = Normalizer(state["normalizer"])
         with torch.no_grad():
             for batch in data.batches(list(range(len(utts))), 16, shuffle=False, norm=norm):
-                logits = model({**batch, "phase": "test"})["logits"]  # as the test fold was scored
+                # as the test fold was scored: its phase and its recipe's autocast
+                logits = forward(model, {**batch, "phase": "test"}, state["recipe"].get("autocast", "none"),
+                                 torch.device("cpu"))["logits"]
                 rows = batch["rows"]
                 if spec.dialogue:  # one utterance per "dialogue" here
                     logits = logits[:, 0]

@@ -12,6 +12,9 @@ The loop (train/loop.py) reads it as follows:
   ``step_at``, fractions of the budget) or ``constant``;
 * early stopping (``patience`` epochs without a better validation ``select_on``) can fire only after
   ``stop_after`` of the budget: before that the schedule is still in its useful, high-lr part;
+* ``autocast``: ``bfloat16`` runs the head's forward pass (and so its backward) in bfloat16 where torch's
+  autocast allows, the weights, optimiser and loss staying float32: about a third less time on a CPU with
+  AVX-512 BF16 or AMX, and on a GPU; ``none`` (the default) is exact float32;
 * ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
   speakers, then the head is trained again from scratch on training + validation speakers with that
   choice and tested; the test fold is never looked at before.
@@ -30,6 +33,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 SELECT_ON = ("ua", "wa", "macro_f1", "loss")  # loss: the lowest validation cross-entropy
 CLASS_WEIGHTS = ("none", "balanced")
+AUTOCASTS = ("none", "bfloat16")
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Recipe:
     # balanced: class c weighs n / (k * n_c) in the training loss (scikit-learn's "balanced"), so the loss counts
     # every class alike, as UA does; none: every utterance alike, as WA does
     class_weight: str = "none"
+    autocast: str = "none"  # none (float32) | bfloat16: the forward pass in bfloat16 where autocast allows
 
     def check(self) -> Recipe:
         if self.optimizer not in OPTIMIZERS:
@@ -63,6 +68,8 @@ class Recipe:
         if self.class_weight not in CLASS_WEIGHTS:
             raise ValueError(f"recipe: class_weight must be one of {', '.join(CLASS_WEIGHTS)}, "
                              f"got {self.class_weight!r}")
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(f"recipe: autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("recipe: epochs, batch_size and lr must be positive")
         if not 0 <= self.warmup < 1 or not 0 <= self.stop_after <= 1:
