@@ -169,6 +169,25 @@ def test_sequence_batches_pad_with_zeros_and_mask_real_frames(store_path):
         assert torch.equal(batch["audio"][b, : lengths[b]], norm("audio", data.inputs["audio"].items[i]))
 
 
+def test_length_window_batches_cover_every_row_once_and_pad_less(store_path):
+    data = _data(store_path, "probe", ["fbank"])
+    norm = Normalizer.identity()
+    rows = list(range(len(data.utts)))
+
+    def epoch(window: int, seed: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(seed)
+        return [b["rows"] for b in data.batches(rows, 4, shuffle=True, norm=norm, generator=gen, length_window=window)]
+
+    def padding(batches: list[list[int]]) -> int:
+        lengths = [[len(data.inputs["audio"].items[r]) for r in b] for b in batches]
+        return sum(max(ls) * len(ls) - sum(ls) for ls in lengths)
+
+    similar, plain = epoch(3, 0), epoch(0, 0)
+    assert sorted(r for b in similar for r in b) == rows and len(similar) == len(plain)
+    assert padding(similar) < padding(plain)
+    assert epoch(3, 0) == similar and epoch(3, 1) != similar  # the seed decides, as for random batches
+
+
 def test_dialogue_batches_label_only_the_requested_rows(store_path):
     data = _data(store_path, "dialog", ["opensmile"])
     norm = Normalizer.fit(data, list(range(len(data.utts))))

@@ -158,17 +158,34 @@ class CorpusData:
         norm: Normalizer,
         generator: torch.Generator | None = None,
         epoch: int = 0,
+        length_window: int = 0,
     ):
         """Utterance batches, or for dialogue heads batches of the dialogues containing ``rows``
-        (whole dialogues as context; only ``rows`` carry labels), standardised by ``norm``."""
+        (whole dialogues as context; only ``rows`` carry labels), standardised by ``norm``.
+        ``length_window`` k > 0 (with ``shuffle``): each run of k batches' worth of shuffled utterances is
+        sorted by length before it is cut into batches, and the batches come in random order, so a batch
+        holds utterances of similar length and pads less."""
         units = self.units(rows)
         order = torch.randperm(len(units), generator=generator).tolist() if shuffle else range(len(units))
         units = [units[i] for i in order]
-        for s in range(0, len(units), batch_size):
-            chunk = units[s : s + batch_size]
+        chunks = [units[s : s + batch_size] for s in range(0, len(units), batch_size)]
+        if shuffle and length_window > 0 and not self.dialogue:
+            chunks = self._similar_length_chunks(units, batch_size, length_window, generator)
+        for chunk in chunks:
             batch = self._collate_dialogues(chunk, set(rows), norm) if self.dialogue else self._collate(chunk, norm)
             batch["epoch"] = epoch
             yield batch
+
+    def _similar_length_chunks(self, rows: list[int], batch_size: int, window: int,
+                               generator: torch.Generator | None) -> list[list[int]]:
+        seqs = [inp.items for inp in self.inputs.values() if inp.form != "pooled"]
+        length = {r: max((len(items[r]) for items in seqs), default=0) for r in rows}
+        chunks = []
+        span = window * batch_size
+        for s in range(0, len(rows), span):
+            ranked = sorted(rows[s : s + span], key=lambda r: length[r])  # stable: ties keep the shuffled order
+            chunks += [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+        return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
 
     def _collate(self, rows: list[int], norm: Normalizer) -> dict:
         batch: dict = {"labels": self.labels[rows], "rows": rows, "speakers": [self.utts[i].speaker for i in rows]}

@@ -167,7 +167,8 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
     for epoch in range(budget):
         model.train()
         total, n = 0.0, 0
-        for batch in data.batches(train_rows, recipe.batch_size, shuffle=True, norm=norm, generator=gen, epoch=epoch):
+        for batch in data.batches(train_rows, recipe.batch_size, shuffle=True, norm=norm, generator=gen, epoch=epoch,
+                                  length_window=recipe.length_window):
             for group in optim.param_groups:  # the schedule: warm-up, then cosine / step / constant
                 group["lr"] = recipe.lr * lr_factor(recipe, step / total_steps)
             batch = _to_device(batch, device)

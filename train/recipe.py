@@ -15,6 +15,8 @@ The loop (train/loop.py) reads it as follows:
 * ``autocast``: ``bfloat16`` runs the head's forward pass (and so its backward) in bfloat16 where torch's
   autocast allows, the weights, optimiser and loss staying float32: about a third less time on a CPU with
   AVX-512 BF16 or AMX, and on a GPU; ``none`` (the default) is exact float32;
+* ``length_window`` k: training batches of similar length (each k batches' worth of shuffled utterances
+  sorted by length, then cut): less padding, so less work for a convolution or attention over frames;
 * ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
   speakers, then the head is trained again from scratch on training + validation speakers with that
   choice and tested; the test fold is never looked at before.
@@ -57,6 +59,9 @@ class Recipe:
     # every class alike, as UA does; none: every utterance alike, as WA does
     class_weight: str = "none"
     autocast: str = "none"  # none (float32) | bfloat16: the forward pass in bfloat16 where autocast allows
+    # k > 0: training batches drawn from runs of k batches' worth of shuffled utterances sorted by length, so
+    # a batch pads less (0: batches at random)
+    length_window: int = 0
 
     def check(self) -> Recipe:
         if self.optimizer not in OPTIMIZERS:
@@ -70,6 +75,8 @@ class Recipe:
                              f"got {self.class_weight!r}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"recipe: autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
+        if self.length_window < 0:
+            raise ValueError("recipe: length_window must be 0 (off) or a number of batches")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("recipe: epochs, batch_size and lr must be positive")
         if not 0 <= self.warmup < 1 or not 0 <= self.stop_after <= 1:
