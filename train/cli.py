@@ -80,6 +80,20 @@ class RunRequest:
     evaluation: str = "honest"  # honest | paper (optimistic: checkpoint chosen on the test fold)
 
 
+def native_bfloat16(device: str) -> bool:
+    """Whether bfloat16 runs natively where this run trains (a GPU, or a CPU with AVX-512 BF16 or AMX)."""
+    import torch
+
+    from train.loop import pick_device
+
+    if pick_device(device).type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the oneDNN check: assume the slow path
+        return False
+
+
 def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True) -> dict:
     """Load (unless given), split, train every fold × seed, write the run directory and its report."""
     from featurize.store import FeatureStore
@@ -102,6 +116,9 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
     if not all(f.speaker_independent for f in folds):
         console.print(f"[yellow]warning[/]: protocol {req.protocol} is not speaker-independent")
+    if recipe.autocast == "bfloat16" and not native_bfloat16(req.device):
+        console.print("[yellow]warning[/]: autocast bfloat16 on a CPU without native bfloat16 (AVX-512 BF16 / AMX) "
+                      "is emulated, slower than float32: set autocast=none")
     if req.evaluation == "paper":
         console.print(f"[bold yellow]paper evaluation[/]: {EVALUATIONS['paper']}; never compare with honest figures")
     dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
