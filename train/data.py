@@ -168,9 +168,10 @@ class CorpusData:
         units = self.units(rows)
         order = torch.randperm(len(units), generator=generator).tolist() if shuffle else range(len(units))
         units = [units[i] for i in order]
-        chunks = [units[s : s + batch_size] for s in range(0, len(units), batch_size)]
         if shuffle and length_window > 0 and not self.dialogue:
             chunks = self._similar_length_chunks(units, batch_size, length_window, generator)
+        else:
+            chunks = [units[s : s + batch_size] for s in range(0, len(units), batch_size)]
         for chunk in chunks:
             batch = self._collate_dialogues(chunk, set(rows), norm) if self.dialogue else self._collate(chunk, norm)
             batch["epoch"] = epoch

@@ -13,8 +13,8 @@ The loop (train/loop.py) reads it as follows:
 * early stopping (``patience`` epochs without a better validation ``select_on``) can fire only after
   ``stop_after`` of the budget: before that the schedule is still in its useful, high-lr part;
 * ``autocast``: ``bfloat16`` runs the head's forward pass (and so its backward) in bfloat16 where torch's
-  autocast allows, the weights, optimiser and loss staying float32: about a third less time on a CPU with
-  AVX-512 BF16 or AMX, and on a GPU; ``none`` (the default) is exact float32;
+  autocast allows, the weights, optimiser and loss staying float32 (cme on rav4: about 20% less time a step
+  on a CPU with AVX-512 BF16; msmser was slower); ``none`` (the default) is exact float32;
 * ``length_window`` k: training batches of similar length (each k batches' worth of shuffled utterances
   sorted by length, then cut): less padding, so less work for a convolution or attention over frames;
 * ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
