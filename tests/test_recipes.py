@@ -16,7 +16,7 @@ from train.data import CorpusData, ModalityInput, Normalizer
 from train.heads import get_head, make_config, make_recipe
 from train.loop import Fitted, LoopOptions, fit_head, forward, prior_loss, train_fold, training_flags
 from train.protocols import Fold
-from train.recipe import Recipe, class_weights, lr_factor
+from train.recipe import EpochSelector, Recipe, class_weights, lr_factor
 
 CLASSES = ["a", "b", "c"]
 
@@ -328,3 +328,33 @@ def test_bfloat16_autocast_trains_in_bfloat16_and_scores_in_float32(head):
     assert seen[-1] == torch.float32 and torch.allclose(out["logits"], exact, atol=0.05)
     with pytest.raises(ValueError, match="autocast must be one of"):
         make_recipe(spec, {"autocast": "float8"}).check()
+
+
+def test_a_selection_window_passes_over_an_early_spike_to_the_better_run_after_it():
+    # UA per epoch: one lucky early epoch, then a steady climb that stays above the noise
+    scores = [0.30, 0.70, 0.40, 0.50, 0.60, 0.62, 0.63, 0.60]
+    alone, windowed = EpochSelector(1), EpochSelector(3)
+    for s in scores:
+        alone.update(s)
+        windowed.update(s)
+    assert alone.best_epoch == 1
+    assert windowed.best_epoch == 6 and windowed.best_score == pytest.approx((0.60 + 0.62 + 0.63) / 3)
+
+
+def test_the_loop_chooses_and_refits_on_the_windowed_validation_score():
+    data = synthetic()
+    spec = get_head("probe")
+    over = {"epochs": 12, "min_steps": 0, "patience": 12, "select_window": 3, "refit": True}
+    fold = fold_of(data)
+    train_rows, valid_rows = data.labelled(fold.train), data.labelled(fold.valid)
+    recipe = make_recipe(spec, over)
+    _, fitted = fit_head(spec, make_config(spec), recipe, data, Normalizer.fit(data, train_rows), train_rows,
+                         ("valid", valid_rows), 0, LoopOptions())
+    ua = [h["valid_ua"] for h in fitted.history]
+    trailing = [np.mean(ua[max(0, e - 2):e + 1]) for e in range(len(ua))]
+    assert [h["valid_windowed"] for h in fitted.history] == pytest.approx(trailing)
+    assert fitted.best_epoch == int(np.argmax(trailing))
+    m = train_fold(spec, make_config(spec), recipe, data, fold, 0, LoopOptions())
+    assert m["best_epoch"] == fitted.best_epoch and m["refit"]["epochs"] == fitted.best_epoch + 1
+    with pytest.raises(ValueError, match="select_window"):
+        make_recipe(spec, {"select_window": 0})

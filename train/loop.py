@@ -34,7 +34,7 @@ from train.data import CorpusData, Normalizer
 from train.heads import HeadSpec, fill_new_fields
 from train.metrics import compute_metrics
 from train.protocols import Fold
-from train.recipe import Recipe, class_weights, lr_factor, selection_score
+from train.recipe import EpochSelector, Recipe, class_weights, lr_factor, selection_score
 from train.report import build_summary
 
 EVALUATIONS = {
@@ -156,14 +156,16 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
                select: tuple[str, list[int]] | None, budget: int, stop: int, gen: torch.Generator,
                device: torch.device, on_epoch=None) -> Fitted:
     """Train for up to ``budget`` epochs (the schedule spans all of them); with ``select`` = (phase, rows),
-    keep the best epoch on those rows and stop after ``recipe.patience`` epochs without a better one, but
-    never before epoch ``stop``. Without ``select`` (a refit), train exactly ``budget`` epochs."""
+    keep the best epoch on those rows (on the mean of the last ``recipe.select_window`` epochs' scores) and
+    stop after ``recipe.patience`` epochs without a better one, but never before epoch ``stop``.
+    Without ``select`` (a refit), train exactly ``budget`` epochs."""
     optim = make_optimizer(recipe, model.parameters())
     weights = loss_weights(recipe, data, train_rows, device)
     steps_per_epoch = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
     total_steps, step = budget * steps_per_epoch, 0
     history: list[dict] = []
     best_score, best_epoch, best_state = -math.inf, budget - 1, None
+    selector = EpochSelector(recipe.select_window)
     for epoch in range(budget):
         model.train()
         total, n = 0.0, 0
@@ -188,9 +190,11 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
             m = compute_metrics(scored.y, scored.pred, data.classes)
             entry.update({"valid_loss": scored.ce, "valid_wa": m["wa"], "valid_ua": m["ua"],
                           "valid_macro_f1": m["macro_f1"]})
-            score = selection_score(recipe.select_on, m, scored.ce)
-            if score > best_score:
-                best_score, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
+            windowed, is_best = selector.update(selection_score(recipe.select_on, m, scored.ce))
+            if recipe.select_window > 1:
+                entry["valid_windowed"] = windowed  # the score the choice is made on
+            if is_best:
+                best_score, best_epoch, best_state = windowed, epoch, copy.deepcopy(model.state_dict())
         history.append(entry)
         if on_epoch is not None:
             on_epoch(entry, best_score, best_epoch, budget)

@@ -17,6 +17,9 @@ The loop (train/loop.py) reads it as follows:
   on a CPU with AVX-512 BF16; msmser was slower); ``none`` (the default) is exact float32;
 * ``length_window`` k: training batches of similar length (each k batches' worth of shuffled utterances
   sorted by length, then cut): less padding, so less work for a convolution or attention over frames;
+* ``select_window`` k: the checkpoint (and the epoch count a refit reuses) is chosen on the mean of the last k
+  epochs' validation scores, not on one epoch's: UA on a hundred validation utterances jumps by several points
+  from epoch to epoch, and a refit that trusts one early spike trains too few epochs;
 * ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
   speakers, then the head is trained again from scratch on training + validation speakers with that
   choice and tested; the test fold is never looked at before.
@@ -54,6 +57,7 @@ class Recipe:
     stop_after: float = 0.5  # ... and never before this fraction of the budget
     clip_norm: float | None = None  # gradient clipping (global L2 norm)
     select_on: str = "ua"  # validation metric that picks the checkpoint (or C): ua | wa | macro_f1 | loss
+    select_window: int = 1  # choose on the mean of the last k epochs' validation scores (1: each epoch alone)
     refit: bool = False  # retrain on train + validation speakers with the chosen epochs / regularisation
     # balanced: class c weighs n / (k * n_c) in the training loss (scikit-learn's "balanced"), so the loss counts
     # every class alike, as UA does; none: every utterance alike, as WA does
@@ -75,6 +79,8 @@ class Recipe:
                              f"got {self.class_weight!r}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"recipe: autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
+        if self.select_window < 1:
+            raise ValueError("recipe: select_window must be a number of epochs, at least 1")
         if self.length_window < 0:
             raise ValueError("recipe: length_window must be 0 (off) or a number of batches")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -107,6 +113,27 @@ def selection_score(select_on: str, metrics: dict[str, float], loss: float) -> f
     """The validation score that picks a checkpoint or a C, higher is better: a metric, or minus the
     mean cross-entropy (``loss``: smooth where UA on a hundred utterances moves in steps and is noisy)."""
     return -loss if select_on == "loss" else metrics[select_on]
+
+
+class EpochSelector:
+    """Picks the best epoch as validation scores arrive, one per epoch: the epoch whose trailing mean over
+    ``window`` epochs (fewer at the start) is highest. A trailing mean, so the chosen epoch's weights are the
+    ones in hand when it is chosen."""
+
+    def __init__(self, window: int = 1) -> None:
+        self.window = window
+        self.scores: list[float] = []
+        self.best_score, self.best_epoch = -math.inf, -1
+
+    def update(self, score: float) -> tuple[float, bool]:
+        """Add the next epoch's score; returns its windowed score and whether that epoch is the new best."""
+        self.scores.append(score)
+        recent = self.scores[-self.window:]
+        windowed = sum(recent) / len(recent)
+        if windowed > self.best_score:
+            self.best_score, self.best_epoch = windowed, len(self.scores) - 1
+            return windowed, True
+        return windowed, False
 
 
 def lr_factor(recipe: Recipe, progress: float) -> float:
