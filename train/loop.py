@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from featurize.extractors.neural import autocast_context
+from train.augment import mask_frames
 from train.data import CorpusData, Normalizer
 from train.heads import HeadSpec, fill_new_fields
 from train.metrics import compute_metrics
@@ -174,6 +175,9 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
             for group in optim.param_groups:  # the schedule: warm-up, then cosine / step / constant
                 group["lr"] = recipe.lr * lr_factor(recipe, step / total_steps)
             batch = _to_device(batch, device)
+            if (recipe.freq_mask or recipe.time_mask) and "audio_mask" in batch:  # frames, not a pooled vector
+                batch["audio"] = mask_frames(batch["audio"], batch["audio_mask"], recipe.freq_mask, recipe.time_mask,
+                                             gen=gen)
             if weights is not None:
                 batch["class_weights"] = weights
             loss = model.loss(forward(model, batch, recipe.autocast, device), batch)

@@ -20,6 +20,7 @@ The loop (train/loop.py) reads it as follows:
 * ``select_window`` k: the checkpoint (and the epoch count a refit reuses) is chosen on the mean of the last k
   epochs' validation scores, not on one epoch's: UA on a hundred validation utterances jumps by several points
   from epoch to epoch, and a refit that trusts one early spike trains too few epochs;
+* ``freq_mask`` / ``time_mask``: SpecAugment on the audio frames of training batches (train/augment.py);
 * ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
   speakers, then the head is trained again from scratch on training + validation speakers with that
   choice and tested; the test fold is never looked at before.
@@ -66,6 +67,10 @@ class Recipe:
     # k > 0: training batches drawn from runs of k batches' worth of shuffled utterances sorted by length, so
     # a batch pads less (0: batches at random)
     length_window: int = 0
+    # SpecAugment on the training batches' audio frames (train/augment.py): two bands of at most freq_mask feature
+    # dimensions and two spans of at most time_mask frames per utterance set to the training mean (0: off)
+    freq_mask: int = 0
+    time_mask: int = 0
 
     def check(self) -> Recipe:
         if self.optimizer not in OPTIMIZERS:
@@ -79,6 +84,8 @@ class Recipe:
                              f"got {self.class_weight!r}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"recipe: autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
+        if self.freq_mask < 0 or self.time_mask < 0:
+            raise ValueError("recipe: freq_mask and time_mask are widths (0: off), not negative")
         if self.select_window < 1:
             raise ValueError("recipe: select_window must be a number of epochs, at least 1")
         if self.length_window < 0:
