@@ -165,8 +165,8 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
     steps_per_epoch = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
     total_steps, step = budget * steps_per_epoch, 0
     history: list[dict] = []
-    best_score, best_epoch, best_state = -math.inf, budget - 1, None
-    selector = EpochSelector(recipe.select_window)
+    selector = EpochSelector(recipe.select_window, first=budget - 1)  # a refit keeps its last epoch
+    best_state = None
     for epoch in range(budget):
         model.train()
         total, n = 0.0, 0
@@ -198,15 +198,15 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
             if recipe.select_window > 1:
                 entry["valid_windowed"] = windowed  # the score the choice is made on
             if is_best:
-                best_score, best_epoch, best_state = windowed, epoch, copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(model.state_dict())
         history.append(entry)
         if on_epoch is not None:
-            on_epoch(entry, best_score, best_epoch, budget)
-        if select is not None and epoch + 1 >= stop and epoch - best_epoch >= recipe.patience:
+            on_epoch(entry, selector.best_score, selector.best_epoch, budget)
+        if select is not None and epoch + 1 >= stop and epoch - selector.best_epoch >= recipe.patience:
             break
     if best_state is None:
         best_state = copy.deepcopy(model.state_dict())
-    return Fitted(best_state, history, best_epoch, budget, {"epochs": best_epoch + 1})
+    return Fitted(best_state, history, selector.best_epoch, budget, {"epochs": selector.best_epoch + 1})
 
 
 def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],

@@ -125,12 +125,12 @@ def selection_score(select_on: str, metrics: dict[str, float], loss: float) -> f
 class EpochSelector:
     """Picks the best epoch as validation scores arrive, one per epoch: the epoch whose trailing mean over
     ``window`` epochs (fewer at the start) is highest. A trailing mean, so the chosen epoch's weights are the
-    ones in hand when it is chosen."""
+    ones in hand when it is chosen. ``first``: the epoch reported until a score is seen (a refit scores none)."""
 
-    def __init__(self, window: int = 1) -> None:
+    def __init__(self, window: int = 1, first: int = -1) -> None:
         self.window = window
         self.scores: list[float] = []
-        self.best_score, self.best_epoch = -math.inf, -1
+        self.best_score, self.best_epoch = -math.inf, first
 
     def update(self, score: float) -> tuple[float, bool]:
         """Add the next epoch's score; returns its windowed score and whether that epoch is the new best."""
