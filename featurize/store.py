@@ -284,21 +284,31 @@ class FeatureStore:
         if not self.remote and (self.path / "utterances.old").exists():  # a table swap was cut short
             with self.lock("utterances"):
                 self._recover_table_swap()
-        if self.location.exists("zarr.json"):
-            self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
-            version = self.root.attrs.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.where}: store schema version {version!r}, this sercache reads "
-                    f"version {SCHEMA_VERSION}; re-extract into a new store"
-                )
-        elif create:
-            self.root = zarr.open_group(self._zstore, mode="a", zarr_format=3)
-            self.root.update_attributes({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
-            self.root.require_group("features")
-        else:
-            raise StoreError(f"no feature store at {self.where} (run `featurize extract` first)")
+        if not self.location.exists("zarr.json"):
+            if not create:
+                raise StoreError(f"no feature store at {self.where} (run `featurize extract` first)")
+            # two jobs starting on one new store: one creates it under the lock, the other then opens it
+            with self.lock("utterances"):
+                if not self.location.exists("zarr.json"):
+                    self._create_root()
+        self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
+        if "schema_version" not in self.root.attrs or "features" not in self.root:
+            with self.lock("utterances", shared=True):  # seen mid-creation: wait for its creator to finish
+                self._reopen()
+        version = self.root.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where}: store schema version {version!r}, this sercache reads "
+                f"version {SCHEMA_VERSION}; re-extract into a new store"
+            )
         self.validate()
+
+    def _create_root(self) -> None:
+        """Write an empty store: its root (with the schema version) and features/. The caller holds the
+        utterances lock."""
+        root = zarr.open_group(self._zstore, mode="a", zarr_format=3)
+        root.update_attributes({"schema_version": SCHEMA_VERSION, "created_by": "sercache"})
+        root.require_group("features")
 
     # -- locks -----------------------------------------------------------------------------------
     def lock(self, part: str, shared: bool = False) -> FileLock | LeaseLock | NoLock:
