@@ -148,8 +148,28 @@ def test_a_convex_fit_is_flagged_when_c_sits_at_either_edge_of_its_grid():
     assert training_flags(fitted(1e-3), 0.5, 1.3) == []
     assert "bottom of the grid" in training_flags(fitted(1e-4), 0.5, 1.3)[0]
     assert "top of the grid" in training_flags(fitted(1e-2), 0.5, 1.3)[0]
-    unconverged = Fitted({}, [*history[:2], {"C": 1e-2, "converged": False}], -1, 0, {"C": 1e-3})
-    assert "stopped before convergence" in training_flags(unconverged, 0.5, 1.3)[0]
+
+
+
+def test_only_the_fits_that_make_the_model_or_choose_its_c_are_flagged_unconverged():
+    # rav8 fold 3 (2026-12-02): the C = 10 cross-validation fits stalled, C = 1e-3 was chosen, and the
+    # flag said "raise max_iter" though 4000 iterations changed nothing
+    history = [{"C": c, "converged": True} for c in (1e-4, 1e-3, 1e-2)]
+    done = {"converged": True, "iterations": 30, "grad_max": 1e-9, "max_iter_reached": False}
+    far_c_stalled = Fitted({}, [*history[:2], {"C": 1e-2, "converged": False}], -1, 0, {"C": 1e-3}, done)
+    assert training_flags(far_c_stalled, 0.5, 1.3) == []
+    chosen_c_stalled = Fitted({}, [history[0], {"C": 1e-3, "converged": False, "iterations": 99, "grad_max": 2e-5,
+                                                "max_iter_reached": False}, history[2]], -1, 0, {"C": 1e-3}, done)
+    (flag,) = training_flags(chosen_c_stalled, 0.5, 1.3)
+    assert "C=0.001 (cross-validation fit" in flag and "line search stalled" in flag
+    # the model's own fit: a real solve cut off after 3 iterations
+    x, y = _three_class_problem()
+    spec = get_head("linear")
+    model = spec.build(make_config(spec, {"C": 1.0, "max_iter": 3}), {"audio": 40}, {"audio": 1}, 3, ["audio"])
+    out = spec.fit(model, {"audio": torch.tensor(x), "labels": torch.tensor(y)}, None, CLASSES,
+                   make_recipe(spec, {}))
+    (flag,) = training_flags(Fitted({}, out["history"], -1, 0, out["chosen"], out["solver"]), 0.5, 1.3)
+    assert "final fit" in flag and "after 3 iterations: raise max_iter" in flag
 
 
 def _three_class_problem() -> tuple[np.ndarray, np.ndarray]:

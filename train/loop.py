@@ -151,6 +151,7 @@ class Fitted:
     best_epoch: int  # the chosen epoch (-1 for a convex head)
     budget: int  # epochs the schedule spans
     chosen: dict  # what refit reuses: {"epochs": n} or {"C": c}
+    solver: dict | None = None  # a convex head: how its final fit converged (grad_max, iterations, ...)
 
 
 def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
@@ -222,7 +223,7 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
     if spec.fit is not None:  # a convex head: one full-batch fit per candidate C
         whole = lambda rows: _to_device(next(data.batches(rows, len(rows), shuffle=False, norm=norm)), device)  # noqa: E731
         out = spec.fit(model, whole(train_rows), whole(select[1]) if select else None, data.classes, recipe)
-        return model, Fitted(copy.deepcopy(model.state_dict()), out["history"], -1, 0, out["chosen"])
+        return model, Fitted(copy.deepcopy(model.state_dict()), out["history"], -1, 0, out["chosen"], out["solver"])
     if budget is None:
         steps = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
         budget = recipe.budget(steps)
@@ -244,6 +245,22 @@ def prior_loss(labels: np.ndarray, n_classes: int) -> float:
     return float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
 
+def solver_flags(fitted: Fitted) -> list[str]:
+    """A convex fit whose solution is the model, or chose its C, that stopped short of the optimum: the final
+    fit, and the chosen C's cross-validation fits. A fit at another C that stopped short only scored that C
+    (history.json says which)."""
+    c = fitted.chosen["C"]
+    checked = [("cross-validation", h) for h in fitted.history if h["C"] == c and len(fitted.history) > 1]
+    checked.append(("final", fitted.solver or {}))
+    flags = []
+    for where, info in checked:
+        if not info.get("converged", True):
+            advice = "raise max_iter" if info.get("max_iter_reached") else "its line search stalled: raise tol"
+            flags.append(f"the convex solver stopped before convergence at the chosen C={c} ({where} fit, largest "
+                         f"gradient {info['grad_max']:.1e} after {info['iterations']} iterations: {advice})")
+    return flags
+
+
 def training_flags(fitted: Fitted, train_ce: float, prior: float) -> list[str]:
     """Why a fold's model may not be what its features allow: still improving when the budget ended, a
     training loss near the prior-only loss, a convex fit that did not converge or chose the grid's edge."""
@@ -256,8 +273,7 @@ def training_flags(fitted: Fitted, train_ce: float, prior: float) -> list[str]:
     if train_ce > PRIOR_RATIO * prior:
         flags.append(f"training loss {train_ce:.3f} near the prior-only loss {prior:.3f}: the head barely learned")
     if fitted.best_epoch < 0:  # convex fit
-        if not all(h.get("converged", True) for h in fitted.history):
-            flags.append("the convex solver stopped before convergence (raise max_iter)")
+        flags += solver_flags(fitted)
         grid = [h["C"] for h in fitted.history]
         if len(grid) > 1 and fitted.chosen["C"] in (min(grid), max(grid)):
             edge = "top" if fitted.chosen["C"] == max(grid) else "bottom"
@@ -322,8 +338,10 @@ def train_fold(
         refit_config = dataclasses.replace(config, C=fitted.chosen["C"]) if "C" in fitted.chosen else config
         if progress is not None:
             progress.update(task, status=f"refit on train + valid: {fitted.chosen}")
-        model, _ = fit_head(spec, refit_config, recipe, data, norm, final_rows, None, seed, opts,
-                            budget=fitted.chosen.get("epochs"), on_epoch=on_epoch)
+        model, refitted = fit_head(spec, refit_config, recipe, data, norm, final_rows, None, seed, opts,
+                                   budget=fitted.chosen.get("epochs"), on_epoch=on_epoch)
+        if refitted.solver is not None:  # the refit's solution is the model scored
+            flags += [f"refit: {flag}" for flag in solver_flags(refitted)]
         refit_info = {**fitted.chosen, "n_train": len(final_rows), "budget": fitted.budget}
     scored = evaluate(model, data, test_rows, norm, recipe.batch_size, device, "test", recipe.autocast)
     metrics = compute_metrics(scored.y, scored.pred, data.classes)

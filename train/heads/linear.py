@@ -137,7 +137,7 @@ def solve(z: np.ndarray, y: np.ndarray, n_classes: int, c: float, cfg: Config, s
         params, iterations, evaluations = res.x, int(res.nit), int(res.nfev)
     grad = float(np.abs(objective(params, z, y, n_classes, penalty, cfg.loss, weights)[1]).max())
     info = {"C": c, "iterations": iterations, "evaluations": evaluations, "grad_max": grad,
-            "converged": grad <= 10 * cfg.tol}
+            "converged": grad <= 10 * cfg.tol, "max_iter_reached": iterations >= cfg.max_iter}
     return params, info
 
 
@@ -186,7 +186,7 @@ def newton_squared_hinge(z: np.ndarray, y: np.ndarray, n_classes: int, penalty: 
 def fit(model: LinearHead, train: dict, select: dict | None, classes: list[str], recipe: Recipe) -> dict:
     """Fit ``model`` on the ``train`` batch. Unless C is fixed, it is chosen first by speaker-grouped
     cross-validation over ``train`` + ``select`` (the validation batch), then the model is fitted on ``train``.
-    Returns {"history": one entry per C tried, "chosen": {"C": ...}}."""
+    Returns {"history": one entry per C tried, "chosen": {"C": ...}, "solver": how the final fit converged}."""
     cfg = model.cfg
     x, y = model.features(train).detach().double().cpu().numpy(), train["labels"].cpu().numpy()
     grid = [cfg.C] if cfg.C is not None or select is None else sorted(cfg.c_grid)
@@ -208,7 +208,7 @@ def fit(model: LinearHead, train: dict, select: dict | None, classes: list[str],
     with torch.no_grad():
         model.out.weight.copy_(torch.from_numpy(params[: k * r].reshape(k, r) @ vt))
         model.out.bias.copy_(torch.from_numpy(params[k * r :]))
-    return {"history": history or [info], "chosen": {"C": grid[0]}}
+    return {"history": history or [info], "chosen": {"C": grid[0]}, "solver": info}
 
 
 def solve_rows(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, cfg: Config,
@@ -252,7 +252,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid: list[
             infos[c].append(info)
     return [{"C": c, **{f"cv_{m}": float(np.mean([s[m] for s in scores[c]])) for m in METRICS},
              "folds": len(scores[c]), "converged": all(i["converged"] for i in infos[c]),
-             "iterations": max(i["iterations"] for i in infos[c])} for c in grid]
+             "iterations": max(i["iterations"] for i in infos[c]),
+             "grad_max": max(i["grad_max"] for i in infos[c]),
+             "max_iter_reached": any(i["max_iter_reached"] for i in infos[c])} for c in grid]
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
