@@ -280,8 +280,8 @@ def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path,
     flagged = [r["cell"] for r in rows if r.get("flagged")]
     if flagged:
         lines.append(f"\nFlagged (a run whose best epoch is in the last 10% of its budget, whose training loss stayed "
-                     f"near the prior-only loss, whose convex fit did not converge or whose C sat at the grid's edge; "
-                     f"per-run reasons in the records): {', '.join(flagged)}.")
+                     f"near the prior-only loss, whose model's or chosen C's convex fit did not converge, or whose C "
+                     f"sat at the grid's edge; per-run reasons in the records): {', '.join(flagged)}.")
     paper = [r for r in rows if r["paper"]]
     if paper:
         lines += ["\n### Paper evaluation, OPTIMISTIC: checkpoint chosen on the test fold (the authors' public code)\n",
