@@ -378,3 +378,57 @@ def test_the_loop_chooses_and_refits_on_the_windowed_validation_score():
     assert m["best_epoch"] == fitted.best_epoch and m["refit"]["epochs"] == fitted.best_epoch + 1
     with pytest.raises(ValueError, match="select_window"):
         make_recipe(spec, {"select_window": 0})
+
+
+def pooled_pair(text_signal_in: set[int], n: int = 180, seed: int = 0) -> CorpusData:
+    """Dialogue-head data (each utterance its own dialogue): a pooled audio vector that carries the label for
+    every speaker, and a pooled text vector that carries it only for the speakers in ``text_signal_in``
+    (noise elsewhere)."""
+    gen = torch.Generator().manual_seed(seed)
+    utts, audio, text, labels = [], [], [], []
+    for i in range(n):
+        y, spk = i % len(CLASSES), (i // len(CLASSES)) % 9  # every speaker has every class
+        utts.append(Utterance(f"s/{i:03d}", "s", f"spk{spk}", CLASSES[y]))
+        a = torch.randn(8, generator=gen)
+        a[y] += 2.0
+        t = torch.randn(6, generator=gen)
+        if spk in text_signal_in:
+            t[y] += 3.0
+        audio.append(a), text.append(t), labels.append(y)
+    inputs = {"audio": ModalityInput("audio", "fake-audio", "mean", "pooled", audio, (8,), None),
+              "text": ModalityInput("text", "fake-text", "sentence", "pooled", text, (6,), None)}
+    return CorpusData("s", utts, torch.tensor(labels), CLASSES, "all", inputs, None, None, True)
+
+
+@pytest.mark.parametrize("text_everywhere", [False, True])
+def test_dialog_text_weight_is_chosen_on_validation_and_kept_by_the_refit(text_everywhere, tmp_path):
+    """Text that carried the label for the training speakers only (fold_of: speakers 0-4 train, 5-6
+    validation, 7-8 test) is weighed 0 at test; text that carries it for everyone keeps the paper's 1."""
+    data = pooled_pair(set(range(9)) if text_everywhere else set(range(5)))
+    spec = get_head("dialog")
+    cfg = make_config(spec, {"text_weight": "validation"})
+    recipe = make_recipe(spec, {"epochs": 40, "patience": 10})
+    m = train_fold(spec, cfg, recipe, data, fold_of(data), 0, LoopOptions(), out_dir=tmp_path)
+    expected = 1.0 if text_everywhere else 0.0
+    assert m["chosen"]["text_weight"] == expected and m["refit"]["text_weight"] == expected
+    assert set(m["chosen"]["text_weight_ce"]) == {"1.0", "0.75", "0.5", "0.25", "0.0"}
+    # the scored model (the refit's) carries the weight in its checkpoint, and its fused logits are a + w t
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert float(ckpt["state_dict"]["text_weight"]) == expected
+    model = spec.build(cfg, {"audio": 8, "text": 6}, {"audio": 1, "text": 1}, 3, ["audio", "text"])
+    model.load_state_dict(ckpt["state_dict"])
+    batch = next(data.batches(data.labelled(fold_of(data).test), 8, shuffle=False,
+                              norm=Normalizer(ckpt["normalizer"])))
+    with torch.no_grad():
+        out = model.eval()(batch)
+    torch.testing.assert_close(out["logits"], out["audio_logits"] + expected * out["text_logits"])
+
+
+def test_dialog_text_weight_needs_logit_level_addition():
+    spec = get_head("dialog")
+    with pytest.raises(ValueError, match="text_weight=validation needs fusion_at=logits and fusion=add"):
+        spec.build(make_config(spec, {"text_weight": "validation", "fusion": "attention"}),
+                   {"audio": 8, "text": 6}, {"audio": 1, "text": 1}, 3, ["audio", "text"])
+    # a unimodal variant has no text to weigh: the option is ignored there
+    model = spec.build(make_config(spec, {"text_weight": "validation"}), {"audio": 8}, {"audio": 1}, 3, ["audio"])
+    assert model.text_weight_candidates is None

@@ -212,9 +212,11 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
 
 def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
              select: tuple[str, list[int]] | None, seed: int, opts: LoopOptions, budget: int | None = None,
-             on_epoch=None) -> tuple[torch.nn.Module, Fitted]:
+             on_epoch=None, text_weight: float | None = None) -> tuple[torch.nn.Module, Fitted]:
     """Build the head (seeded) and fit it on ``train_rows``, choosing on ``select`` when given.
-    ``budget`` fixes the number of epochs (a refit); otherwise it comes from the recipe."""
+    ``budget`` fixes the number of epochs (a refit); otherwise it comes from the recipe. A head that weighs
+    its text logits (dialog's ``text_weight = validation``) gets its weight chosen on ``select``, or
+    ``text_weight`` (a refit's, chosen before)."""
     gen = seed_everything(seed)
     device = pick_device(opts.device)
     dims = {m: inp.dim for m, inp in data.inputs.items()}
@@ -235,7 +237,26 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
         stop = budget
     fitted = run_epochs(model, recipe, data, norm, train_rows, select, budget, stop, gen, device, on_epoch)
     model.load_state_dict(fitted.state)
+    if getattr(model, "text_weight_candidates", None):
+        if select is not None:
+            fitted.chosen.update(choose_text_weight(model, data, select, norm, recipe, device))
+        elif text_weight is not None:
+            model.set_text_weight(text_weight)
     return model, fitted
+
+
+def choose_text_weight(model: torch.nn.Module, data: CorpusData, select: tuple[str, list[int]], norm: Normalizer,
+                       recipe: Recipe, device: torch.device) -> dict:
+    """The text-logit weight whose fused logits have the lowest cross-entropy on ``select`` (validation);
+    the model keeps it. Cross-entropy, not UA: it moves with w where a few hundred utterances' UA ties."""
+    phase, rows = select
+    ce = {}
+    for w in model.text_weight_candidates:
+        model.set_text_weight(w)
+        ce[w] = evaluate(model, data, rows, norm, recipe.batch_size, device, phase, recipe.autocast).ce
+    best = min(model.text_weight_candidates, key=lambda w: ce[w])  # the first minimum: ties keep the paper's 1.0
+    model.set_text_weight(best)
+    return {"text_weight": best, "text_weight_ce": {str(w): round(v, 5) for w, v in ce.items()}}
 
 
 def prior_loss(labels: np.ndarray, n_classes: int) -> float:
@@ -339,7 +360,8 @@ def train_fold(
         if progress is not None:
             progress.update(task, status=f"refit on train + valid: {fitted.chosen}")
         model, refitted = fit_head(spec, refit_config, recipe, data, norm, final_rows, None, seed, opts,
-                                   budget=fitted.chosen.get("epochs"), on_epoch=on_epoch)
+                                   budget=fitted.chosen.get("epochs"), on_epoch=on_epoch,
+                                   text_weight=fitted.chosen.get("text_weight"))
         if refitted.solver is not None:  # the refit's solution is the model scored
             flags += [f"refit: {flag}" for flag in solver_flags(refitted)]
         refit_info = {**fitted.chosen, "n_train": len(final_rows), "budget": fitted.budget}

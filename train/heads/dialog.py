@@ -16,7 +16,11 @@ modality, everything after it once, shared, on the fused representation:
 `fusion` is add | concat (W_f [a; t], 2d -> d) | attention (Poria et al. 2017: u_m = tanh(W m),
 alpha = softmax_m(w^T u_m), z = sum_m alpha_m u_m, with w trained). `loss = perspective` adds CE on each
 modality's own logits: a modality-specific Linear -> C on its representation at the fusion point, or its
-branch logits at `logits`. Deliberately unlike the public code: CE on raw logits (no double softmax), the
+branch logits at `logits`. `text_weight = validation` (ours, off by default; `logits` + `add` only) scales the
+text branch's logits at test by w in TEXT_WEIGHTS, the w whose fused logits give the lowest cross-entropy on the
+validation speakers after training (the refit reuses it): a text modality that carries nothing, such as RAVDESS's
+two fixed sentences, is then added with w = 0 instead of its training-set noise.
+Deliberately unlike the public code: CE on raw logits (no double softmax), the
 attention vector is a trained parameter, and padding utterances never reach a real one (packed GRU,
 key-padding mask, ignore_index in the loss).
 """
@@ -37,6 +41,7 @@ from train.recipe import Recipe
 FUSION_AT = ("early", "middle", "late", "logits")  # index k = number of branch blocks run per modality
 FUSIONS = ("add", "concat", "attention")
 LOSSES = ("single", "perspective")
+TEXT_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # the paper's sum first: a tie keeps it
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Config:
     hidden: int = 100  # projection / BiGRU output / attention width
     n_heads: int = 4
     dropout: float = 0.2
+    text_weight: str = "fixed"  # fixed (the paper's a + t) | validation (a + w t, w chosen on validation)
 
 
 # The paper's Adam lr 1e-3, weight decay 1e-5, batch 20 dialogues, 150 epochs; the cosine decay is ours, and
@@ -133,6 +139,7 @@ class DialogHead(nn.Module):
         assert cfg.fusion_at in FUSION_AT, f"fusion_at must be one of {FUSION_AT}"
         assert cfg.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"
         assert cfg.loss in LOSSES, f"loss must be one of {LOSSES}"
+        assert cfg.text_weight in ("fixed", "validation"), "text_weight must be fixed or validation"
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.fused = len(self.modalities) == 2
         # a unimodal model is one full branch: the fusion point moves past the last block
@@ -154,6 +161,18 @@ class DialogHead(nn.Module):
         # perspective loss: each modality's own classifier at the fusion point (at `logits` the branch is one)
         self.aux = (nn.ModuleDict({m: nn.Linear(h, n_classes) for m in self.modalities})
                     if self.perspective and self.cut < 3 else None)
+        # text_weight = validation: the loop tries each candidate on the validation speakers (set_text_weight)
+        # and keeps the best; a buffer, so the checkpoint carries the choice
+        self.text_weight_candidates = None
+        if self.fused and cfg.text_weight == "validation":
+            if self.cut != 3 or cfg.fusion != "add":
+                raise ValueError("text_weight=validation needs fusion_at=logits and fusion=add (the fused logits "
+                                 f"are then audio + w * text), not fusion_at={cfg.fusion_at} fusion={cfg.fusion}")
+            self.text_weight_candidates = TEXT_WEIGHTS
+            self.register_buffer("text_weight", torch.tensor(1.0))
+
+    def set_text_weight(self, w: float) -> None:
+        self.text_weight.fill_(w)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         mask = batch["utt_mask"]
@@ -166,7 +185,10 @@ class DialogHead(nn.Module):
             reps[m] = x
         out: dict[str, Tensor] = {}
         if self.fused:
-            z, alpha = self.fusion(reps["audio"], reps["text"])
+            text = reps["text"]
+            if self.text_weight_candidates is not None and not self.training:
+                text = self.text_weight * text  # training always fuses a + t: w only scales what is scored
+            z, alpha = self.fusion(reps["audio"], text)
             if alpha is not None:
                 out["fusion_weights"] = alpha  # [B, U, 2] (audio, text)
         else:
