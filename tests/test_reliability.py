@@ -123,14 +123,20 @@ def test_kill_at_random_points_of_extraction_and_training_then_resume(corpus, tm
     train = [sys.executable, "-m", "train.cli", "run", "--store", str(clean), "--corpus", "corpus", "--protocol",
              "speaker-kfold", "--head", "probe", "--feature", "fbank", "--max-epochs", "3", "--seeds", "0"]
     killed_run, clean_run = tmp_path / "killed-run", tmp_path / "clean-run"
-    started = time.monotonic()
     subprocess.run(train + ["--out", str(clean_run)], check=True, capture_output=True)
-    whole_run = time.monotonic() - started  # so the kills land inside a run however fast this machine is
+    # Kills are timed from the run's own progress, not the clock: a fixed delay (or one scaled by a clean run,
+    # whose start-up can be slower than the next runs') can land after a run has ended. Each run is killed at a
+    # random point of the fold after the first one it finishes, so every kill lands inside a run.
+    finished = sorted(f.stat().st_mtime for f in clean_run.glob("folds/*/metrics.json"))
+    per_fold = (finished[-1] - finished[0]) / (len(finished) - 1)
     train_kills = 0
-    for _ in range(4):
+    for _ in range(len(finished) - 1):
+        done_before = len(list(killed_run.glob("folds/*/metrics.json")))
         proc = subprocess.Popen(train + ["--out", str(killed_run)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 0.9) * whole_run)
+        while proc.poll() is None and len(list(killed_run.glob("folds/*/metrics.json"))) <= done_before:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.8) * per_fold)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             train_kills += 1
