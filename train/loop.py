@@ -150,7 +150,7 @@ class Fitted:
     history: list[dict]  # one entry per epoch (or per C for a convex head)
     best_epoch: int  # the chosen epoch (-1 for a convex head)
     budget: int  # epochs the schedule spans
-    chosen: dict  # what refit reuses: {"epochs": n} or {"C": c}
+    chosen: dict  # what a refit reuses: {"epochs": n} or {"C": c}, plus dialog's {"text_weight": w}
     solver: dict | None = None  # a convex head: how its final fit converged (grad_max, iterations, ...)
 
 
@@ -211,12 +211,14 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
 
 
 def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
-             select: tuple[str, list[int]] | None, seed: int, opts: LoopOptions, budget: int | None = None,
-             on_epoch=None, text_weight: float | None = None) -> tuple[torch.nn.Module, Fitted]:
+             select: tuple[str, list[int]] | None, seed: int, opts: LoopOptions, chosen: dict | None = None,
+             on_epoch=None) -> tuple[torch.nn.Module, Fitted]:
     """Build the head (seeded) and fit it on ``train_rows``, choosing on ``select`` when given.
-    ``budget`` fixes the number of epochs (a refit); otherwise it comes from the recipe. A head that weighs
-    its text logits (dialog's ``text_weight = validation``) gets its weight chosen on ``select``, or
-    ``text_weight`` (a refit's, chosen before)."""
+    A refit passes instead what the first fit ``chosen`` (``Fitted.chosen``), and every choice is reused:
+    the number of epochs, a convex head's C, dialog's text-logit weight (``text_weight = validation``)."""
+    chosen = chosen or {}
+    if "C" in chosen:
+        config = dataclasses.replace(config, C=chosen["C"])
     gen = seed_everything(seed)
     device = pick_device(opts.device)
     dims = {m: inp.dim for m, inp in data.inputs.items()}
@@ -226,6 +228,7 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
         whole = lambda rows: _to_device(next(data.batches(rows, len(rows), shuffle=False, norm=norm)), device)  # noqa: E731
         out = spec.fit(model, whole(train_rows), whole(select[1]) if select else None, data.classes, recipe)
         return model, Fitted(copy.deepcopy(model.state_dict()), out["history"], -1, 0, out["chosen"], out["solver"])
+    budget = chosen.get("epochs")
     if budget is None:
         steps = math.ceil(len(data.units(train_rows)) / recipe.batch_size)
         budget = recipe.budget(steps)
@@ -240,8 +243,8 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
     if getattr(model, "text_weight_candidates", None):
         if select is not None:
             fitted.chosen.update(choose_text_weight(model, data, select, norm, recipe, device))
-        elif text_weight is not None:
-            model.set_text_weight(text_weight)
+        elif "text_weight" in chosen:
+            model.set_text_weight(chosen["text_weight"])
     return model, fitted
 
 
@@ -356,12 +359,10 @@ def train_fold(
     if refit:
         final_rows = sorted(train_rows + valid_rows)
         norm = Normalizer.fit(data, final_rows)
-        refit_config = dataclasses.replace(config, C=fitted.chosen["C"]) if "C" in fitted.chosen else config
         if progress is not None:
             progress.update(task, status=f"refit on train + valid: {fitted.chosen}")
-        model, refitted = fit_head(spec, refit_config, recipe, data, norm, final_rows, None, seed, opts,
-                                   budget=fitted.chosen.get("epochs"), on_epoch=on_epoch,
-                                   text_weight=fitted.chosen.get("text_weight"))
+        model, refitted = fit_head(spec, config, recipe, data, norm, final_rows, None, seed, opts,
+                                   chosen=fitted.chosen, on_epoch=on_epoch)
         if refitted.solver is not None:  # the refit's solution is the model scored
             flags += [f"refit: {flag}" for flag in solver_flags(refitted)]
         refit_info = {**fitted.chosen, "n_train": len(final_rows), "budget": fitted.budget}
