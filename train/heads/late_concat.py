@@ -105,7 +105,9 @@ class AudioCNN(nn.Module):
             x = F.leaky_relu(x, self.slope)
             # -inf before the pool, so a window straddling the end sees only its real frame, as it would
             # with ceil_mode on the unpadded item
-            x = F.max_pool2d(x.masked_fill(~m, float("-inf")), 2, ceil_mode=True)
+            # pooled in channels-last layout: on CPU the same max, several times faster than the default layout
+            x = x.masked_fill(~m, float("-inf")).contiguous(memory_format=torch.channels_last)
+            x = F.max_pool2d(x, 2, ceil_mode=True).contiguous()
             m = F.max_pool2d(m.float(), (2, 1), ceil_mode=True) > 0
         b, c, t, f = x.shape
         x = x.permute(0, 2, 1, 3).reshape(b, t, c * f).masked_fill(~m[:, 0], 0.0)  # [B, T', C*F']
