@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from train.heads import get_head, make_config
 from train.heads.cme import word_alignment
 from train.heads.dialog import FUSION_AT, FUSIONS, LOSSES
+from train.heads.probe import pool_frames
 
 C = 4
 DIMS = {"audio": 6, "text": 10}
@@ -550,6 +551,26 @@ def test_late_concat_batch_norm_counts_only_real_frames() -> None:
         torch.testing.assert_close(twin_norm.running_mean, norm.running_mean)
         torch.testing.assert_close(twin_norm.running_var, norm.running_var)
         assert norm.num_batches_tracked == 1 and not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+
+def test_late_concat_modality_dropout_drops_one_branch_in_training_only() -> None:
+    """modality_dropout = 1: every training utterance loses exactly one branch's representation (the logits are
+    those of [0; audio] or [text; 0]), both kinds occur; in eval nothing is dropped."""
+    torch.manual_seed(0)
+    model = build("late_concat", dropout=0.0, modality_dropout=1.0)
+    batch = make_batch("late_concat", b=32)
+    model.eval()
+    full = model(batch)["logits"]
+    text = model.text(model.mix["text"](batch["text"]), batch["text_mask"])
+    x, mask = pool_frames(model.mix["audio"](batch["audio"]), batch["audio_mask"], model.cfg.audio_pool)
+    audio = model.audio(x, mask)
+    torch.testing.assert_close(full, model.out(torch.cat([text, audio], -1)))
+    no_text = model.out(torch.cat([torch.zeros_like(text), audio], -1))
+    no_audio = model.out(torch.cat([text, torch.zeros_like(audio)], -1))
+    dropped = model.train()(batch)["logits"]
+    is_no_text = torch.isclose(dropped, no_text, atol=1e-6).all(-1)
+    is_no_audio = torch.isclose(dropped, no_audio, atol=1e-6).all(-1)
+    assert bool((is_no_text ^ is_no_audio).all()) and is_no_text.any() and is_no_audio.any()
+
 
 def test_linear_means_layers() -> None:
     torch.manual_seed(0)
