@@ -552,6 +552,7 @@ def test_late_concat_batch_norm_counts_only_real_frames() -> None:
         torch.testing.assert_close(twin_norm.running_var, norm.running_var)
         assert norm.num_batches_tracked == 1 and not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
 
+
 def test_late_concat_modality_dropout_drops_one_branch_in_training_only() -> None:
     """modality_dropout = 1: every training utterance loses exactly one branch's representation (the logits are
     those of [0; audio] or [text; 0]), both kinds occur; in eval nothing is dropped."""

@@ -105,7 +105,7 @@ class Normalizer:
 
     def __call__(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """``x`` standardised, as a new float32 tensor (``x`` itself is never changed)."""
-        x = x.float() if x.dtype != torch.float32 else x.clone()
+        x = x.to(torch.float32, copy=True)
         if modality not in self.stats:
             return x
         mean, std = self.stats[modality]
