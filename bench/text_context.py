@@ -33,8 +33,8 @@ from bench.common import machine  # noqa: E402
 from featurize.corpora import read_corpus  # noqa: E402
 from featurize.models import resolve_model  # noqa: E402
 from featurize.store import ArraySpec, FeatureStore  # noqa: E402
-
-FOUR_CLASSES = {"neu": 0, "hap": 1, "exc": 1, "sad": 2, "ang": 3}  # the bench's 4class: happy + excited merged
+from train.heads.probe import masked_mean  # noqa: E402
+from train.labels import resolve_label_set  # noqa: E402
 
 
 @torch.no_grad()
@@ -55,9 +55,7 @@ def encode(pairs: list[tuple[str, str]], turns: int, batch: int = 32) -> np.ndar
             enc = tok(list(contexts), list(texts), padding=True, truncation="only_first", max_length=256,
                       return_tensors="pt", return_token_type_ids=False)
             own = torch.tensor([[s == 1 for s in enc.sequence_ids(b)] for b in range(len(texts))])
-        hidden = model(**enc).last_hidden_state
-        mask = own.unsqueeze(-1).float()
-        out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+        out.append(masked_mean(model(**enc).last_hidden_state, own).numpy())
     return np.concatenate(out)
 
 
@@ -73,10 +71,10 @@ def main() -> None:
     for u in utts:
         dialogues.setdefault(u.dialog, []).append(u)
     ordered, pairs = [], []
-    for turns in dialogues.values():
-        turns.sort(key=lambda u: u.turn)
-        for j, u in enumerate(turns):
-            before = turns[max(0, j - args.turns):j] if args.turns else []
+    for dialogue in dialogues.values():
+        dialogue.sort(key=lambda u: u.turn)
+        for j, u in enumerate(dialogue):
+            before = dialogue[max(0, j - args.turns):j] if args.turns else []
             pairs.append((" ".join(f"{p.speaker[-1]}: {p.text}" for p in before) or ".", u.text or ""))
             ordered.append(u)
     vectors = encode(pairs, args.turns)
@@ -92,8 +90,9 @@ def main() -> None:
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.preprocessing import StandardScaler
 
-    keep = [i for i, u in enumerate(ordered) if u.label in FOUR_CLASSES]
-    x, y = vectors[keep], np.array([FOUR_CLASSES[ordered[i].label] for i in keep])
+    _, to_class, classes = resolve_label_set("iemocap-text", "4class", utts)  # the bench's: happy + excited merged
+    keep = [i for i, u in enumerate(ordered) if u.label in to_class]
+    x, y = vectors[keep], np.array([classes.index(to_class[ordered[i].label]) for i in keep])
     test = np.array([ordered[i].split == "test" for i in keep])
     scale = StandardScaler().fit(x[~test])
     print(f"{machine()}; MPNet, {args.turns} previous turns; {len(ordered)} utterances encoded in "
