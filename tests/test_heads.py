@@ -573,6 +573,31 @@ def test_late_concat_modality_dropout_drops_one_branch_in_training_only() -> Non
     assert bool((is_no_text ^ is_no_audio).all()) and is_no_text.any() and is_no_audio.any()
 
 
+def test_late_concat_text_weight_scales_the_text_representation_around_its_training_mean() -> None:
+    """text_weight = validation: training moves the running mean of the text representation and scores with t
+    itself; in eval, w = 1 gives the plain model's logits, w = 0 makes the logits ignore the text, and between
+    them the logits move linearly in w. Without text (audio-only) there is nothing to weigh."""
+    torch.manual_seed(0)
+    model = build("late_concat", dropout=0.0, text_weight="validation")
+    plain = build("late_concat", dropout=0.0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k not in ("text_weight", "text_mean")})
+    batch = make_batch("late_concat", b=16)
+    torch.testing.assert_close(model.train()(batch)["logits"], plain.train()(batch)["logits"])
+    text = model.text(model.mix["text"](batch["text"]), batch["text_mask"])
+    torch.testing.assert_close(model.text_mean, 0.1 * text.mean(dim=0).detach())  # one step from zeros
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(batch)["logits"], plain(batch)["logits"])  # w = 1: the paper's model
+    model.set_text_weight(0.0)
+    other_text = make_batch("late_concat", b=16, seed=1)
+    swapped = {**batch, "text": other_text["text"], "text_mask": other_text["text_mask"]}
+    at0 = model(batch)["logits"]
+    torch.testing.assert_close(model(swapped)["logits"], at0)
+    assert not torch.allclose(plain(swapped)["logits"], plain(batch)["logits"])
+    model.set_text_weight(0.5)
+    torch.testing.assert_close(model(batch)["logits"], (at0 + plain(batch)["logits"]) / 2)
+    assert build("late_concat", ("audio",), text_weight="validation").text_weight_candidates is None
+
+
 def test_linear_means_layers() -> None:
     torch.manual_seed(0)
     spec = get_head("linear")

@@ -38,6 +38,10 @@ from torch import Tensor, nn
 from featurize.registry import Registry
 from train.recipe import Recipe, apply_overrides, field_names
 
+# `text_weight = validation` (dialog, late_concat): the text contributions the loop tries on the validation speakers
+# after training, the paper's plain sum first (a tie keeps it); see train.loop.choose_text_weight
+TEXT_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)
+
 
 @dataclass
 class HeadSpec:

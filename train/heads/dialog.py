@@ -34,14 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from train.heads import HeadSpec, classification_loss, register
+from train.heads import TEXT_WEIGHTS, HeadSpec, classification_loss, register
 from train.heads.probe import LayerMix
 from train.recipe import Recipe
 
 FUSION_AT = ("early", "middle", "late", "logits")  # index k = number of branch blocks run per modality
 FUSIONS = ("add", "concat", "attention")
 LOSSES = ("single", "perspective")
-TEXT_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # the paper's sum first: a tie keeps it
 
 
 @dataclass

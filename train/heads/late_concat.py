@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.heads import HeadSpec, classification_loss, register
+from train.heads import TEXT_WEIGHTS, HeadSpec, classification_loss, register
 from train.heads.probe import LayerMix, masked_mean, pool_frames
 from train.recipe import Recipe
 
@@ -41,6 +41,11 @@ class Config:
     # can be leant on alone (0: off, the paper). rav8 seed 0, Whisper frames, fused: 0.5 gave UA 0.488 against
     # 0.500 without (2026-12-03, bench/results/tuning-2026-12-03.md): not in the grid
     modality_dropout: float = 0.0
+    # ours, as dialog's: fixed (the paper) | validation: after training, the text representation is scored as
+    # mean + w * (t - mean) (mean: its running mean over training batches), with w in TEXT_WEIGHTS the one whose
+    # logits give the lowest validation cross-entropy (the refit reuses it). The logits are linear in t, so w
+    # scales the text branch's share of them; w = 0 leaves the audio branch and the text's average contribution
+    text_weight: str = "fixed"
 
 
 # The paper's Adam weight decay 1e-3, 15 epochs; batch 32 is ours (unpublished). 15 epochs of a 400-utterance
@@ -155,6 +160,17 @@ class LateConcat(nn.Module):
             width += cfg.audio_hidden
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(width, n_classes)
+        assert cfg.text_weight in ("fixed", "validation"), "text_weight must be fixed or validation"
+        # the loop tries each candidate on the validation speakers (set_text_weight) and keeps the best; buffers,
+        # so the checkpoint carries the choice and the mean it scales around
+        self.text_weight_candidates = None
+        if cfg.text_weight == "validation" and len(self.modalities) == 2:
+            self.text_weight_candidates = TEXT_WEIGHTS
+            self.register_buffer("text_weight", torch.tensor(1.0))
+            self.register_buffer("text_mean", torch.zeros(cfg.text_hidden))
+
+    def set_text_weight(self, w: float) -> None:
+        self.text_weight.fill_(w)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         reps = []
@@ -163,6 +179,12 @@ class LateConcat(nn.Module):
         if "audio" in self.modalities:
             x, mask = pool_frames(self.mix["audio"](batch["audio"]), batch["audio_mask"], self.cfg.audio_pool)
             reps.append(self.audio(x, mask))
+        if self.text_weight_candidates is not None:
+            if self.training:  # training always uses t itself; the mean follows it (BatchNorm's momentum)
+                with torch.no_grad():
+                    self.text_mean.lerp_(reps[0].mean(dim=0), 0.1)
+            else:
+                reps[0] = self.text_mean + self.text_weight * (reps[0] - self.text_mean)
         if self.training and self.cfg.modality_dropout > 0 and len(reps) == 2:
             u = torch.rand(reps[0].shape[0], 1, device=reps[0].device)
             half = self.cfg.modality_dropout / 2
