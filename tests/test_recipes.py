@@ -412,7 +412,8 @@ def test_dialog_text_weight_is_chosen_on_validation_and_kept_by_the_refit(text_e
     expected = 1.0 if text_everywhere else 0.0
     assert m["chosen"]["text_weight"] == expected and m["refit"]["text_weight"] == expected
     assert set(m["chosen"]["text_weight_ce"]) == {"1.0", "0.75", "0.5", "0.25", "0.0"}
-    # the scored model (the refit's) carries the weight in its checkpoint, and its fused logits are a + w t
+    # the scored model (the refit's) carries the weight and the text logits' training mean m in its checkpoint,
+    # and its fused logits are a + m + w (t - m)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=False)
     assert float(ckpt["state_dict"]["text_weight"]) == expected
     model = spec.build(cfg, {"audio": 8, "text": 6}, {"audio": 1, "text": 1}, 3, ["audio", "text"])
@@ -421,7 +422,9 @@ def test_dialog_text_weight_is_chosen_on_validation_and_kept_by_the_refit(text_e
                               norm=Normalizer(ckpt["normalizer"])))
     with torch.no_grad():
         out = model.eval()(batch)
-    torch.testing.assert_close(out["logits"], out["audio_logits"] + expected * out["text_logits"])
+    mean = ckpt["state_dict"]["text_mean"]
+    assert mean.abs().sum() > 0  # training moved it
+    torch.testing.assert_close(out["logits"], out["audio_logits"] + mean + expected * (out["text_logits"] - mean))
 
 
 def test_dialog_text_weight_needs_logit_level_addition():

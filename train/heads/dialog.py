@@ -16,10 +16,11 @@ modality, everything after it once, shared, on the fused representation:
 `fusion` is add | concat (W_f [a; t], 2d -> d) | attention (Poria et al. 2017: u_m = tanh(W m),
 alpha = softmax_m(w^T u_m), z = sum_m alpha_m u_m, with w trained). `loss = perspective` adds CE on each
 modality's own logits: a modality-specific Linear -> C on its representation at the fusion point, or its
-branch logits at `logits`. `text_weight = validation` (ours, off by default; `logits` + `add` only) scales the
-text branch's logits at test by w in TEXT_WEIGHTS, the w whose fused logits give the lowest cross-entropy on the
-validation speakers after training (the refit reuses it): a text modality that carries nothing, such as RAVDESS's
-two fixed sentences, is then added with w = 0 instead of its training-set noise.
+branch logits at `logits`. `text_weight = validation` (ours, off by default; `logits` + `add` only) scores the
+text branch's logits at test as m + w (t - m), m their running mean over the training utterances and w in
+TEXT_WEIGHTS, the w whose fused logits give the lowest cross-entropy on the validation speakers after training (the
+refit reuses it): a text modality that carries nothing, such as RAVDESS's two fixed sentences, then adds only its
+average (the class bias the audio branch was trained beside) instead of its training-set noise.
 Deliberately unlike the public code: CE on raw logits (no double softmax), the
 attention vector is a trained parameter, and padding utterances never reach a real one (packed GRU,
 key-padding mask, ignore_index in the loss).
@@ -166,7 +167,7 @@ class DialogHead(nn.Module):
         self.aux = (nn.ModuleDict({m: nn.Linear(h, n_classes) for m in self.modalities})
                     if self.perspective and self.cut < 3 else None)
         # text_weight = validation: the loop tries each candidate on the validation speakers (set_text_weight)
-        # and keeps the best; a buffer, so the checkpoint carries the choice
+        # and keeps the best; buffers, so the checkpoint carries the choice and the mean it scales around
         self.text_weight_candidates = None
         if self.fused and cfg.text_weight == "validation":
             if self.cut != 3 or cfg.fusion != "add":
@@ -174,6 +175,7 @@ class DialogHead(nn.Module):
                                  f"are then audio + w * text), not fusion_at={cfg.fusion_at} fusion={cfg.fusion}")
             self.text_weight_candidates = TEXT_WEIGHTS
             self.register_buffer("text_weight", torch.tensor(1.0))
+            self.register_buffer("text_mean", torch.zeros(n_classes))
 
     def set_text_weight(self, w: float) -> None:
         self.text_weight.fill_(w)
@@ -190,8 +192,12 @@ class DialogHead(nn.Module):
         out: dict[str, Tensor] = {}
         if self.fused:
             text = reps["text"]
-            if self.text_weight_candidates is not None and not self.training:
-                text = self.text_weight * text  # training always fuses a + t: w only scales what is scored
+            if self.text_weight_candidates is not None:
+                if self.training:  # training always fuses a + t; the mean follows t (BatchNorm's momentum)
+                    with torch.no_grad():
+                        self.text_mean.lerp_(text[mask].mean(dim=0), 0.1)
+                else:
+                    text = self.text_mean + self.text_weight * (text - self.text_mean)
             z, alpha = self.fusion(reps["audio"], text)
             if alpha is not None:
                 out["fusion_weights"] = alpha  # [B, U, 2] (audio, text)
