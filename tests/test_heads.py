@@ -598,6 +598,21 @@ def test_late_concat_text_weight_scales_the_text_representation_around_its_train
     assert build("late_concat", ("audio",), text_weight="validation").text_weight_candidates is None
 
 
+@pytest.mark.parametrize("name", ["dialog", "late_concat"])
+def test_text_weight_runs_under_bfloat16_autocast(name: str) -> None:
+    """The text mean is a float32 buffer: autocast's bfloat16 representations update it and are scored
+    around it without a dtype error, and the scored text keeps the representation's dtype."""
+    torch.manual_seed(0)
+    model = build(name, text_weight="validation")
+    batch = make_batch(name, b=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.train()(batch)
+        assert model.text_mean.dtype == torch.float32 and model.text_mean.abs().sum() > 0
+        model.set_text_weight(0.5)
+        logits = model.eval()(batch)["logits"]
+    assert torch.isfinite(logits.float()).all()
+
+
 def test_linear_means_layers() -> None:
     torch.manual_seed(0)
     spec = get_head("linear")

@@ -195,9 +195,9 @@ class DialogHead(nn.Module):
             if self.text_weight_candidates is not None:
                 if self.training:  # training always fuses a + t; the mean follows t (BatchNorm's momentum)
                     with torch.no_grad():
-                        self.text_mean.lerp_(text[mask].mean(dim=0), 0.1)
+                        self.text_mean.lerp_(text[mask].mean(dim=0).float(), 0.1)  # float: autocast
                 else:
-                    text = self.text_mean + self.text_weight * (text - self.text_mean)
+                    text = (self.text_mean + self.text_weight * (text - self.text_mean)).to(text.dtype)
             z, alpha = self.fusion(reps["audio"], text)
             if alpha is not None:
                 out["fusion_weights"] = alpha  # [B, U, 2] (audio, text)

@@ -182,9 +182,9 @@ class LateConcat(nn.Module):
         if self.text_weight_candidates is not None:
             if self.training:  # training always uses t itself; the mean follows it (BatchNorm's momentum)
                 with torch.no_grad():
-                    self.text_mean.lerp_(reps[0].mean(dim=0), 0.1)
+                    self.text_mean.lerp_(reps[0].mean(dim=0).float(), 0.1)  # float: autocast
             else:
-                reps[0] = self.text_mean + self.text_weight * (reps[0] - self.text_mean)
+                reps[0] = (self.text_mean + self.text_weight * (reps[0] - self.text_mean)).to(reps[0].dtype)
         if self.training and self.cfg.modality_dropout > 0 and len(reps) == 2:
             u = torch.rand(reps[0].shape[0], 1, device=reps[0].device)
             half = self.cfg.modality_dropout / 2
