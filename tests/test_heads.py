@@ -598,6 +598,29 @@ def test_late_concat_text_weight_scales_the_text_representation_around_its_train
     assert build("late_concat", ("audio",), text_weight="validation").text_weight_candidates is None
 
 
+def test_late_concat_branch_loss_adds_each_branch_own_cross_entropy() -> None:
+    """branch_loss = L: the loss is CE(fused) + L (CE(text) + CE(audio)), each branch scored by its own Linear on
+    its representation, and the audio branch gets a gradient from its own classifier alone; off (0) or
+    unimodal, the model has no branch classifiers and its loss is the fused CE."""
+    torch.manual_seed(0)
+    model = build("late_concat", dropout=0.0, branch_loss=0.5)
+    batch = make_batch("late_concat", b=16)
+    out = model.train()(batch)
+    text = model.text(model.mix["text"](batch["text"]), batch["text_mask"])
+    x, mask = pool_frames(model.mix["audio"](batch["audio"]), batch["audio_mask"], model.cfg.audio_pool)
+    audio = model.audio(x, mask)
+    torch.testing.assert_close(out["text_logits"], model.branch_out["text"](text))
+    torch.testing.assert_close(out["audio_logits"], model.branch_out["audio"](audio))
+    y = batch["labels"]
+    expected = F.cross_entropy(out["logits"], y) + 0.5 * (F.cross_entropy(out["text_logits"], y)
+                                                          + F.cross_entropy(out["audio_logits"], y))
+    torch.testing.assert_close(model.loss(out, batch), expected)
+    F.cross_entropy(out["audio_logits"], y).backward()
+    assert model.audio.convs[0].weight.grad.abs().sum() > 0 and model.out.weight.grad is None
+    for plain in (build("late_concat"), build("late_concat", ("audio",), branch_loss=0.5)):
+        assert plain.branch_out is None and set(plain.train()(make_batch("late_concat"))) == {"logits"}
+
+
 @pytest.mark.parametrize("name", ["dialog", "late_concat"])
 def test_text_weight_runs_under_bfloat16_autocast(name: str) -> None:
     """The text mean is a float32 buffer: autocast's bfloat16 representations update it and are scored

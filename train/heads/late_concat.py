@@ -46,6 +46,10 @@ class Config:
     # logits give the lowest validation cross-entropy (the refit reuses it). The logits are linear in t, so w
     # scales the text branch's share of them; w = 0 leaves the audio branch and the text's average contribution
     text_weight: str = "fixed"
+    # ours, after dialog's perspective loss (Wu et al. 2023) and gradient blending (Wang et al. 2020): a fused
+    # model adds branch_loss x the cross-entropy of each branch's own Linear classifier on its representation, so
+    # the audio branch keeps learning from every utterance the text branch already fits (0: off, the paper)
+    branch_loss: float = 0.0
 
 
 # The paper's Adam weight decay 1e-3, 15 epochs; batch 32 is ours (unpublished). 15 epochs of a 400-utterance
@@ -160,6 +164,9 @@ class LateConcat(nn.Module):
             width += cfg.audio_hidden
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(width, n_classes)
+        widths = {"text": cfg.text_hidden, "audio": cfg.audio_hidden}
+        self.branch_out = (nn.ModuleDict({m: nn.Linear(widths[m], n_classes) for m in self.modalities})
+                           if cfg.branch_loss > 0 and len(self.modalities) == 2 else None)
         assert cfg.text_weight in ("fixed", "validation"), "text_weight must be fixed or validation"
         # the loop tries each candidate on the validation speakers (set_text_weight) and keeps the best; buffers,
         # so the checkpoint carries the choice and the mean it scales around
@@ -179,6 +186,10 @@ class LateConcat(nn.Module):
         if "audio" in self.modalities:
             x, mask = pool_frames(self.mix["audio"](batch["audio"]), batch["audio_mask"], self.cfg.audio_pool)
             reps.append(self.audio(x, mask))
+        out: dict[str, Tensor] = {}
+        if self.branch_out is not None:  # each branch's own classifier, on its representation as computed
+            out.update({f"{m}_logits": self.branch_out[m](self.drop(r))
+                        for m, r in zip(self.modalities, reps, strict=True)})
         if self.text_weight_candidates is not None:
             if self.training:  # training always uses t itself; the mean follows it (BatchNorm's momentum)
                 with torch.no_grad():
@@ -189,9 +200,17 @@ class LateConcat(nn.Module):
             u = torch.rand(reps[0].shape[0], 1, device=reps[0].device)
             half = self.cfg.modality_dropout / 2
             reps = [reps[0] * (u >= half), reps[1] * ((u < half) | (u >= 2 * half))]  # text, audio
-        return {"logits": self.out(self.drop(torch.cat(reps, dim=-1)))}
+        out["logits"] = self.out(self.drop(torch.cat(reps, dim=-1)))
+        return out
 
     def loss(self, out: dict[str, Tensor], batch: dict) -> Tensor:
+        total = self.target_loss(out["logits"], batch)
+        if self.branch_out is not None:
+            total = total + self.cfg.branch_loss * sum(self.target_loss(out[f"{m}_logits"], batch)
+                                                       for m in self.modalities)
+        return total
+
+    def target_loss(self, logits: Tensor, batch: dict) -> Tensor:
         soft = batch.get("soft_labels")
         if self.cfg.soft_labels and soft is not None:
             # shares over the kept classes need not sum to 1 (votes for dropped classes): renormalise;
@@ -199,13 +218,13 @@ class LateConcat(nn.Module):
             total = soft.sum(dim=-1, keepdim=True)
             keep = total.squeeze(-1) > 0
             target = soft[keep] / total[keep]
-            per_row = -(target * F.log_softmax(out["logits"][keep], dim=-1)).sum(dim=-1)
+            per_row = -(target * F.log_softmax(logits[keep], dim=-1)).sum(dim=-1)
             weights = batch.get("class_weights")
             if weights is None:
                 return per_row.mean()
             row_weight = target @ weights  # a soft target weighs as the mixture of its classes' weights
             return (row_weight * per_row).sum() / row_weight.sum().clamp_min(1e-12)
-        return classification_loss(out["logits"], batch["labels"], batch)
+        return classification_loss(logits, batch["labels"], batch)
 
 
 def build(cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
