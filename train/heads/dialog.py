@@ -52,7 +52,9 @@ class Config:
     hidden: int = 100  # projection / BiGRU output / attention width
     n_heads: int = 4
     dropout: float = 0.2
-    text_weight: str = "fixed"  # fixed (the paper's a + t) | validation (a + w t, w chosen on validation)
+    # fixed (the paper's a + t) | validation (a + m + w (t - m), w chosen on validation; see the module docstring).
+    # rav8, 3 seeds: UA 52.59 against 52.45 fixed, still 1.88 below audio-only (bench/results/fused-rav8-2026-12-06.md)
+    text_weight: str = "fixed"
     # ours: dropout on each standardised input vector before its projection (6373 ComParE dimensions into 100
     # on a few hundred utterances); rav4 seed 0, audio-only, 0.3 / 0.5 / 0.8 gave UA 64.4 / 66.6 / 65.2 against
     # 65.3 without (2026-12-03): noise, so off
