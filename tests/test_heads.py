@@ -615,6 +615,14 @@ def test_late_concat_branch_loss_adds_each_branch_own_cross_entropy() -> None:
     expected = F.cross_entropy(out["logits"], y) + 0.5 * (F.cross_entropy(out["text_logits"], y)
                                                           + F.cross_entropy(out["audio_logits"], y))
     torch.testing.assert_close(model.loss(out, batch), expected)
+    # with annotator shares, every term is the soft-target cross-entropy
+    model.cfg.soft_labels = True
+    shares = torch.rand(y.shape[0], out["logits"].shape[1])
+    soft_batch = {**batch, "soft_labels": shares}
+    target = shares / shares.sum(-1, keepdim=True)
+    soft = lambda logits: -(target * F.log_softmax(logits, -1)).sum(-1).mean()  # noqa: E731
+    torch.testing.assert_close(model.loss(out, soft_batch), soft(out["logits"])
+                               + 0.5 * (soft(out["text_logits"]) + soft(out["audio_logits"])))
     F.cross_entropy(out["audio_logits"], y).backward()
     assert model.audio.convs[0].weight.grad.abs().sum() > 0 and model.out.weight.grad is None
     for plain in (build("late_concat"), build("late_concat", ("audio",), branch_loss=0.5)):
