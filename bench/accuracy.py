@@ -148,6 +148,7 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
         "flagged": sum(bool(f.get("flags")) for f in per_fold),
         "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
         "per_fold": per_fold,
+        **({"modalities_chosen": summary["modalities_chosen"]} if summary.get("modalities_chosen") else {}),
         "machine": machine(),
         "code": code_version(run_config),  # the commit the run trained on, not the one that collected it
     }
@@ -300,6 +301,9 @@ def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path,
         audio = by_name.get(f"{r['cell']}-audio")
         if bench.startswith("rav") and audio is not None and r.get("ua") and audio.get("ua"):
             verdict, defect = fusion_verdict(r, audio)
+            if r.get("modalities_chosen"):
+                chosen = ", ".join(f"{k} in {n}" for k, n in r["modalities_chosen"].items())
+                verdict += f" (inputs chosen on validation: {chosen} of {len(r.get('per_fold') or [])} runs)"
             lines.append(f"\n{r['cell']}: {verdict}")
             if defect:
                 defects.append(f"{bench}/{r['cell']}")

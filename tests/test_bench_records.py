@@ -10,7 +10,7 @@ from pathlib import Path
 from bench import accuracy
 
 
-def _finished_cell(cell_dir: Path, req, wa: float) -> None:
+def _finished_cell(cell_dir: Path, req, wa: float, extra: dict | None = None) -> None:
     """What `train sweep` leaves in a finished cell directory (the parts the records read)."""
     cell_dir.mkdir(parents=True)
     from train.heads import get_head, make_config, make_recipe
@@ -23,7 +23,8 @@ def _finished_cell(cell_dir: Path, req, wa: float) -> None:
     per_fold = [{"fold": f"fold{k}", "seed": 0, "best_epoch": 3, "wa": wa, "ua": wa - 0.01, "macro_f1": wa - 0.02}
                 for k in range(5)]
     summary = {k: {"mean": per_fold[0][k], "std": 0.0, "n": 5} for k in ("wa", "ua", "macro_f1")}
-    (cell_dir / "summary.json").write_text(json.dumps({**summary, "per_fold": per_fold, "train_seconds": 60.0}))
+    (cell_dir / "summary.json").write_text(json.dumps({**summary, "per_fold": per_fold, "train_seconds": 60.0,
+                                                       **(extra or {})}))
 
 
 def test_records_follow_the_sweep_file(tmp_path, monkeypatch):
@@ -80,3 +81,20 @@ def test_fusion_verdict_pairs_runs_by_fold_and_seed():
     # Without per-fold figures: the gap against one std.
     line, defect = accuracy.fusion_verdict({**worse, "per_fold": None}, audio)
     assert not defect and "no per-fold figures" in line
+
+
+def test_modalities_chosen_on_validation_are_recorded_and_shown(tmp_path, monkeypatch):
+    """A fused cell trained with choose_modalities keeps the count of each choice in its record, and the
+    fused-versus-audio-only verdict says it."""
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    cells = dict(accuracy.sweep_cells("rav4"))
+    chosen = {"audio": 4, "audio+text": 1}
+    _finished_cell(tmp_path / "run" / "dialog", cells["dialog"], 0.6, {"modalities_chosen": chosen})
+    _finished_cell(tmp_path / "run" / "dialog-audio", cells["dialog-audio"], 0.6)
+    for name in ("dialog", "dialog-audio"):
+        accuracy.record_finished("rav4", name, cells[name], tmp_path / "run" / name)
+    assert accuracy.read_record("rav4", "dialog", cells["dialog"])["modalities_chosen"] == chosen
+    assert "modalities_chosen" not in accuracy.read_record("rav4", "dialog-audio", cells["dialog-audio"])
+    lines, _ = accuracy.table("rav4", accuracy.sweep_cells("rav4"), Path("data"))
+    verdict = next(line for line in lines if line.startswith("\ndialog:"))
+    assert "inputs chosen on validation: audio in 4, audio+text in 1 of 5 runs" in verdict

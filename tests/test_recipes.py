@@ -17,6 +17,7 @@ from train.heads import get_head, make_config, make_recipe
 from train.loop import Fitted, LoopOptions, fit_head, forward, prior_loss, train_fold, training_flags
 from train.protocols import Fold
 from train.recipe import EpochSelector, Recipe, class_weights, lr_factor
+from train.report import build_summary
 
 CLASSES = ["a", "b", "c"]
 
@@ -425,6 +426,32 @@ def test_dialog_text_weight_is_chosen_on_validation_and_kept_by_the_refit(text_e
     mean = ckpt["state_dict"]["text_mean"]
     assert mean.abs().sum() > 0  # training moved it
     torch.testing.assert_close(out["logits"], out["audio_logits"] + mean + expected * (out["text_logits"] - mean))
+
+
+@pytest.mark.parametrize("text_everywhere", [False, True])
+def test_choose_modalities_drops_a_modality_that_fails_on_validation(text_everywhere, tmp_path):
+    """choose_modalities: the fused model and each one-modality variant are fitted on the training speakers; text
+    that carried the label for the training speakers only is left out by validation (the scored model, its
+    checkpoint and its refit read audio alone), text that carries it for everyone is kept."""
+    data = pooled_pair(set(range(9)) if text_everywhere else set(range(5)))
+    spec = get_head("dialog")
+    recipe = make_recipe(spec, {"epochs": 15, "patience": 10, "choose_modalities": True})
+    m = train_fold(spec, make_config(spec), recipe, data, fold_of(data), 0, LoopOptions(), out_dir=tmp_path)
+    scores = m["modality_scores"]
+    assert set(scores) == {"audio+text", "audio", "text"}
+    expected = ["audio", "text"] if text_everywhere else ["audio"]
+    assert m["modalities"] == expected
+    assert (scores["audio"] > scores["audio+text"]) != text_everywhere
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert ckpt["modalities"] == expected and set(ckpt["dims"]) == set(expected)
+    assert m["refit"] is not None and m["refit"]["n_train"] == m["n_train"] + m["n_valid"]
+    # off (the default), the fused model is scored whatever validation says
+    plain = train_fold(spec, make_config(spec), make_recipe(spec, {"epochs": 15, "patience": 10}), data,
+                       fold_of(data), 0, LoopOptions())
+    assert plain["modalities"] == ["audio", "text"] and plain["modality_scores"] is None
+    # the run's summary (and so `train run`'s table and the bench record) counts the choices
+    assert build_summary([m])["modalities_chosen"] == {"+".join(expected): 1}
+    assert "modalities_chosen" not in build_summary([plain])
 
 
 def test_dialog_text_weight_needs_logit_level_addition():

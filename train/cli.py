@@ -221,6 +221,9 @@ def print_summary(title: str, summary: dict) -> None:
     cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in ("wa", "ua", "macro_f1")]
     table.add_row("mean ± std", "", *cells, "", f"{summary.get('flagged', 0)} runs flagged")
     wide_console().print(table)
+    if summary.get("modalities_chosen"):
+        chosen = ", ".join(f"{k} in {n}" for k, n in summary["modalities_chosen"].items())
+        print(f"inputs chosen on validation (choose_modalities): {chosen} of {len(summary['per_fold'])} runs")
 
 
 @app.command()

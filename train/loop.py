@@ -262,6 +262,18 @@ def choose_text_weight(model: torch.nn.Module, data: CorpusData, select: tuple[s
     return {"text_weight": best, "text_weight_ce": {str(w): round(v, 5) for w, v in ce.items()}}
 
 
+def chosen_score(fitted: Fitted, recipe: Recipe) -> float:
+    """The validation score a fit's chosen epoch was picked on (higher is better; the windowed mean when
+    ``select_window`` > 1), to compare fits of different inputs."""
+    if fitted.best_epoch < 0:
+        raise ValueError("choose_modalities needs a head trained by epochs, not a convex fit")
+    entry = fitted.history[fitted.best_epoch]
+    if "valid_windowed" in entry:
+        return entry["valid_windowed"]
+    metrics = {k.removeprefix("valid_"): v for k, v in entry.items() if k.startswith("valid_")}
+    return selection_score(recipe.select_on, metrics, entry["valid_loss"])
+
+
 def prior_loss(labels: np.ndarray, n_classes: int) -> float:
     """Cross-entropy of always predicting the training label frequencies: what a head that learned
     nothing from its inputs reaches."""
@@ -352,6 +364,20 @@ def train_fold(
 
     select = ("test", test_rows) if paper else ("valid", valid_rows)
     model, fitted = fit_head(spec, config, recipe, data, norm, train_rows, select, seed, opts, on_epoch=on_epoch)
+    modality_scores = None
+    if recipe.choose_modalities and len(data.inputs) > 1:
+        full = data
+        best = chosen_score(fitted, recipe)
+        modality_scores = {"+".join(sorted(full.inputs)): best}
+        for m in sorted(full.inputs):
+            one = dataclasses.replace(full, inputs={m: full.inputs[m]})
+            if progress is not None:
+                progress.update(task, status=f"{m} alone")
+            one_model, one_fitted = fit_head(spec, config, recipe, one, norm, train_rows, select, seed, opts,
+                                             on_epoch=on_epoch)
+            modality_scores[m] = chosen_score(one_fitted, recipe)
+            if modality_scores[m] > best:  # strictly better: a tie keeps the fused model
+                best, data, model, fitted = modality_scores[m], one, one_model, one_fitted
     device = pick_device(opts.device)
     train_ce = evaluate(model, data, train_rows, norm, recipe.batch_size, device, "train", recipe.autocast).ce
     flags = training_flags(fitted, train_ce, prior_loss(data.labels[train_rows].numpy(), data.n_classes))
@@ -377,6 +403,8 @@ def train_fold(
             "budget": fitted.budget,
             "chosen": fitted.chosen,
             "refit": refit_info,
+            "modalities": sorted(data.inputs),  # the ones the scored model reads (choose_modalities may drop one)
+            "modality_scores": modality_scores,
             "evaluation": opts.evaluation,
             "optimistic": paper,
             "flags": flags,

@@ -60,6 +60,10 @@ class Recipe:
     select_on: str = "ua"  # validation metric that picks the checkpoint (or C): ua | wa | macro_f1 | loss
     select_window: int = 1  # choose on the mean of the last k epochs' validation scores (1: each epoch alone)
     refit: bool = False  # retrain on train + validation speakers with the chosen epochs / regularisation
+    # ours: a fused head also fits each one-modality variant on the training speakers, and the fold keeps the one
+    # whose chosen epoch scored best on validation (ties keep the fused model); a refit retrains that one. A
+    # modality that carries nothing (RAVDESS's two fixed sentences) is then left out by validation, as C is chosen
+    choose_modalities: bool = False
     # balanced: class c weighs n / (k * n_c) in the training loss (scikit-learn's "balanced"), so the loss counts
     # every class alike, as UA does; none: every utterance alike, as WA does
     class_weight: str = "none"

@@ -73,6 +73,9 @@ def build_summary(fold_metrics: list[dict]) -> dict:
         for m in fold_metrics
     ]
     summary["flagged"] = sum(bool(m.get("flags")) for m in fold_metrics)
+    chose = ["+".join(m["modalities"]) for m in fold_metrics if m.get("modality_scores")]
+    if chose:  # choose_modalities: which inputs the scored models read, and in how many runs
+        summary["modalities_chosen"] = {k: chose.count(k) for k in sorted(set(chose))}
     evaluations = sorted({m.get("evaluation", "honest") for m in fold_metrics})
     summary["evaluation"] = evaluations[0] if len(evaluations) == 1 else evaluations
     summary["optimistic"] = any(m.get("optimistic") for m in fold_metrics)
