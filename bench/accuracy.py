@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import code_version, machine  # noqa: E402
 from train.cli import RunRequest, expand_grid  # noqa: E402
 from train.heads import fill_new_fields, get_head, make_config, make_recipe  # noqa: E402
+from train.report import modalities_chosen_text  # noqa: E402
 
 # Cheapest first, so an interrupted run has the most to show.
 SWEEPS = {
@@ -302,8 +303,7 @@ def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path,
         if bench.startswith("rav") and audio is not None and r.get("ua") and audio.get("ua"):
             verdict, defect = fusion_verdict(r, audio)
             if r.get("modalities_chosen"):
-                chosen = ", ".join(f"{k} in {n}" for k, n in r["modalities_chosen"].items())
-                verdict += f" (inputs chosen on validation: {chosen} of {len(r.get('per_fold') or [])} runs)"
+                verdict += f" ({modalities_chosen_text(r['modalities_chosen'], len(r.get('per_fold') or []))})"
             lines.append(f"\n{r['cell']}: {verdict}")
             if defect:
                 defects.append(f"{bench}/{r['cell']}")

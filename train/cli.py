@@ -222,8 +222,9 @@ def print_summary(title: str, summary: dict) -> None:
     table.add_row("mean ± std", "", *cells, "", f"{summary.get('flagged', 0)} runs flagged")
     wide_console().print(table)
     if summary.get("modalities_chosen"):
-        chosen = ", ".join(f"{k} in {n}" for k, n in summary["modalities_chosen"].items())
-        print(f"inputs chosen on validation (choose_modalities): {chosen} of {len(summary['per_fold'])} runs")
+        from train.report import modalities_chosen_text
+
+        print(modalities_chosen_text(summary["modalities_chosen"], len(summary["per_fold"])))
 
 
 @app.command()

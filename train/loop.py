@@ -152,6 +152,7 @@ class Fitted:
     budget: int  # epochs the schedule spans
     chosen: dict  # what a refit reuses: {"epochs": n} or {"C": c}, plus dialog's {"text_weight": w}
     solver: dict | None = None  # a convex head: how its final fit converged (grad_max, iterations, ...)
+    best_score: float | None = None  # the validation score the best epoch was chosen on (higher is better)
 
 
 def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
@@ -207,7 +208,8 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
             break
     if best_state is None:
         best_state = copy.deepcopy(model.state_dict())
-    return Fitted(best_state, history, selector.best_epoch, budget, {"epochs": selector.best_epoch + 1})
+    return Fitted(best_state, history, selector.best_epoch, budget, {"epochs": selector.best_epoch + 1},
+                  best_score=selector.best_score if select is not None else None)
 
 
 def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
@@ -260,18 +262,6 @@ def choose_text_weight(model: torch.nn.Module, data: CorpusData, select: tuple[s
     best = min(model.text_weight_candidates, key=lambda w: ce[w])  # the first minimum: ties keep the paper's 1.0
     model.set_text_weight(best)
     return {"text_weight": best, "text_weight_ce": {str(w): round(v, 5) for w, v in ce.items()}}
-
-
-def chosen_score(fitted: Fitted, recipe: Recipe) -> float:
-    """The validation score a fit's chosen epoch was picked on (higher is better; the windowed mean when
-    ``select_window`` > 1), to compare fits of different inputs."""
-    if fitted.best_epoch < 0:
-        raise ValueError("choose_modalities needs a head trained by epochs, not a convex fit")
-    entry = fitted.history[fitted.best_epoch]
-    if "valid_windowed" in entry:
-        return entry["valid_windowed"]
-    metrics = {k.removeprefix("valid_"): v for k, v in entry.items() if k.startswith("valid_")}
-    return selection_score(recipe.select_on, metrics, entry["valid_loss"])
 
 
 def prior_loss(labels: np.ndarray, n_classes: int) -> float:
@@ -366,8 +356,10 @@ def train_fold(
     model, fitted = fit_head(spec, config, recipe, data, norm, train_rows, select, seed, opts, on_epoch=on_epoch)
     modality_scores = None
     if recipe.choose_modalities and len(data.inputs) > 1:
+        if fitted.best_score is None:
+            raise ValueError("choose_modalities needs a head trained by epochs, not a convex fit")
         full = data
-        best = chosen_score(fitted, recipe)
+        best = fitted.best_score
         modality_scores = {"+".join(sorted(full.inputs)): best}
         for m in sorted(full.inputs):
             one = dataclasses.replace(full, inputs={m: full.inputs[m]})
@@ -375,7 +367,7 @@ def train_fold(
                 progress.update(task, status=f"{m} alone")
             one_model, one_fitted = fit_head(spec, config, recipe, one, norm, train_rows, select, seed, opts,
                                              on_epoch=on_epoch)
-            modality_scores[m] = chosen_score(one_fitted, recipe)
+            modality_scores[m] = one_fitted.best_score
             if modality_scores[m] > best:  # strictly better: a tie keeps the fused model
                 best, data, model, fitted = modality_scores[m], one, one_model, one_fitted
     device = pick_device(opts.device)

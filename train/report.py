@@ -65,6 +65,11 @@ def fold_dir_name(fold: str, seed: int) -> str:
     return f"{fold}_seed{seed}"
 
 
+def modalities_chosen_text(chosen: dict[str, int], n_runs: int) -> str:
+    """choose_modalities' counts in words, as `train run` and the bench verdicts print them."""
+    return f"inputs chosen on validation: {', '.join(f'{k} in {n}' for k, n in chosen.items())} of {n_runs} runs"
+
+
 def build_summary(fold_metrics: list[dict]) -> dict:
     """The summary.json content for a run: `summarize` over all fold x seed metrics, plus a row each."""
     summary = summarize(fold_metrics)
