@@ -319,6 +319,28 @@ def test_a_field_added_since_a_run_was_recorded_keeps_the_old_run_current():
         assert (changed_settings(old, new) == []) is still_current
 
 
+def test_an_option_set_as_text_and_as_yaml_is_one_setting():
+    """``--set choose_modalities=true`` stores the string "true", a sweep file the bool: the same run, so a
+    `train run` directory resumes as a sweep cell; a value that types differently is a change."""
+    from train.loop import changed_settings
+
+    spec = get_head("dialog")
+
+    def run_config(options: dict) -> dict:
+        return json.loads(json.dumps({"request": {"head": "dialog", "options": options},
+                                      "head_config": dataclasses.asdict(make_config(spec, options)),
+                                      "recipe": dataclasses.asdict(make_recipe(spec, options))}))
+
+    as_text = run_config({"choose_modalities": "true", "lr": "1e-3"})
+    assert changed_settings(as_text, run_config({"choose_modalities": True, "lr": 0.001})) == []
+    assert changed_settings(as_text, run_config({"choose_modalities": False, "lr": 0.001})) == [
+        "recipe.choose_modalities"]
+    assert changed_settings(as_text, run_config({"lr": 0.001})) == ["recipe.choose_modalities"]
+    # without the typed parts, the request's options are all there is to compare
+    assert changed_settings(as_text, {"request": {"head": "dialog", "options": {"lr": 0.001}}}) == [
+        "request.options"]
+
+
 @pytest.mark.parametrize("head", ["cme", "late_concat"])
 def test_bfloat16_autocast_trains_in_bfloat16_and_scores_in_float32(head):
     """``autocast: bfloat16`` runs the convolutions in bfloat16 while the weights stay float32 and the

@@ -471,8 +471,12 @@ _REQUEST_KEYS_IGNORED = ("seeds", "store", "device")
 def changed_settings(old: dict, new: dict) -> list[str]:
     """The settings (dotted names) that differ between two run configurations, compared on the parts
     present in ``new``; a setting missing on one side counts as changed, except head and recipe fields added
-    since ``old`` was written, which take their dataclass defaults (``fill_new_fields``)."""
+    since ``old`` was written, which take their dataclass defaults (``fill_new_fields``). Where both the head
+    config and the recipe are compared, the request's options are compared through them, typed: ``--set
+    choose_modalities=true`` (a string) and ``choose_modalities: true`` in a sweep file (a bool) are one setting,
+    as is an option given at its default value and the same option left out."""
     new = json.loads(json.dumps(new, default=str))  # compare as stored: tuples become lists
+    typed_options = "head_config" in new and "recipe" in new
     head = (old.get("request") or {}).get("head", "")
     old = dict(old)
     old["head_config"], old["recipe"] = fill_new_fields(head, old.get("head_config"), old.get("recipe"))
@@ -482,8 +486,9 @@ def changed_settings(old: dict, new: dict) -> list[str]:
             continue
         a, b = old.get(part), new[part]
         if part == "request":
-            a = {k: v for k, v in (a or {}).items() if k not in _REQUEST_KEYS_IGNORED}
-            b = {k: v for k, v in b.items() if k not in _REQUEST_KEYS_IGNORED}
+            ignored = (*_REQUEST_KEYS_IGNORED, "options") if typed_options else _REQUEST_KEYS_IGNORED
+            a = {k: v for k, v in (a or {}).items() if k not in ignored}
+            b = {k: v for k, v in b.items() if k not in ignored}
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
         elif a != b:
