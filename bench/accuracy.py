@@ -295,7 +295,10 @@ def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path,
             twin = by_name.get(r["cell"].removesuffix("-paper"))
             if twin and twin.get("ua") and r.get("ua"):
                 gap = 100 * (r["ua"]["mean"] - twin["ua"]["mean"])
-                lines.append(f"| (vs honest {twin['cell']}: UA {gap:+.2f} points) | | | | | | | | |")
+                # a twin that chose its inputs on validation is not the paper's model in every run: say so
+                chose = (f"; its {modalities_chosen_text(twin['modalities_chosen'], len(twin.get('per_fold') or []))}, "
+                         "the paper's model is always fused" if twin.get("modalities_chosen") else "")
+                lines.append(f"| (vs honest {twin['cell']}{chose}: UA {gap:+.2f} points) | | | | | | | | |")
     defects = []
     by_name = {r["cell"]: r for r in rows}
     for r in rows:

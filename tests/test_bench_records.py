@@ -91,10 +91,14 @@ def test_modalities_chosen_on_validation_are_recorded_and_shown(tmp_path, monkey
     chosen = {"audio": 4, "audio+text": 1}
     _finished_cell(tmp_path / "run" / "dialog", cells["dialog"], 0.6, {"modalities_chosen": chosen})
     _finished_cell(tmp_path / "run" / "dialog-audio", cells["dialog-audio"], 0.6)
-    for name in ("dialog", "dialog-audio"):
+    _finished_cell(tmp_path / "run" / "dialog-paper", cells["dialog-paper"], 0.7)
+    for name in ("dialog", "dialog-audio", "dialog-paper"):
         accuracy.record_finished("rav4", name, cells[name], tmp_path / "run" / name)
     assert accuracy.read_record("rav4", "dialog", cells["dialog"])["modalities_chosen"] == chosen
     assert "modalities_chosen" not in accuracy.read_record("rav4", "dialog-audio", cells["dialog-audio"])
     lines, _ = accuracy.table("rav4", accuracy.sweep_cells("rav4"), Path("data"))
     verdict = next(line for line in lines if line.startswith("\ndialog:"))
     assert "inputs chosen on validation: audio in 4, audio+text in 1 of 5 runs" in verdict
+    # the paper-evaluation gap says its honest twin is not always the paper's (fused) model
+    gap = next(line for line in lines if line.startswith("| (vs honest dialog"))
+    assert "audio in 4, audio+text in 1 of 5 runs, the paper's model is always fused" in gap
