@@ -19,8 +19,8 @@
 
 The records are committed, so a benchmark too long for one sitting (rav8 is hours on 2 cores) is
 finished over several: `--missing` trains only the cells without a record made with the settings the
-sweep file asks now; a record made with other settings is never shown. `--jobs N` trains N cells at
-once, each with cores / N torch threads (small heads use 2 cores better as 2 one-thread jobs).
+sweep file asks now; a record made with other settings is never shown. `--jobs N` trains N fold x seed
+runs at once, one torch thread each (small heads use 2 cores better as 2 one-thread jobs than as one of 2).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def train_cells(bench: str, names: list[str], out: Path, store: str, jobs: int) 
     dask.distributed cluster of that many single-threaded workers (`train sweep --scheduler local:N`)."""
     if not names:
         return
-    jobs = max(1, min(jobs, len(names)))
+    jobs = max(1, jobs)  # one cell's folds fill every job too
     cmd = [sys.executable, "-m", "train.cli", "sweep", SWEEPS[bench], "--out", str(out), "--store", store,
            "--keep-going", "--cells", ",".join(names)]
     cmd += ["--scheduler", f"local:{jobs}"] if jobs > 1 else ["--threads", str(os.cpu_count() or 1)]
@@ -321,7 +321,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--missing", action="store_true",
                     help="train only the cells without a current record in bench/results/cells/")
-    ap.add_argument("--jobs", type=int, default=1, help="cells trained at once (cores shared between them)")
+    ap.add_argument("--jobs", type=int, default=1, help="fold x seed runs trained at once, one torch thread each")
     ap.add_argument("--cells", help="train only these cells (comma-separated; default: all of each bench)")
     ap.add_argument("--collect-only", action="store_true",
                     help="extract and train nothing: record the finished cells and write the tables")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,8 @@ def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):
     res = subprocess.run([sys.executable, "-m", "train.cli", "sweep", str(cfg), "--out", str(there), "--scheduler",
                           "local:2"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    n_folds = len(list((here / "cells" / "probe" / "folds").iterdir()))
+    assert f"{3 * n_folds} fold x seed runs to train" in res.stderr  # each fold a task: cells are not the unit
     cells = sorted(p.name for p in (here / "cells").iterdir())
     assert cells == sorted(p.name for p in (there / "cells").iterdir()) and len(cells) == 3
     for cell in cells:
@@ -353,3 +356,14 @@ def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):
         assert (there / "cells" / cell / "report.md").exists()
     res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(there), "--scheduler", "local:2"])
     assert res.exit_code == 0 and res.output.count("done already") == 3  # resumable the same way
+    # a cell cut short: only its missing fold trains again, to the same result
+    probe = there / "cells" / "probe"
+    kept = sorted((probe / "folds").iterdir())[1:]
+    mtimes = [(f / "metrics.json").stat().st_mtime_ns for f in kept]
+    shutil.rmtree(sorted((probe / "folds").iterdir())[0])
+    (probe / "summary.json").unlink()
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(there), "--scheduler", "local:2"])
+    assert res.exit_code == 0 and "1 fold x seed runs to train" in res.output, res.output
+    assert [(f / "metrics.json").stat().st_mtime_ns for f in kept] == mtimes
+    assert (json.loads((probe / "summary.json").read_text())["per_fold"]
+            == json.loads((here / "cells" / "probe" / "summary.json").read_text())["per_fold"])

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,8 +95,10 @@ def native_bfloat16(device: str) -> bool:
         return False
 
 
-def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True) -> dict:
-    """Load (unless given), split, train every fold × seed, write the run directory and its report."""
+def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True,
+            only: Collection[tuple[int, str]] | None = None) -> dict | None:
+    """Load (unless given), split, train every fold × seed, write the run directory and its report. ``only``:
+    just those (seed, fold name) runs, a worker's share of a sweep cell (no summary or report; None)."""
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head, make_config, make_recipe
@@ -151,8 +154,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(run_yaml(req))
     opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation)
-    summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console)
-    if report:
+    summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console, only)
+    if report and summary is not None:
         from train.report import write_run_report
 
         write_run_report(out)
@@ -340,8 +343,8 @@ def sweep(
     only: str = typer.Option(None, "--cells", help="run only these cells (comma-separated names)"),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core)"),
     write_report: bool = typer.Option(True, "--report/--no-report", help="write the sweep report at the end"),
-    scheduler: str = typer.Option(None, help="train the cells on a dask.distributed cluster: local:N or "
-                                  "tcp://HOST:PORT (workers share this file system; one torch thread each)"),
+    scheduler: str = typer.Option(None, help="train the cells' fold x seed runs on a dask.distributed cluster: "
+                                  "local:N or tcp://HOST:PORT (workers share this file system; one torch thread each)"),
 ) -> None:
     """Run a grid of heads × options × seeds × folds; finished cells are not rerun. Prints the grid table."""
     spec = yaml.safe_load(config.read_text())
@@ -425,26 +428,44 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
 
 
 def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path]], keep_going: bool) -> list[str]:
-    """Each cell a task on the cluster's workers, in the sweep file's order; a cell writes its run directory as
-    it would here, so resuming and the reports are the same. Returns the failed."""
+    """Every fold × seed of the cells a task on the cluster's workers, the cells in the sweep file's order, so
+    that a grid of few long cells still keeps every worker busy; a fold writes its run directory as it would
+    here, so resuming and the reports are the same. Returns the failed cells."""
     from featurize.cluster import connect, one_per_worker
-    from train.sweep_task import cell_task  # a module of its own: `python -m train.cli` is __main__
+
+    # the tasks live in a module of their own: `python -m train.cli` is __main__, which does not pickle by reference
+    from train.sweep_task import cell_task, fold_task, plan_task
 
     client = connect(scheduler)
-    failed = []
-    try:
-        console.print(f"{len(cells)} cells on {scheduler} "
-                      f"({len(client.scheduler_info(n_workers=-1)['workers'])} workers)")
-        tasks = [(name, (dataclasses.asdict(req), str(cell_dir))) for name, req, cell_dir in cells]
-        for name, future in one_per_worker(client, cell_task, tasks, key_prefix="sweep-cell"):
+    failed: list[str] = []
+
+    def each_done(fn, tasks: list[tuple[str, tuple]], what: str):
+        for name, future in one_per_worker(client, fn, tasks, key_prefix=f"sweep-{what}"):
             try:
-                future.result()
-                console.print(f"{name}: done")
+                yield name, future.result()
             except Exception as e:
                 if not keep_going:
                     raise
-                failed.append(name)
-                console.print(f"[red]cell {name} failed[/]: {type(e).__name__}: {e}")
+                cell = name.split("/")[0]
+                if cell not in failed:
+                    failed.append(cell)
+                console.print(f"[red]cell {cell} failed[/] ({what} {name}): {type(e).__name__}: {e}")
+
+    try:
+        console.print(f"{len(cells)} cells on {scheduler} "
+                      f"({len(client.scheduler_info(n_workers=-1)['workers'])} workers)")
+        requests = {name: (dataclasses.asdict(req), str(cell_dir)) for name, req, cell_dir in cells}
+        # 1. each cell's runs still to train (a worker loads the cell's data to make its folds)
+        todo = dict(each_done(plan_task, list(requests.items()), "plan"))
+        # 2. those runs, one task each
+        runs = [(f"{name}/{fold}_seed{seed}", (*requests[name], seed, fold))
+                for name in requests if name in todo for seed, fold in todo[name]]
+        console.print(f"{len(runs)} fold x seed runs to train")
+        for _ in each_done(fold_task, runs, "fold"):
+            pass
+        # 3. each cell whose runs all trained: its summary and report (every run is found finished)
+        for name, _ in each_done(cell_task, [(n, requests[n]) for n in requests if n not in failed], "cell"):
+            console.print(f"{name}: done")
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
@@ -453,9 +474,25 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
     return failed
 
 
-def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> None:
-    """One sweep cell. Features are loaded once per (features, head inputs, label set, modality)
-    and reused by every cell that needs the same."""
+def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData],
+             only: Collection[tuple[int, str]] | None = None) -> None:
+    """One sweep cell (``only``: just those (seed, fold name) runs of it, see `execute`)."""
+    execute(req, cell_dir, cell_data(req, cache), only=only)  # with its report, so a cell reads as soon as it ends
+
+
+def unfinished_runs(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> list[tuple[int, str]]:
+    """The (seed, fold name) runs of a sweep cell not yet trained into ``cell_dir``; the folds come from the
+    corpus's data, as the cell's own run makes them."""
+    from train.protocols import make_folds
+
+    folds = make_folds(req.protocol, cell_data(req, cache).utts, seed=0, **req.protocol_options)
+    return [(seed, fold.name) for seed in req.seeds for fold in folds
+            if not (cell_dir / "folds" / f"{fold.name}_seed{seed}" / "metrics.json").exists()]
+
+
+def cell_data(req: RunRequest, cache: dict[tuple, CorpusData]) -> CorpusData:
+    """A cell's data. Features are loaded once per (features, head inputs, label set, modality) and reused by
+    every cell that needs the same."""
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head
@@ -476,7 +513,7 @@ def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) ->
         cache[key] = load_data(
             store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None
         )
-    execute(req, cell_dir, cache[key])  # with its report, so a cell can be read as soon as it finishes
+    return cache[key]
 
 
 def wide_console() -> Console:

@@ -18,8 +18,11 @@ import dataclasses
 import io
 import json
 import math
+import os
 import random
+import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +122,8 @@ def evaluate(model: torch.nn.Module, data: CorpusData, rows: list[int], norm: No
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a whole file or nothing: a run killed mid-write (or a parallel reader) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of this writer's own: the folds of one run, trained by several workers, each write config.json
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -510,9 +514,12 @@ def run_folds(
     out_dir: Path,
     run_config: dict,
     console: Console | None = None,
-) -> dict:
+    only: Collection[tuple[int, str]] | None = None,
+) -> dict | None:
     """Every fold × seed; finished ones (metrics.json present) are reused, so a run resumes — but only
-    when the directory's results come from the same configuration."""
+    when the directory's results come from the same configuration. ``only`` (seed, fold name) pairs: train
+    just those, a share of the run that other processes train the rest of (`train sweep --scheduler`); nothing
+    is summarised then, and None is returned."""
     protocol = run_config.get("protocol", "")
     console = console or Console(stderr=True)
     if (out_dir / "config.json").exists():
@@ -536,16 +543,24 @@ def run_folds(
         TimeRemainingColumn(),
     )
     with Progress(*cols, console=console) as progress:
-        overall = progress.add_task("folds x seeds", total=len(folds) * len(seeds), status="")
+        overall = progress.add_task("folds x seeds", total=len(folds) * len(seeds) if only is None else len(only),
+                                    status="")
         for seed in seeds:
             for fold in folds:
                 cell = out_dir / "folds" / f"{fold.name}_seed{seed}"
+                if only is not None:
+                    if (seed, fold.name) in only and not (cell / "metrics.json").exists():
+                        r = train_fold(spec, config, recipe, data, fold, seed, opts, protocol, cell, progress)
+                        progress.update(overall, advance=1, status=f"{fold.name}: UA {r['ua']:.3f}")
+                    continue
                 if (cell / "metrics.json").exists():
                     results.append(json.loads((cell / "metrics.json").read_text()))
                 else:
                     results.append(train_fold(spec, config, recipe, data, fold, seed, opts, protocol, cell, progress))
                 r = results[-1]
                 progress.update(overall, advance=1, status=f"last {fold.name}: WA {r['wa']:.3f} UA {r['ua']:.3f}")
+    if only is not None:
+        return None
     summary = build_summary(results)
     summary["seconds"] = time.monotonic() - t0
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
