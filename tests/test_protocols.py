@@ -242,6 +242,23 @@ def test_stratified_is_flagged_and_records_overlap():
     assert make_folds("stratified", utts, seed=1) != make_folds("stratified", utts, seed=2)
 
 
+def test_utterance_kfold_is_flagged_and_balances_each_label_over_the_folds():
+    utts = ravdess_like(n_actors=6, per_actor=20)  # 30 per label
+    folds = make_folds("utterance-kfold", utts, seed=0)
+    assert len(folds) == 5 and all(not f.speaker_independent and f.overlap_speakers for f in folds)
+    label_of = {u.utt_id: u.label for u in utts}
+    for k, fold in enumerate(folds):
+        assert_partition(fold, utts)
+        assert fold.valid == folds[(k + 1) % 5].test  # validation is the next fold, never this fold's test
+        assert all(sum(label_of[i] == label for i in fold.test) == 6 for label in LABELS4)
+    assert sorted(i for f in folds for i in f.test) == sorted(u.utt_id for u in utts)  # each tested once
+    assert make_folds("utterance-kfold", utts, seed=0) == folds
+    assert make_folds("utterance-kfold", utts, seed=1) != folds
+    assert len(make_folds("utterance-kfold", utts, k=3)) == 3
+    with pytest.raises(ValueError, match="k >= 3"):
+        make_folds("utterance-kfold", utts, k=2)
+
+
 def test_check_fold_names_the_leaking_speakers():
     utts = iemocap_like()
     ids = {s: [u.utt_id for u in utts if u.speaker == s] for s in {u.speaker for u in utts}}

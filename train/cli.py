@@ -29,7 +29,7 @@ common_options(app, "train")
 console = Console(stderr=True)
 PROTOCOL_HELP = (
     "loso | holdout (= iemo-text; the official split when the corpus has one) | rav4 | rav8 | "
-    "speaker-kfold | stratified (not speaker-independent)"
+    "speaker-kfold | stratified, utterance-kfold (not speaker-independent)"
 )
 
 
@@ -252,7 +252,7 @@ def run(
     modality: str = typer.Option(None, help="audio | text: the unimodal variant"),
     device: str = typer.Option(None, help="auto | cpu | cuda [default: auto]"),
     max_epochs: int = typer.Option(None, help="cap the recipe's epochs (quick runs)"),
-    folds: int = typer.Option(None, help="speaker-kfold: the number of folds [default: 5]"),
+    folds: int = typer.Option(None, help="speaker-kfold, utterance-kfold: the number of folds [default: 5]"),
 ) -> None:
     """Train a head over every fold × seed of a protocol and print the per-fold table."""
     base = read_yaml_mapping(config, "a run file") if config else {}
@@ -269,8 +269,8 @@ def run(
              "seeds": parse_seeds(seeds) if seeds else None}
     settings = {**base, **{k: v for k, v in given.items() if v is not None}, "options": options}
     if folds is not None:
-        if settings.get("protocol") != "speaker-kfold":
-            raise typer.BadParameter("--folds sets the fold count of --protocol speaker-kfold only")
+        if settings.get("protocol") not in ("speaker-kfold", "utterance-kfold"):
+            raise typer.BadParameter("--folds sets the fold count of --protocol speaker-kfold or utterance-kfold only")
         settings["protocol_options"] = {**(settings.get("protocol_options") or {}), "k": folds}
     missing = [f"--{k.rstrip('s') if k == 'features' else k}" for k in ("head", "features", "corpus", "protocol")
                if not settings.get(k)]

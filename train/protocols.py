@@ -1,6 +1,6 @@
 """Evaluation protocols: which utterances train, validate and test in each fold.
 
-Every protocol except `stratified` is speaker-independent: no speaker of the test set is seen in
+Every protocol except `stratified` and `utterance-kfold` is speaker-independent: no speaker of the test set is seen in
 training or validation, and the validation set is drawn from training speakers, never from the
 test fold (see docs/benchmarks.md). `check_fold` enforces that on every fold a protocol makes.
 
@@ -15,6 +15,9 @@ Protocols (the name picks the fold scheme only; the caller filters utterances to
   validation is fold (k + 1) mod 5.
 - ``speaker-kfold``: k folds over the sorted speakers dealt round-robin, validation = next fold.
 - ``stratified``: a seeded 70/20/10 split per label, NOT speaker-independent.
+- ``utterance-kfold``: k folds over the utterances, each label shuffled (seeded) and dealt round-robin,
+  validation = next fold; NOT speaker-independent. The "five-fold cross validation" a paper reports without
+  saying how it split (FG-CME on RAVDESS) may be this; it exists to measure how much such a split adds.
 
 Ids in `Fold.train`, `Fold.valid` and `Fold.test` are sorted, so a fold depends on the utterance
 set and the seed only, not on the order the corpus reader yielded them.
@@ -29,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 
 from featurize.records import Utterance
 
-PROTOCOLS = ("loso", "holdout", "iemo-text", "rav4", "rav8", "speaker-kfold", "stratified")
-SPEAKER_DEPENDENT = {"stratified"}  # protocols whose folds share speakers between train and test
+PROTOCOLS = ("loso", "holdout", "iemo-text", "rav4", "rav8", "speaker-kfold", "stratified", "utterance-kfold")
+SPEAKER_DEPENDENT = {"stratified", "utterance-kfold"}  # protocols whose folds share speakers between train and test
 RAVDESS_FOLDS = 5
 SPLITS = ("train", "valid", "test")
 
@@ -39,7 +42,7 @@ SPLITS = ("train", "valid", "test")
 class Fold:
     """One train/valid/test partition, as utterance ids.
 
-    `speaker_independent` is False only for `stratified`; `overlap_speakers` then lists the
+    `speaker_independent` is False only for `stratified` and `utterance-kfold`; `overlap_speakers` then lists the
     speakers found in the test set and in train or valid, so a report can say how leaky it is.
     """
 
@@ -100,10 +103,10 @@ def make_folds(protocol: str, utts: Sequence[Utterance], seed: int = 0, **option
     """The folds of `protocol` over `utts`, each checked by `check_fold`.
 
     Options: ``holdout`` takes ``test_sessions`` (default: the last session), ``valid_fraction``
-    (default 0.1) and ``use_split`` (default True); ``speaker-kfold`` takes ``k`` (default 5);
+    (default 0.1) and ``use_split`` (default True); ``speaker-kfold`` and ``utterance-kfold`` take ``k`` (default 5);
     ``stratified`` takes ``fractions`` (default (0.7, 0.2, 0.1)). An unknown option is an error,
     so a typo cannot silently fall back to a default. `seed` only matters where something is
-    drawn at random (holdout's validation speakers, stratified); the other schemes are fixed.
+    drawn at random (holdout's validation speakers, stratified, utterance-kfold); the other schemes are fixed.
     """
     builders: dict[str, tuple[Callable[..., list[Fold]], set[str]]] = {
         "loso": (_loso, set()),
@@ -113,6 +116,7 @@ def make_folds(protocol: str, utts: Sequence[Utterance], seed: int = 0, **option
         "rav8": (_ravdess, set()),
         "speaker-kfold": (_speaker_kfold, {"k"}),
         "stratified": (_stratified, {"fractions"}),
+        "utterance-kfold": (_utterance_kfold, {"k"}),
     }
     if protocol not in builders:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
@@ -260,6 +264,26 @@ def _speaker_kfold(utts: list[Utterance], seed: int, k: int = 5) -> list[Fold]:
     fold_of_speaker = {s: i % k for i, s in enumerate(speakers)}
     group_of = {u.utt_id: fold_of_speaker[u.speaker] for u in utts}
     return _folds_from_groups(utts, group_of, k)
+
+
+def _utterance_kfold(utts: list[Utterance], seed: int, k: int = 5) -> list[Fold]:
+    """k folds over utterances, each label's shuffled (seeded) and dealt round-robin, validation = next fold.
+    NOT speaker-independent: every speaker is in every fold, as in a random k-fold cross-validation."""
+    if k < 3:
+        raise ValueError(f"utterance-kfold needs k >= 3 (test, valid, train folds); got {k}")
+    rng = random.Random(seed)
+    group_of: dict[str, int] = {}
+    by_label: dict[str, list[str]] = {}
+    for u in utts:
+        by_label.setdefault(str(u.label), []).append(u.utt_id)
+    for label in sorted(by_label):
+        ids = sorted(by_label[label])  # the draw depends on the seed, not the input order
+        rng.shuffle(ids)
+        group_of.update({utt_id: i % k for i, utt_id in enumerate(ids)})
+    folds = _folds_from_groups(utts, group_of, k)
+    for fold in folds:
+        fold.speaker_independent = False
+    return folds
 
 
 def _stratified(utts: list[Utterance], seed: int, fractions: Sequence[float] = (0.7, 0.2, 0.1)) -> list[Fold]:
