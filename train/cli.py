@@ -430,7 +430,8 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
 def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path]], keep_going: bool) -> list[str]:
     """Every fold × seed of the cells a task on the cluster's workers, the cells in the sweep file's order, so
     that a grid of few long cells still keeps every worker busy; a fold writes its run directory as it would
-    here, so resuming and the reports are the same. Returns the failed cells."""
+    here, so resuming and the reports are the same. A cell's summary and report are written as soon as its last
+    run is in. Returns the failed cells."""
     from featurize.cluster import connect, one_per_worker
 
     # the tasks live in a module of their own: `python -m train.cli` is __main__, which does not pickle by reference
@@ -438,6 +439,7 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
 
     client = connect(scheduler)
     failed: list[str] = []
+    finishing: dict = {}  # cell -> the future of its summary-and-report task
 
     def each_done(fn, tasks: list[tuple[str, tuple]], what: str):
         for name, future in one_per_worker(client, fn, tasks, key_prefix=f"sweep-{what}"):
@@ -451,21 +453,49 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
                     failed.append(cell)
                 console.print(f"[red]cell {cell} failed[/] ({what} {name}): {type(e).__name__}: {e}")
 
+    def finish(cell: str) -> None:  # every run of the cell is found finished: a short task
+        finishing[cell] = client.submit(cell_task, *requests[cell], key=f"sweep-cell-{cell}-{time.time_ns()}",
+                                        pure=False)
+
+    def wait_finishing() -> Exception | None:
+        first = None
+        for cell, future in finishing.items():
+            try:
+                future.result()
+                console.print(f"{cell}: done")
+            except Exception as e:
+                first = first or e
+                if cell not in failed:
+                    failed.append(cell)
+                console.print(f"[red]cell {cell} failed[/] (summary): {type(e).__name__}: {e}")
+        finishing.clear()
+        return first
+
     try:
         console.print(f"{len(cells)} cells on {scheduler} "
                       f"({len(client.scheduler_info(n_workers=-1)['workers'])} workers)")
         requests = {name: (dataclasses.asdict(req), str(cell_dir)) for name, req, cell_dir in cells}
-        # 1. each cell's runs still to train (a worker loads the cell's data to make its folds)
-        todo = dict(each_done(plan_task, list(requests.items()), "plan"))
-        # 2. those runs, one task each
-        runs = [(f"{name}/{fold}_seed{seed}", (*requests[name], seed, fold))
-                for name in requests if name in todo for seed, fold in todo[name]]
-        console.print(f"{len(runs)} fold x seed runs to train")
-        for _ in each_done(fold_task, runs, "fold"):
-            pass
-        # 3. each cell whose runs all trained: its summary and report (every run is found finished)
-        for name, _ in each_done(cell_task, [(n, requests[n]) for n in requests if n not in failed], "cell"):
-            console.print(f"{name}: done")
+        try:
+            # 1. each cell's runs still to train (a worker loads the cell's data to make its folds)
+            todo = dict(each_done(plan_task, list(requests.items()), "plan"))
+            left = {cell: len(runs) for cell, runs in todo.items()}
+            for cell in [c for c, n in left.items() if n == 0]:
+                finish(cell)
+            # 2. those runs, one task each; a cell whose last run is in is summarised at once
+            runs = [(f"{cell}/{fold}_seed{seed}", (*requests[cell], seed, fold))
+                    for cell in requests if cell in todo for seed, fold in todo[cell]]
+            console.print(f"{len(runs)} fold x seed runs to train")
+            for name, _ in each_done(fold_task, runs, "fold"):
+                cell = name.split("/")[0]
+                left[cell] -= 1
+                if left[cell] == 0 and cell not in failed:
+                    finish(cell)
+        except BaseException:
+            wait_finishing()  # the cells whose runs all trained still get their summary and report
+            raise
+        error = wait_finishing()
+        if error is not None and not keep_going:
+            raise error
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
@@ -492,7 +522,8 @@ def unfinished_runs(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusDa
 
 def cell_data(req: RunRequest, cache: dict[tuple, CorpusData]) -> CorpusData:
     """A cell's data. Features are loaded once per (features, head inputs, label set, modality) and reused by
-    every cell that needs the same."""
+    the cells that need the same; ``cache`` keeps the last ``CACHED_DATA`` of them (a cluster worker trains
+    folds of every cell, and frame-level features of all of them at once would not fit a worker's memory)."""
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head
@@ -508,12 +539,19 @@ def cell_data(req: RunRequest, cache: dict[tuple, CorpusData]) -> CorpusData:
         label_set,
         req.modality,
     )
-    if key not in cache:
+    if key in cache:
+        cache[key] = cache.pop(key)  # the most recently used last
+    else:
+        while len(cache) >= CACHED_DATA:
+            cache.pop(next(iter(cache)))
         store = FeatureStore(req.store, create=False)
         cache[key] = load_data(
             store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None
         )
     return cache[key]
+
+
+CACHED_DATA = 2  # a fused cell and its audio-only twin, trained one after the other
 
 
 def wide_console() -> Console:

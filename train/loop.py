@@ -418,6 +418,7 @@ def train_fold(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / "history.json", json.dumps(fitted.history, indent=1))
         write_atomic(out_dir / "predictions.csv", predictions_csv(data, scored, fold.name, seed))
+        tmp = out_dir / f"model.pt.{os.getpid()}-{threading.get_ident()}.tmp"  # this writer's own
         torch.save(
             {
                 "state_dict": model.state_dict(),
@@ -429,9 +430,9 @@ def train_fold(
                 "modalities": sorted(data.inputs),
                 "normalizer": norm.stats,
             },
-            out_dir / "model.pt.tmp",
+            tmp,
         )
-        (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
+        tmp.replace(out_dir / "model.pt")
         # metrics.json last: its presence is what marks the fold finished when a run resumes
         write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if progress is not None:
