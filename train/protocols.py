@@ -266,6 +266,21 @@ def _speaker_kfold(utts: list[Utterance], seed: int, k: int = 5) -> list[Fold]:
     return _folds_from_groups(utts, group_of, k)
 
 
+def _shuffled_by_label(utts: list[Utterance], seed: int) -> list[list[str]]:
+    """Each label's utterance ids, labels in sorted order, each list shuffled by one seeded generator. The ids
+    are sorted before the shuffle, so the draw depends on the seed, not on the input order."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[str]] = {}
+    for u in utts:
+        by_label.setdefault(str(u.label), []).append(u.utt_id)
+    shuffled = []
+    for label in sorted(by_label):
+        ids = sorted(by_label[label])
+        rng.shuffle(ids)
+        shuffled.append(ids)
+    return shuffled
+
+
 def _utterance_kfold(utts: list[Utterance], seed: int, k: int = 5) -> list[Fold]:
     """k folds over utterances, each label's shuffled (seeded) and dealt round-robin (carried on from the last
     label's, so the folds' sizes differ by one at most), validation = next fold. NOT speaker-independent: every
@@ -274,15 +289,9 @@ def _utterance_kfold(utts: list[Utterance], seed: int, k: int = 5) -> list[Fold]
     than speaker overlap."""
     if k < 3:
         raise ValueError(f"utterance-kfold needs k >= 3 (test, valid, train folds); got {k}")
-    rng = random.Random(seed)
     group_of: dict[str, int] = {}
-    by_label: dict[str, list[str]] = {}
-    for u in utts:
-        by_label.setdefault(str(u.label), []).append(u.utt_id)
     dealt = 0
-    for label in sorted(by_label):
-        ids = sorted(by_label[label])  # the draw depends on the seed, not the input order
-        rng.shuffle(ids)
+    for ids in _shuffled_by_label(utts, seed):
         for utt_id in ids:
             group_of[utt_id] = dealt % k
             dealt += 1
@@ -301,17 +310,10 @@ def _stratified(utts: list[Utterance], seed: int, fractions: Sequence[float] = (
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be 3 non-negative numbers summing to 1; got {fractions}")
-    rng = random.Random(seed)
     train: list[str] = []
     valid: list[str] = []
     test: list[str] = []
-    by_label: dict[str, list[str]] = {}
-    for u in utts:
-        by_label.setdefault(str(u.label), []).append(u.utt_id)
-    for label in sorted(by_label):
-        # Sort before shuffling so the draw depends on the seed, not the input order.
-        ids = sorted(by_label[label])
-        rng.shuffle(ids)
+    for ids in _shuffled_by_label(utts, seed):
         n_train = round(fractions[0] * len(ids))
         n_valid = round(fractions[1] * len(ids))
         train += ids[:n_train]
