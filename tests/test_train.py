@@ -347,6 +347,8 @@ def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     n_folds = len(list((here / "cells" / "probe" / "folds").iterdir()))
     assert f"{3 * n_folds} fold x seed runs to train" in res.stderr  # each fold a task: cells are not the unit
+    # each cell says what it trains once (its plan task), not once per fold task
+    assert res.stderr.count("linear on corpus") == 2 and res.stderr.count("probe on corpus") == 1, res.stderr
     cells = sorted(p.name for p in (here / "cells").iterdir())
     assert cells == sorted(p.name for p in (there / "cells").iterdir()) and len(cells) == 3
     for cell in cells:

@@ -19,6 +19,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from train.data import CorpusData
+    from train.protocols import Fold
+    from train.recipe import Recipe
 
 from featurize import DEFAULT_STORE
 from featurize.cli_support import common_options, friendly, run_app, set_help
@@ -96,13 +98,15 @@ def native_bfloat16(device: str) -> bool:
 
 
 def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True,
-            only: Collection[tuple[int, str]] | None = None) -> dict | None:
+            only: Collection[tuple[int, str]] | None = None, announce: bool = True) -> dict | None:
     """Load (unless given), split, train every fold × seed, write the run directory and its report. ``only``:
-    just those (seed, fold name) runs, a worker's share of a sweep cell (no summary or report; None)."""
+    just those (seed, fold name) runs, a worker's share of a sweep cell (no summary or report; None).
+    ``announce``: print what the run is (its data, inputs and warnings); a sweep on a cluster prints it once per
+    cell, from the task that plans the cell's runs, not once per run."""
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head, make_config, make_recipe
-    from train.loop import EVALUATIONS, LoopOptions, run_folds
+    from train.loop import EVALUATIONS, LoopOptions, run_folds, write_atomic
     from train.protocols import PROTOCOLS, make_folds
 
     if req.protocol not in PROTOCOLS:  # before any feature is loaded
@@ -117,21 +121,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
         store = FeatureStore(req.store, create=False)
         data = load_data(store, req.corpus, req.features, spec, default_label_set(req.protocol, req.labels), modalities)
     folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
-    if not all(f.speaker_independent for f in folds):
-        console.print(f"[yellow]warning[/]: protocol {req.protocol} is not speaker-independent")
-    if recipe.autocast == "bfloat16" and not native_bfloat16(req.device):
-        console.print("[yellow]warning[/]: autocast bfloat16 on a CPU without native bfloat16 (AVX-512 BF16 / AMX) "
-                      "is emulated, slower than float32: set autocast=none")
-    if req.evaluation == "paper":
-        console.print(f"[bold yellow]paper evaluation[/]: {EVALUATIONS['paper']}; never compare with honest figures")
-    dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
-    chosen = "" if default_label_set(req.protocol, req.labels) else " (the corpus's default label set: --labels)"
-    console.print(
-        f"{req.head} on {req.corpus} ({data.label_set}{chosen}: {', '.join(data.classes)}), "
-        f"{len(data.utts)} utterances{f' ({dropped} dropped)' if dropped else ''}, "
-        f"inputs: {', '.join(f'{m}={i.feature}:{i.array} {tuple(i.tail)}' for m, i in data.inputs.items())}, "
-        f"{len(folds)} folds x {len(req.seeds)} seeds"
-    )
+    if announce:
+        announce_run(req, data, folds, recipe)
     run_config = {
         "request": dataclasses.asdict(req),
         "head_config": dataclasses.asdict(config),
@@ -152,7 +143,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.yaml").write_text(run_yaml(req))
+    # the fold tasks of one cell each write it (the same text): whole or not at all
+    write_atomic(out / "run.yaml", run_yaml(req))
     opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation)
     summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console, only)
     if report and summary is not None:
@@ -160,6 +152,27 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
 
         write_run_report(out)
     return summary
+
+
+def announce_run(req: RunRequest, data: CorpusData, folds: list[Fold], recipe: Recipe) -> None:
+    """What a run trains, and its warnings, on the console: printed once before its folds train."""
+    from train.loop import EVALUATIONS
+
+    if not all(f.speaker_independent for f in folds):
+        console.print(f"[yellow]warning[/]: protocol {req.protocol} is not speaker-independent")
+    if recipe.autocast == "bfloat16" and not native_bfloat16(req.device):
+        console.print("[yellow]warning[/]: autocast bfloat16 on a CPU without native bfloat16 (AVX-512 BF16 / AMX) "
+                      "is emulated, slower than float32: set autocast=none")
+    if req.evaluation == "paper":
+        console.print(f"[bold yellow]paper evaluation[/]: {EVALUATIONS['paper']}; never compare with honest figures")
+    dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
+    chosen = "" if default_label_set(req.protocol, req.labels) else " (the corpus's default label set: --labels)"
+    console.print(
+        f"{req.head} on {req.corpus} ({data.label_set}{chosen}: {', '.join(data.classes)}), "
+        f"{len(data.utts)} utterances{f' ({dropped} dropped)' if dropped else ''}, "
+        f"inputs: {', '.join(f'{m}={i.feature}:{i.array} {tuple(i.tail)}' for m, i in data.inputs.items())}, "
+        f"{len(folds)} folds x {len(req.seeds)} seeds"
+    )
 
 
 def fold_speakers(data: CorpusData, folds: list) -> dict[str, dict[str, list[str]]]:
@@ -505,17 +518,21 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
 
 
 def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData],
-             only: Collection[tuple[int, str]] | None = None) -> None:
-    """One sweep cell (``only``: just those (seed, fold name) runs of it, see `execute`)."""
-    execute(req, cell_dir, cell_data(req, cache), only=only)  # with its report, so a cell reads as soon as it ends
+             only: Collection[tuple[int, str]] | None = None, announce: bool = True) -> None:
+    """One sweep cell (``only``: just those (seed, fold name) runs of it; ``announce``: see `execute`)."""
+    # with its report, so a cell reads as soon as it ends
+    execute(req, cell_dir, cell_data(req, cache), only=only, announce=announce)
 
 
 def unfinished_runs(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> list[tuple[int, str]]:
     """The (seed, fold name) runs of a sweep cell not yet trained into ``cell_dir``; the folds come from the
-    corpus's data, as the cell's own run makes them."""
+    corpus's data, as the cell's own run makes them. Announces the cell (`announce_run`)."""
+    from train.heads import get_head, make_recipe
     from train.protocols import make_folds
 
-    folds = make_folds(req.protocol, cell_data(req, cache).utts, seed=0, **req.protocol_options)
+    data = cell_data(req, cache)
+    folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
+    announce_run(req, data, folds, make_recipe(get_head(req.head), req.options))
     return [(seed, fold.name) for seed in req.seeds for fold in folds
             if not (cell_dir / "folds" / f"{fold.name}_seed{seed}" / "metrics.json").exists()]
 

@@ -15,7 +15,7 @@ def cell_task(request: dict, cell_dir: str) -> str:
     from train.cli import RunRequest, run_cell
 
     _setup()
-    run_cell(RunRequest(**request), Path(cell_dir), _CACHE)
+    run_cell(RunRequest(**request), Path(cell_dir), _CACHE, announce=False)  # its plan task announced it
     return cell_dir
 
 
@@ -32,7 +32,7 @@ def fold_task(request: dict, cell_dir: str, seed: int, fold: str) -> str:
     from train.cli import RunRequest, run_cell
 
     _setup()
-    run_cell(RunRequest(**request), Path(cell_dir), _CACHE, only=[(seed, fold)])
+    run_cell(RunRequest(**request), Path(cell_dir), _CACHE, only=[(seed, fold)], announce=False)
     return f"{cell_dir}/folds/{fold}_seed{seed}"
 
 
