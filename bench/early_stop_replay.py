@@ -1,0 +1,79 @@
+"""Replay early stopping on finished runs: how many epochs other (patience, stop_after) settings would have
+trained, and whether any run would have chosen another epoch.
+
+Training up to the stop is the same whatever the stopping rule (the schedule spans the whole budget), so a
+run's recorded validation history decides exactly where a stricter rule would have stopped and which epoch it
+would have kept. A run whose chosen epoch is unchanged would give the same model, refit included, in fewer
+epochs; a changed one would not, and is counted. Nothing is trained.
+
+    python bench/early_stop_replay.py runs/cost/rav4 --rules 15:0.5,10:0.5,10:0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def score(entry: dict, recipe: dict) -> float:
+    """The validation score the loop chose on, higher is better (train/recipe.py: selection_score)."""
+    if recipe["select_window"] > 1:
+        return entry["valid_windowed"]
+    return -entry["valid_loss"] if recipe["select_on"] == "loss" else entry["valid_" + recipe["select_on"]]
+
+
+def replay(history: list[dict], recipe: dict, budget: int, patience: int, stop_after: float,
+           min_epochs: int = 0) -> tuple[int, int]:
+    """(epochs trained, chosen epoch) under this rule, as train/loop.py: run_epochs stops."""
+    stop = max(math.ceil(stop_after * budget), min(min_epochs, budget))
+    best, best_score = -1, -math.inf
+    for epoch, entry in enumerate(history):
+        s = score(entry, recipe)
+        if s > best_score:
+            best, best_score = epoch, s
+        if epoch + 1 >= stop and epoch - best >= patience:
+            return epoch + 1, best
+    return len(history), best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep", type=Path, help="a sweep directory (its cells/*/folds/*/ hold metrics and history)")
+    ap.add_argument("--rules", default="15:0.5,10:0.5,10:0.3,8:0.3",
+                    help="patience:stop_after pairs to replay, comma-separated")
+    args = ap.parse_args()
+    rules = [(int(p), float(s)) for p, s in (r.split(":") for r in args.rules.split(","))]
+    print("cell: the recorded rule; per replayed rule, epochs trained (refit included) as a share of the "
+          "recorded ones, and runs whose chosen epoch would change")
+    for cell in sorted((args.sweep / "cells").iterdir()):
+        recipe = json.loads((cell / "config.json").read_text())["recipe"]
+        runs = []
+        for metrics_file in sorted(cell.glob("folds/*/metrics.json")):
+            m = json.loads(metrics_file.read_text())
+            history = json.loads((metrics_file.parent / "history.json").read_text())
+            if m["best_epoch"] >= 0 and history and "valid_loss" in history[0]:  # a convex head has no epochs
+                runs.append((m, history))
+        if not runs:
+            continue
+        refit = recipe["refit"]
+        config = json.loads((cell / "config.json").read_text())
+        # a fused msmser may not stop while its modality masking is on (MSMSER.min_epochs)
+        fused = len(config.get("inputs", {})) == 2
+        floor = config["head_config"].get("rmm_end_epoch", 0) if config["request"]["head"] == "msmser" and fused else 0
+        recorded = sum(len(h) + (m["best_epoch"] + 1 if refit else 0) for m, h in runs)
+        cols = []
+        for patience, stop_after in rules:
+            epochs, changed = 0, 0
+            for m, history in runs:
+                n, best = replay(history, recipe, m["budget"], patience, stop_after, floor)
+                epochs += n + (best + 1 if refit else 0)
+                changed += best != m["best_epoch"]
+            cols.append(f"{patience}:{stop_after} {epochs / recorded:.2f} ({changed} changed)")
+        print(f"{cell.name} (patience {recipe['patience']}, stop_after {recipe['stop_after']}, {len(runs)} runs): "
+              + "; ".join(cols))
+
+
+if __name__ == "__main__":
+    main()
