@@ -12,30 +12,24 @@ epochs; a changed one would not, and is counted. Nothing is trained.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 from pathlib import Path
 
-
-def score(entry: dict, recipe: dict) -> float:
-    """The validation score the loop chose on, higher is better (train/recipe.py: selection_score)."""
-    if recipe["select_window"] > 1:
-        return entry["valid_windowed"]
-    return -entry["valid_loss"] if recipe["select_on"] == "loss" else entry["valid_" + recipe["select_on"]]
+from train.recipe import EpochSelector, Recipe, selection_score
 
 
-def replay(history: list[dict], recipe: dict, budget: int, patience: int, stop_after: float,
-           min_epochs: int = 0) -> tuple[int, int]:
-    """(epochs trained, chosen epoch) under this rule, as train/loop.py: run_epochs stops."""
-    stop = max(math.ceil(stop_after * budget), min(min_epochs, budget))
-    best, best_score = -1, -math.inf
+def replay(history: list[dict], recipe: Recipe, budget: int, min_epochs: int = 0) -> tuple[int, int]:
+    """(epochs trained, chosen epoch) under ``recipe``'s patience and stop_after, choosing and stopping as
+    train/loop.py: run_epochs does, on the recorded validation scores."""
+    stop = max(recipe.earliest_stop(budget), min(min_epochs, budget))
+    selector = EpochSelector(recipe.select_window)
     for epoch, entry in enumerate(history):
-        s = score(entry, recipe)
-        if s > best_score:
-            best, best_score = epoch, s
-        if epoch + 1 >= stop and epoch - best >= patience:
-            return epoch + 1, best
-    return len(history), best
+        metrics = {name: entry["valid_" + name] for name in ("ua", "wa", "macro_f1")}
+        selector.update(selection_score(recipe.select_on, metrics, entry["valid_loss"]))
+        if epoch + 1 >= stop and epoch - selector.best_epoch >= recipe.patience:
+            return epoch + 1, selector.best_epoch
+    return len(history), selector.best_epoch
 
 
 def main() -> None:
@@ -49,7 +43,8 @@ def main() -> None:
           "recorded ones, and runs whose chosen epoch would change")
     minutes_all = minutes_saved = 0.0
     for cell in sorted((args.sweep / "cells").iterdir()):
-        recipe = json.loads((cell / "config.json").read_text())["recipe"]
+        config = json.loads((cell / "config.json").read_text())
+        recipe = Recipe(**config["recipe"])
         runs = []
         for metrics_file in sorted(cell.glob("folds/*/metrics.json")):
             m = json.loads(metrics_file.read_text())
@@ -59,25 +54,30 @@ def main() -> None:
                 runs.append((m, history))
         if not runs:
             continue
-        refit = recipe["refit"]
-        config = json.loads((cell / "config.json").read_text())
+        refit = recipe.refit
         # a fused msmser may not stop while its modality masking is on (MSMSER.min_epochs)
         fused = len(config.get("inputs", {})) == 2
         floor = config["head_config"].get("rmm_end_epoch", 0) if config["request"]["head"] == "msmser" and fused else 0
         recorded = sum(len(h) + (m["best_epoch"] + 1 if refit else 0) for m, h in runs)
+        # the recorded rule must give back what the runs did, or the replay does not mirror the loop
+        off = [m["fold"] for m, h in runs if replay(h, recipe, m["budget"], floor) != (len(h), m["best_epoch"])]
+        if off:
+            print(f"{cell.name}: the recorded rule does not replay to the recorded runs ({', '.join(off)}); skipped")
+            continue
         cols = []
         kept_share = 1.0  # the fewest epochs among the rules that change no run's choice
         for patience, stop_after in rules:
             epochs, changed = 0, 0
             for m, history in runs:
-                n, best = replay(history, recipe, m["budget"], patience, stop_after, floor)
+                rule = dataclasses.replace(recipe, patience=patience, stop_after=stop_after)
+                n, best = replay(history, rule, m["budget"], floor)
                 epochs += n + (best + 1 if refit else 0)
                 changed += best != m["best_epoch"]
             cols.append(f"{patience}:{stop_after} {epochs / recorded:.2f} ({changed} changed)")
             if changed == 0:
                 kept_share = min(kept_share, epochs / recorded)
         minutes_saved += (1 - kept_share) * sum(m["seconds"] for m, _ in runs) / 60
-        print(f"{cell.name} (patience {recipe['patience']}, stop_after {recipe['stop_after']}, {len(runs)} runs): "
+        print(f"{cell.name} (patience {recipe.patience}, stop_after {recipe.stop_after}, {len(runs)} runs): "
               + "; ".join(cols))
     # a run's minutes taken as proportional to its epochs (a refit epoch sees more data, a first-fit epoch also
     # scores validation: about even)
