@@ -126,10 +126,6 @@ class TranscribeReport:
     stale: list[str] = field(default_factory=list)  # feature groups whose words changed under them
 
 
-def word_strings(u: Utterance) -> list[str] | None:
-    return None if u.words is None else [w.word.strip() for w in u.words]
-
-
 def asr_text(u: Utterance) -> str | None:
     """The ASR transcript of an utterance: recorded in extra, or rebuilt from its ASR words."""
     if u.word_source != "asr" or u.words is None:
@@ -144,8 +140,9 @@ def transcribe_store(store: FeatureStore, utts: list[Utterance], transcriber: Tr
     against the corpus transcripts (those ``utts`` arrive with, before the store adds anything)."""
     console = console or Console(stderr=True)
     corpus_text = {u.utt_id: u.text for u in utts}
-    store.write_utterances(utts)  # merges earlier ASR words into these records
     report = TranscribeReport()
+    # merges earlier ASR words into these records
+    report.stale = store.write_utterances(utts, changed_by="reading the corpus")
     todo: list[Utterance] = []
     for u in utts:
         if u.word_source == "forced_alignment" and u.words is not None:
@@ -162,7 +159,7 @@ def transcribe_store(store: FeatureStore, utts: list[Utterance], transcriber: Tr
                   f"{report.kept_alignment} keep their forced alignment, {report.no_audio} without audio")
     t0 = time.monotonic()
     pending: list[Utterance] = []
-    before = {u.utt_id: word_strings(u) for u in todo}
+    stale = list(report.stale)
 
     def one(u: Utterance) -> tuple[Utterance, float]:
         audio = load_audio(u.audio_path, u.start, u.end, sr=SAMPLE_RATE)
@@ -193,14 +190,12 @@ def transcribe_store(store: FeatureStore, utts: list[Utterance], transcriber: Tr
             el = time.monotonic() - t0
             bar.update(task, advance=1, rate=f"{report.audio_seconds / max(el, 1e-9):.1f} audio-s/s")
             if len(pending) >= save_every:
-                store.write_utterances(pending)
+                stale += store.write_utterances(pending, changed_by="`featurize transcribe`")
                 pending = []
     if pending:
-        store.write_utterances(pending)
+        stale += store.write_utterances(pending, changed_by="`featurize transcribe`")
+    report.stale = sorted(set(stale))  # groups computed from the words (or text) transcribing changed
     report.seconds = time.monotonic() - t0
-    changed = [u.utt_id for u in todo if u.utt_id not in report.failed and word_strings(u) != before[u.utt_id]]
-    report.stale = store.mark_stale(changed, f"words of {len(changed)} utterances rewritten by `featurize "
-                                    f"transcribe` at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
     refs, hyps = [], []
     for u in utts:
         hyp = asr_text(u)

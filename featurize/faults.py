@@ -4,7 +4,8 @@ crash or an out-of-memory kill would) the first time it reaches ``point``. Unset
 Points: ``group-built`` (a new feature group's arrays and attributes exist under partial/, not yet renamed
 into features/), ``table-built`` (the new utterance table is written beside the old one), ``table-swap``
 (between the two renames that swap it in), ``commit-data`` (a commit's rows are written, its marker not),
-``commit-marker`` (just after a commit's marker).
+``commit-marker`` (just after a commit's marker), ``repair-swap`` (between the two renames that swap a repaired
+feature group in).
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ class LeaseLock:
     who took it and until when. The holder renews it every third of ``ttl`` from a background thread. A waiter
     that finds it expired breaks it with a delete conditional on the lease's ETag (If-Match), so of two waiters
     only one breaks it and the other waits for the new holder. ``lost`` turns True when a renewal finds the
-    lease taken over (the holder was stalled past ``ttl``): a writer must then stop before its next commit.
+    lease taken over (the holder was stalled past ``ttl``), or when no renewal has succeeded for half of
+    ``ttl`` (a waiter may break it at ``ttl``): a writer must then stop before its next commit.
     Expiry is judged by the waiter's clock against the holder's: hosts must agree on the time to well within
     ``ttl`` (NTP does). Same interface as FileLock; exclusive only, re-entrant within a process."""
 
@@ -175,7 +176,9 @@ class LeaseLock:
                  on_wait: Callable[[str], None] | None = None, ttl: float = LEASE_SECONDS) -> None:
         self.fs, self.key, self.what, self.timeout, self.on_wait, self.ttl = fs, key, what, timeout, on_wait, ttl
         self.shared = False
-        self.lost = False
+        self._lost = False  # a renewal found the lease taken over
+        self._renewed_at = 0.0  # time.monotonic() of the last successful take or renewal
+        self._owner: LeaseLock = self  # the instance that took the lease (re-entrant takes share it)
         self._etag: str | None = None
         self._stop: threading.Event | None = None
         self._held = False
@@ -234,17 +237,28 @@ class LeaseLock:
         while not stop.wait(self.ttl / 3):
             try:
                 if not self._renew():
-                    self.lost = True
+                    self._lost = True
                     return
-            except OSError:  # the server is unreachable for now: try again at the next beat
+                self._renewed_at = time.monotonic()
+            except OSError:  # the server is unreachable for now: try again at the next beat (see `lost`)
                 continue
+
+    @property
+    def lost(self) -> bool:
+        """The lease can no longer be counted on: taken over, or not renewed for half its ``ttl``."""
+        owner = self._owner
+        return owner._lost or (owner._held and time.monotonic() - owner._renewed_at > owner.ttl / 2)
+
+    @lost.setter
+    def lost(self, value: bool) -> None:  # what the keep-alive thread finds; tests set it to simulate a takeover
+        self._owner._lost = value
 
     def acquire(self) -> LeaseLock:
         with _HELD_GUARD:
             if self.key in _LEASES:
                 owner, holds = _LEASES[self.key]
                 _LEASES[self.key][1] = holds + 1
-                self._etag, self._held = owner._etag, True
+                self._etag, self._held, self._owner = owner._etag, True, owner
                 return self
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         told = False
@@ -265,6 +279,7 @@ class LeaseLock:
                 told = True
             time.sleep(0.2)
         self._etag = self.fs.info(self.key).get("ETag")
+        self._renewed_at = time.monotonic()
         self._stop = threading.Event()
         threading.Thread(target=self._keep_alive, args=(self._stop,), daemon=True).start()
         with _HELD_GUARD:
@@ -284,7 +299,7 @@ class LeaseLock:
             del _LEASES[self.key]
         if owner._stop is not None:
             owner._stop.set()
-        if not owner.lost:
+        if not owner._lost:
             owner._break(owner._etag)
 
     @property

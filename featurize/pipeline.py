@@ -261,7 +261,9 @@ def run_extraction(
     dask.distributed ``client`` the computing runs on its workers (featurize/cluster.py); planning,
     committing and resuming stay here."""
     console = console or Console(stderr=True)
-    store.write_utterances(utts)
+    for name in store.write_utterances(utts, changed_by="reading the corpus"):
+        console.print(f"[yellow]stale[/] {name}: audio or text of some of its utterances changed in the corpus; "
+                      "the next `featurize extract` of it rebuilds it")
     p, writer = plan(store, utts, extractor, limit)  # holds the feature's lock until finish / close
     try:
         return _extract(store, extractor, p, writer, workers, batch_seconds, console, client)

@@ -36,6 +36,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
 from featurize import DEFAULT_STORE  # noqa: F401 - importable from here too
 from featurize.faults import die_at
-from featurize.locks import FileLock, LeaseLock, NoLock
+from featurize.locks import FileLock, LeaseLock, LockTimeout, NoLock
 from featurize.records import Utterance
 from featurize.storage import Location
 
@@ -284,6 +285,8 @@ class FeatureStore:
         if not self.remote and (self.path / "utterances.old").exists():  # a table swap was cut short
             with self.lock("utterances"):
                 self._recover_table_swap()
+        if not self.remote and (self.path / PARTIAL).is_dir():
+            self._recover_repairs()
         if not self.location.exists("zarr.json"):
             if not create:
                 raise StoreError(f"no feature store at {self.where} (run `featurize extract` first)")
@@ -361,23 +364,45 @@ class FeatureStore:
         if name not in self.root:
             return []
         table = self.root[name]
-        cols = {k: table[k][:] for k in table.array_keys()}
+        n = int(table.attrs.get("n", -1))
+        cols = {}
+        for k in table.array_keys():
+            z = table[k]
+            try:  # every chunk checked: zarr would read a lost one as empty labels, speakers and ids
+                cols[k] = _read_checked(z, self.location, z.shape[0] if n < 0 else n)
+            except ChunkError as e:
+                raise StoreError(
+                    f"{self.where}: the utterance table is damaged: column {k}, chunk {e.index} (utterances "
+                    f"{e.lo}-{e.hi - 1}): {e.reason}. Features cannot be matched to utterances without it: "
+                    "restore the store from a copy, or extract into a new store") from None
         return _rows_from_columns(cols)
 
-    def write_utterances(self, utts: Iterable[Utterance]) -> None:
+    def write_utterances(self, utts: Iterable[Utterance], changed_by: str = "an update of the utterance table"
+                         ) -> list[str]:
         """Upsert records by utt_id (new ids appended, existing ones updated), written atomically:
         the new table is built beside the old one and swapped in by directory renames.
 
         Re-reading a corpus never erases what a later step added: when the incoming record has no
         transcript or no word times but the stored one has (from `featurize transcribe`), those are kept,
         and so are stored ``extra`` entries the incoming record does not set (the ASR transcript).
+
+        An updated utterance whose audio (file or slice), transcript or word list changed makes every feature
+        group holding it that was computed from that input stale (``mark_stale``). Returns those groups.
         """
         with self.lock("utterances"):  # read, merge and swap as one step: a concurrent writer's rows are kept
-            self._upsert_utterances(utts)
+            inputs_changed = self._upsert_utterances(utts)
+        # after the table's lock is released: a feature group's lock may be held for a whole extraction
+        if not inputs_changed:
+            return []
+        what = "/".join(sorted(set().union(*inputs_changed.values())))
+        return self.mark_stale(inputs_changed, f"{what} of {len(inputs_changed)} utterance(s) changed by {changed_by} "
+                               f"at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
 
-    def _upsert_utterances(self, utts: Iterable[Utterance]) -> None:
+    def _upsert_utterances(self, utts: Iterable[Utterance]) -> dict[str, set[str]]:
+        """Returns the updated utterances whose feature inputs changed: id -> what changed (`input_changes`)."""
         current = {u.utt_id: u for u in self._read_table()}
         changed = False
+        inputs_changed: dict[str, set[str]] = {}
         for u in utts:
             old = current.get(u.utt_id)
             if old is not None:
@@ -386,16 +411,24 @@ class FeatureStore:
                 if u.text is None and old.text is not None:
                     u.text = old.text
                 u.extra = {**old.extra, **u.extra}
+                if what := input_changes(old, u):
+                    inputs_changed[u.utt_id] = what
             changed = changed or u != old
             current[u.utt_id] = u
         if not changed and self._table_name() in self.root:  # a resumed run: the table is already right
-            return
+            return inputs_changed
         rows = list(current.values())
         cols = _table_columns(rows)
-        # an object store has no rename: each table is a new version, and the root attributes point at it
-        tmp_name = f"utterances-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}" if self.remote else "utterances.new"
-        if tmp_name in self.root:
-            del self.root[tmp_name]
+        if self.remote:
+            # an object store has no rename: each table is a new version, and the root attributes point at it
+            # once it is whole. Its name is new every time (two writes in one second by one process must not
+            # build over the version readers are pointed at); a version a killed writer left half built is
+            # deleted by the next swap.
+            tmp_name = f"utterances-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        else:
+            tmp_name = "utterances.new"
+            if tmp_name in self.root:
+                del self.root[tmp_name]
         grp = self.root.create_group(tmp_name)
         for c, values in cols.items():
             dtype = str if values.dtype == object else values.dtype
@@ -412,6 +445,7 @@ class FeatureStore:
         grp.attrs["n"] = len(rows)
         die_at("table-built")
         self._swap_table(tmp_name)
+        return inputs_changed
 
     def _swap_table(self, built: str) -> None:
         """Put the table built as ``built`` in place. Local: directory renames (recovered at open when cut
@@ -450,6 +484,28 @@ class FeatureStore:
                 old.rename(base)
         elif old.exists():
             shutil.rmtree(old)
+
+    def _recover_repairs(self) -> None:
+        """Finish the swap of a repair killed between its renames (its group is whole under partial/ as
+        ``<name>.repaired``, none is in features/), and clear what a finished or abandoned one left. A repair
+        still running holds the group's lock: it is left alone."""
+        partial = self.path / PARTIAL
+        for repaired in sorted(partial.glob("*.repaired")):
+            name = repaired.name.removesuffix(".repaired")
+            try:
+                lock = self.location.lock(f"{LOCK_DIR}/feature-{name}.lock", f"feature {name} of {self.where}",
+                                          shared=False, timeout=0, on_wait=None).acquire()
+            except LockTimeout:
+                continue
+            try:
+                if not (self.path / "features" / name).exists():
+                    os.rename(repaired, self.path / "features" / name)
+                else:  # built by a repair killed before its first rename: the group in features/ is in use
+                    shutil.rmtree(repaired)
+                for doomed in partial.glob(f"{name}.damaged-*"):
+                    shutil.rmtree(doomed)
+            finally:
+                lock.release()
 
     def record_reading(self, source: str, entries: list[tuple[str, str]]) -> None:
         """Keep what reading ``source`` (a corpus and its location) skipped: [(what, reason)], replacing what
@@ -521,6 +577,11 @@ class FeatureStore:
         """A feature group name from a full name (``fbank-1a2b3c4d``) or an extractor name
         (``fbank``) when exactly one configuration of that extractor is stored."""
         if "features" in self.root and name in self.root["features"]:  # a full name: no need to list the groups
+            absent = [a for a in load_schema()["feature"]["attrs"] if a not in self.root["features"][name].attrs]
+            if absent:  # an object store builds a group in place: it may be half made
+                raise StoreError(f"feature {name} in {self.where} is half made (no {', '.join(absent)}): being "
+                                 "created by a writer now, or left by a killed one (the next extract of it, or "
+                                 "`featurize verify --repair`, rebuilds or removes it)")
             return name
         names = [n for n, _ in self._feature_groups()]
         # Match the feature name (``opensmile_compare``) or the extractor (``opensmile``).
@@ -562,7 +623,13 @@ class FeatureStore:
                     self._remove_group(name)
             if name not in self.root["features"]:
                 self._create_group(name, extractor, config, arrays, init_options or {})
-            return FeatureWriter(self.root["features"][name], name, lock)
+            writer = FeatureWriter(self.root["features"][name], name, lock, self)
+            try:
+                writer.check_resumable()
+            except ChunkError as e:
+                raise StoreError(self._damage_message(
+                    name, e, "; not resumed: the next commit would rewrite that chunk and hide the damage")) from None
+            return writer
         except BaseException:
             lock.release()
             raise
@@ -629,16 +696,27 @@ class FeatureStore:
         self.ignored.pop(name, None)
         self._reopen()
 
-    def mark_stale(self, changed_ids: Iterable[str], reason: str) -> list[str]:
-        """Mark every feature group computed from utterance word lists (text encoders reading the timed
-        words) that holds one of ``changed_ids`` as stale: readers refuse it and the next extract rebuilds it.
-        Returns the groups marked."""
-        changed = set(changed_ids)
+    def mark_stale(self, changed: dict[str, set[str]], reason: str) -> list[str]:
+        """Mark every feature group that holds an utterance of ``changed`` (id -> what changed: ``audio``,
+        ``text``, ``words``; see `input_changes`) and was computed from what changed as stale: readers refuse
+        it and the next extract rebuilds it. Returns the groups marked."""
+        from featurize.extractors import get_extractor  # here: the extractors import this module
+
         marked = []
         for name, grp in self._feature_groups():
-            if not str(grp.attrs.get("config", {}).get("words_from", "")).startswith("utterance words"):
-                continue
-            if changed.intersection(self.committed_ids(name)):
+            try:
+                needs = get_extractor(grp.attrs.get("extractor", "")).needs
+            except ValueError:  # an extractor this sercache does not know: it may have read anything
+                needs = None
+            if needs == "audio":
+                reads = {"audio"}
+            elif needs == "text":
+                from_words = str(grp.attrs.get("config", {}).get("words_from", "")).startswith("utterance words")
+                reads = {"text", "words"} if from_words else {"text"}
+            else:
+                reads = {"audio", "text", "words"}
+            ids = {u for u, what in changed.items() if what & reads}
+            if ids and ids.intersection(self.committed_ids(name)):
                 with self.lock(f"feature {name}"):
                     grp.update_attributes({"stale": reason})
                 marked.append(name)
@@ -649,7 +727,7 @@ class FeatureStore:
         """Read every committed chunk of a feature group and check it against its attributes: chunks present
         and their checksums right, offsets starting at 0, monotone and ending at the committed rows, ids
         unique and in the utterance table. Returns what was found, per utterance where it can be said."""
-        grp = self.root["features"][feature]
+        grp = self.root["features"][self.resolve_feature(feature)]
         attrs = grp.attrs
         n = int(attrs["n_committed"])
         check = FeatureCheck(feature, n)
@@ -767,6 +845,7 @@ class FeatureStore:
             writer.finish(False, {**attrs.get("skipped", {})})
             old = f"{PARTIAL}/{feature}.damaged-{os.getpid()}"
             self.location.rename(f"features/{feature}", old)
+            die_at("repair-swap")  # a kill here leaves no group in features/: `_recover_repairs` finishes the swap
             self.location.rename(rebuilt, f"features/{feature}")
             shutil.rmtree(self.path / old)
             self._reopen()
@@ -842,14 +921,16 @@ class FeatureStore:
             data = data.astype(dtype)
         return FeatureArray(ids, data, offsets, spec)
 
-    def _damage_message(self, feature: str, e: ChunkError) -> str:
-        """One line naming the feature, the array, the chunk and the utterances it holds."""
+    def _damage_message(self, feature: str, e: ChunkError, consequence: str = "") -> str:
+        """One line naming the feature, the array, the chunk and the utterances it holds (and ``consequence``:
+        what was not done because of it)."""
         affected = self._utterances_in(feature, e.array, e.lo, e.hi)
         who = (f"{len(affected)} utterance(s) affected: {', '.join(affected[:5])}"
                + (f" and {len(affected) - 5} more" if len(affected) > 5 else "")) if affected else \
             "the utterances it holds cannot be named (their ids or offsets are damaged too)"
         return (f"{self.where}: feature {feature}, array {e.array}: {e.reason} (rows {e.lo}-{e.hi - 1}, chunk "
-                f"{e.index}); {who}. Run `featurize verify --store {self.where} --repair`, then extract again")
+                f"{e.index}); {who}{consequence}. Run `featurize verify --store {self.where} --repair`, then "
+                "extract again")
 
     def _utterances_in(self, feature: str, array_path: str, lo: int, hi: int) -> list[str]:
         """Ids of the committed utterances with rows in [lo, hi) of ``array_path`` (relative to the group),
@@ -876,6 +957,19 @@ class FeatureStore:
         feature = self.resolve_feature(feature)
         with self.lock(f"feature {feature}"):
             self._remove_group(feature)
+
+
+def input_changes(old: Utterance, new: Utterance) -> set[str]:
+    """What of an utterance's feature inputs an update changes: ``audio`` (its file or slice), ``text`` (its
+    transcript), ``words`` (its word strings; new word times alone change no feature)."""
+    what = set()
+    if (old.audio_path, old.start, old.end) != (new.audio_path, new.start, new.end):
+        what.add("audio")
+    if old.text != new.text:
+        what.add("text")
+    if [w.word.strip() for w in old.words or []] != [w.word.strip() for w in new.words or []]:
+        what.add("words")
+    return what
 
 
 class ChunkError(StoreError):
@@ -908,6 +1002,21 @@ def _require_chunks(z: zarr.Array, loc: Location, rows: int) -> None:
     for i, lo, hi in _chunk_bounds(z, rows):
         if not loc.exists(_chunk_key(z, i)):
             raise ChunkError(_array_name(z), i, lo, hi, "chunk file missing")
+
+
+def _require_tail(z: zarr.Array, loc: Location, rows: int) -> None:
+    """The chunk holding committed rows that an append after the first ``rows`` rows rewrites (none when
+    ``rows`` ends on a chunk boundary) is present and decodes."""
+    step = z.chunks[0]
+    if rows % step == 0:
+        return
+    i, lo = rows // step, rows // step * step
+    if not loc.exists(_chunk_key(z, i)):
+        raise ChunkError(_array_name(z), i, lo, rows, "chunk file missing")
+    try:
+        z[lo:rows]
+    except (ValueError, RuntimeError) as e:
+        raise ChunkError(_array_name(z), i, lo, rows, _why(e)) from None
 
 
 def _read_checked(z: zarr.Array, loc: Location, rows: int) -> np.ndarray:
@@ -1034,10 +1143,12 @@ def _grow(arr: zarr.Array, rows: int) -> None:
 class FeatureWriter:
     """Appends utterances to one feature group in commits that are atomic per call of ``commit``."""
 
-    def __init__(self, group: zarr.Group, name: str, lock: FileLock | LeaseLock | None = None) -> None:
+    def __init__(self, group: zarr.Group, name: str, lock: FileLock | LeaseLock | None = None,
+                 store: FeatureStore | None = None) -> None:
         self.group = group
         self.name = name
         self.lock = lock  # the group's lock, held from FeatureStore.writer until finish / close
+        self.store = store  # the store it writes (None: a group built aside, as repair does)
         self.specs = {k: ArraySpec.from_json(k, v) for k, v in group.attrs["arrays"].items()}
         self.n = int(group.attrs["n_committed"])
         self.rows = {k: int(v) for k, v in group.attrs["rows_committed"].items()}
@@ -1046,8 +1157,31 @@ class FeatureWriter:
         self._offsets = {k: group[k]["offsets"] for k, s in self.specs.items() if s.kind == "frames"}
         self._ids = group["utt_ids"]
 
+    def check_resumable(self) -> None:
+        """The chunks the next commit rewrites are whole: the last, partly filled chunk of each array is read,
+        merged with the new rows and written back with a fresh checksum, so a missing or damaged one would
+        turn into fill values that no later check could tell from data. Raises ChunkError."""
+        if self.store is None:
+            return
+        loc = self.store.location
+        for name, spec in self.specs.items():
+            _require_tail(self._data[name], loc, self.rows[name])
+            if spec.kind == "frames":
+                _require_tail(self._offsets[name], loc, self.n + 1)
+        _require_tail(self._ids, loc, self.n)
+
     def done_ids(self) -> set[str]:
-        return {str(u) for u in self.group["utt_ids"][: self.n]} if self.n else set()
+        """The committed utterances (what a resumed run skips), read with every chunk checked: a lost ids chunk
+        would otherwise read as empty ids, and its utterances be extracted again and committed twice."""
+        if not self.n:
+            return set()
+        if self.store is None:
+            return {str(u) for u in self._ids[: self.n]}
+        try:
+            ids = _read_checked(self._ids, self.store.location, self.n)
+        except ChunkError as e:
+            raise StoreError(self.store._damage_message(self.name, e)) from None
+        return {str(u) for u in ids}
 
     def commit(self, utt_ids: Sequence[str], values: Sequence[dict[str, np.ndarray]]) -> None:
         """Append these utterances: data first, then offsets and ids, then the commit marker."""
@@ -1055,6 +1189,7 @@ class FeatureWriter:
             return
         if len(utt_ids) != len(values):
             raise ValueError("one value dict per utterance")
+        self._check_still_owned()
         new_rows: dict[str, int] = {}
         for name, spec in self.specs.items():
             parts = []
@@ -1090,9 +1225,7 @@ class FeatureWriter:
         _grow(self._ids, self.n + len(utt_ids))
         self._ids[self.n : self.n + len(utt_ids)] = np.array(list(utt_ids), dtype=object)
         die_at("commit-data")
-        if self.lock is not None and self.lock.lost:  # an object-store lease taken over: another writer owns it
-            raise StoreError(f"{self.name}: this writer's lock was taken over (it stalled past its lease); "
-                             "nothing more is committed — run the extraction again to resume")
+        self._check_still_owned(fence=False)  # the data took a while to write: is the lease still ours?
         # The commit marker: one atomic write of the group's attributes. (Not `attrs.update`: zarr's
         # attribute mapping writes the file once per key, and a kill between those writes left a
         # marker whose utterance count ran ahead of its row counts.)
@@ -1101,8 +1234,23 @@ class FeatureWriter:
         self.group.update_attributes({"n_committed": self.n, "rows_committed": self.rows})
         die_at("commit-marker")
 
+    def _check_still_owned(self, fence: bool = True) -> None:
+        """Refuse to write when the group may be another writer's now: the object-store lease is lost (see
+        LeaseLock.lost), or (``fence``) the commit marker in the store is no longer the one this writer
+        wrote last, which a writer that took the group over after a stall moves on. A lease narrows the
+        window for two writers; the fence catches one that got through it before anything is overwritten."""
+        taken = self.lock is not None and self.lock.lost
+        if not taken and fence and self.store is not None:
+            marker = zarr.open_group(self.group.store, path=self.group.path, mode="r").attrs.get("n_committed")
+            taken = marker != self.n
+        if taken:
+            raise StoreError(f"{self.name}: this writer's lock was taken over (it stalled past its lease) and "
+                             "another writer now owns the group; nothing more is committed — run the extraction "
+                             "again to resume")
+
     def finish(self, complete: bool, skipped: dict[str, str] | None = None) -> None:
         """Trim rows a killed run left past the commit marker, and record completeness."""
+        self._check_still_owned()  # trimming to this writer's row counts would cut a new owner's rows
         for name, spec in self.specs.items():
             arr = self._data[name]
             if arr.shape[0] != self.rows[name]:

@@ -320,3 +320,30 @@ def test_writer_commits_when_an_array_has_a_chunk_not_per_utterance_vector(tmp_p
     per_commit = -(-COMMIT_BYTES // frames.nbytes)
     assert commits[:2] == [per_commit, per_commit] and sum(commits) == 700
     assert store.committed_ids(writer.name) == [f"c/u{i}" for i in range(700)]
+
+
+def test_an_utterance_whose_audio_changed_in_the_corpus_is_never_served_from_old_features(tmp_path):
+    """Reading a corpus again where an utterance now points at another slice (or file) of audio marks every
+    audio feature holding it stale; the next extract rebuilds it to what a fresh store gets. A change of
+    transcript alone leaves audio features as they are."""
+    import dataclasses
+
+    manifest = write_manifest_corpus(tmp_path / "c", 8)
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, Fbank(), workers=1)
+    name = store.resolve_feature("fbank")
+
+    retexted = [dataclasses.replace(u, text="other words") if i == 2 else u for i, u in enumerate(utts)]
+    assert store.write_utterances(retexted) == []  # no feature here reads the transcript
+    assert store.feature_info(name).stale is None
+
+    sliced = [dataclasses.replace(u, start=0.1, end=0.3) if i == 3 else u for i, u in enumerate(retexted)]
+    assert store.write_utterances(sliced, changed_by="a test") == [name]
+    assert store.feature_info(name).stale.startswith("audio of 1 utterance(s) changed by a test")
+    result = run_extraction(store, sliced, Fbank(), workers=1)
+    assert result.processed == 8 and store.feature_info(name).stale is None
+    fresh = FeatureStore(tmp_path / "fresh.zarr")
+    run_extraction(fresh, sliced, Fbank(), workers=1)
+    np.testing.assert_array_equal(store.read(name).get(utts[3].utt_id), fresh.read(name).get(utts[3].utt_id))
+    assert len(store.read(name).get(utts[3].utt_id)) == 1 + (3200 - 400) // 160  # the 0.2 s slice

@@ -396,3 +396,70 @@ def test_disk_full_mid_run_leaves_a_readable_store_that_a_rerun_completes(tmp_pa
     FeatureStore(store).features()
     run_extraction(FeatureStore(store), utts, Fbank(), workers=1)
     assert_same_values(stored_values(store), stored_values(clean))
+
+
+@pytest.mark.parametrize("damage", ["last data chunk", "an ids chunk"])
+def test_resume_refuses_a_lost_chunk_instead_of_hiding_it(corpus, tmp_path, small_chunks, monkeypatch, damage):
+    """A run stopped half way, then a chunk lost: resuming would rewrite the last, partly filled chunk with fill
+    values (and a fresh checksum), or read a lost ids chunk as empty ids and extract those utterances twice.
+    It refuses, naming the chunk; after `verify --repair` the resumed run ends with the clean run's values."""
+    monkeypatch.setattr(store_module, "ID_CHUNK", 8)  # 30 committed ids span 4 chunks: chunk 0 is not the last
+    manifest, clean = corpus
+    path = tmp_path / "s.zarr"
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(path)
+    run_extraction(store, utts[:30], Fbank(), workers=1)
+    name = store.resolve_feature("fbank")
+    grp = store.root["features"][name]
+    if damage == "last data chunk":
+        rows = int(grp.attrs["rows_committed"]["fbank"])
+        step = grp["fbank"]["data"].chunks[0]
+        assert rows % step, "the test needs a partly filled last chunk"
+        chunk, array = rows // step, "fbank/data"
+    else:
+        chunk, array = 0, "utt_ids"
+    _chunk(path, name, array, chunk).unlink()
+    with pytest.raises(StoreError, match=f"array {array}: chunk file missing .*chunk {chunk}\\)") as err:
+        run_extraction(FeatureStore(path), utts, Fbank(), workers=1)
+    assert "featurize verify" in str(err.value)
+    assert len(FeatureStore(path).committed_ids(name)) == 30  # nothing was appended
+
+    assert CliRunner().invoke(app, ["verify", "--store", str(path), "--repair"]).exit_code == 0
+    run_extraction(FeatureStore(path), utts, Fbank(), workers=1)
+    assert FeatureStore(path).verify(name).ok
+    assert_same_values(stored_values(path), stored_values(clean))
+
+
+@pytest.mark.parametrize("damage", ["deleted chunk", "flipped byte"])
+def test_damage_to_the_utterance_table_is_an_error_not_empty_labels(corpus, tmp_path, damage):
+    """zarr reads a lost chunk of a table column as empty strings or zeros: labels, speakers and times would
+    silently go blank. Reading the table, and so `verify` and training, name the damaged column instead."""
+    manifest, _ = corpus
+    path = tmp_path / "s.zarr"
+    _fbank_store(manifest, path)
+    (chunk,) = [p for p in (path / "utterances" / "label" / "c").rglob("*") if p.is_file()]
+    if damage == "deleted chunk":
+        chunk.unlink()
+    else:
+        _flip(chunk, chunk.stat().st_size // 2)
+    reason = "chunk file missing" if damage == "deleted chunk" else "checksum mismatch"
+    with pytest.raises(StoreError, match=f"the utterance table is damaged: column label, chunk 0 .*{reason}"):
+        FeatureStore(path).utterances()
+    res = CliRunner().invoke(app, ["verify", "--store", str(path)])
+    assert res.exit_code != 0 and "the utterance table is damaged" in res.output
+
+
+def test_a_repair_killed_between_its_renames_is_finished_at_the_next_open(corpus, tmp_path, small_chunks):
+    manifest, _ = corpus
+    path = tmp_path / "s.zarr"
+    store = _fbank_store(manifest, path)
+    name = store.resolve_feature("fbank")
+    _chunk(path, name, "fbank/data", 3).unlink()
+    damaged = set(FeatureStore(path).verify(name).damaged)
+    died = subprocess.run([sys.executable, "-m", "featurize.cli", "verify", "--store", str(path), "--repair"],
+                          env={**ENV, "SERCACHE_DIE_AT": "repair-swap"}, capture_output=True)
+    assert died.returncode == -signal.SIGKILL, died.stderr.decode()[-2000:]
+    assert not (path / "features" / name).exists()  # the kill left no group in features/
+    reopened = FeatureStore(path)
+    assert reopened.verify(name).ok and not list((path / "partial").glob(f"{name}.*"))
+    assert set(reopened.committed_ids(name)) == {u.utt_id for u in read_corpus("manifest", manifest)[0]} - damaged

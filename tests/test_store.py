@@ -204,3 +204,96 @@ def test_commit_marker_is_one_write_of_consistent_attributes(tmp_path, monkeypat
     assert len(seen) == 4  # one write per commit, one for finish
     assert all(a["rows_committed"]["vec"] == a["n_committed"] for a in seen)
     assert [a["n_committed"] for a in seen] == [2, 4, 6, 6]
+
+
+def test_object_store_table_write_killed_in_the_second_of_the_last_one_keeps_that_table(monkeypatch):
+    """On an object store each utterance table is a new version that the root points at once whole. Two writes
+    in the same second by one process (transcribe saves every few hundred utterances) once built the second
+    version under the first one's name, deleting the table readers were pointed at."""
+    import time as time_module
+
+    import zarr
+
+    monkeypatch.setattr(time_module, "strftime", lambda *a: "20261207T000000")  # both writes in one second
+    store = FeatureStore("memory://table-versions/s.zarr")
+    store.write_utterances(_utts(3))
+    first = store._table_name()
+    real = zarr.Group.create_array
+    calls = {"n": 0}
+
+    def killed_while_building(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt("killed while building the new table")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "create_array", killed_while_building)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_utterances(_utts(5))
+    monkeypatch.setattr(zarr.Group, "create_array", real)
+    reader = FeatureStore("memory://table-versions/s.zarr", create=False)
+    assert reader._table_name() == first
+    assert [u.utt_id for u in reader.utterances()] == [u.utt_id for u in _utts(3)]
+    reader.write_utterances(_utts(5))  # the next write completes, and drops the half-built version
+    assert [u.utt_id for u in FeatureStore("memory://table-versions/s.zarr").utterances()] == \
+        [u.utt_id for u in _utts(5)]
+
+
+def test_a_writer_whose_group_was_taken_over_writes_nothing_more():
+    """Two writers on one group (the first stalled past its lease and a second took the group over): the
+    stalled one's next commit, and its finish, are refused by the commit-marker fence before they write, so
+    the new owner's rows are neither overwritten nor trimmed."""
+    from featurize.store import FeatureWriter
+
+    store = FeatureStore("memory://fence/s.zarr")
+    store.write_utterances([Utterance(f"c/{x}", "c", "s", "neu") for x in "abcxyz"])
+    specs = [ArraySpec("f", "frames", (2,))]
+    first = store.writer("feat", "feat", {}, specs)
+    name = first.name
+    first.close()
+    group = lambda: FeatureStore("memory://fence/s.zarr").root["features"][name]  # noqa: E731
+    stalled = FeatureWriter(group(), name, None, store)
+    owner = FeatureWriter(group(), name, None, store)
+    owner.commit(["c/a", "c/b", "c/c"], [{"f": np.full((k, 2), k, np.float16)} for k in (1, 2, 3)])
+    for act in (lambda: stalled.commit(["c/x"], [{"f": np.zeros((5, 2), np.float16)}]),
+                lambda: stalled.finish(False)):
+        with pytest.raises(StoreError, match="another writer now owns the group"):
+            act()
+    owner.finish(True)
+    after = FeatureStore("memory://fence/s.zarr")
+    assert after.committed_ids(name) == ["c/a", "c/b", "c/c"] and after.verify(name).ok
+    assert after.read(name, "f").offsets.tolist() == [0, 1, 3, 6]
+
+
+def test_a_lease_not_renewed_for_half_its_time_counts_as_lost():
+    """A waiter may break a lease once it has not been renewed for its ttl; the holder stops counting on it
+    at half that, and so does every re-entrant holder in its process."""
+    import time
+
+    import fsspec
+
+    from featurize.locks import LeaseLock
+
+    fs = fsspec.filesystem("memory")
+    lease = LeaseLock(fs, "/leases/silent.lock", "feature x", ttl=0.6).acquire()
+    time.sleep(0.5)
+    assert not lease.lost  # renewed every 0.2 s
+    lease._stop.set()  # the keep-alive stops (the process stalls, or the server is unreachable)
+    time.sleep(0.5)
+    assert lease.lost
+    assert LeaseLock(fs, "/leases/silent.lock", "feature x", ttl=0.6).acquire().lost
+
+
+def test_a_half_made_group_named_in_full_is_an_error_naming_it():
+    """An object store builds a group in place, attributes last: asked for by its full name while half made, it
+    is refused with one line that says so (not a KeyError from deep inside)."""
+    store = FeatureStore("memory://half-made/s.zarr")
+    store.write_utterances(_utts(1))
+    writer = store.writer("feat", "feat", {}, [ArraySpec("f", "utterance", (2,))])
+    writer.finish(False)
+    store.root["features"][writer.name].attrs.put({})  # what a reader sees while a writer rebuilds it
+    reader = FeatureStore("memory://half-made/s.zarr")
+    assert [f.name for f in reader.features()] == [] and writer.name in reader.ignored
+    for call in (reader.read, reader.verify):
+        with pytest.raises(StoreError, match=f"feature {writer.name} .* is half made"):
+            call(writer.name)
