@@ -55,6 +55,7 @@ def write_manifest_corpus(
                 "speaker": f"s{(i // 4) % 8}",
                 "text": f"utterance number {i}",
                 "dialog": f"d{i // 8}",
+                "session": f"ses{(i // 8) % 4}",  # two speakers and their dialogues: loso keeps dialogues whole
                 "turn": str(i % 8),
             }
         )

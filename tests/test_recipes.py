@@ -484,3 +484,37 @@ def test_dialog_text_weight_needs_logit_level_addition():
     # a unimodal variant has no text to weigh: the option is ignored there
     model = spec.build(make_config(spec, {"text_weight": "validation"}), {"audio": 8}, {"audio": 1}, 3, ["audio"])
     assert model.text_weight_candidates is None
+
+
+def test_a_directory_rerun_with_fewer_seeds_reports_only_those(tmp_path):
+    """Seeds 0-2 trained into a directory, then seed 0 alone: the summary, the report's count, predictions.csv
+    and `train compare` all speak of seed 0 only (the other seeds' folders stay, for a later rerun with them)."""
+    from train.compare import fold_metrics
+    from train.loop import run_folds
+    from train.report import load_run, write_run_report
+
+    data = synthetic(text=False)
+    spec = get_head("probe")
+    config, recipe = make_config(spec), make_recipe(spec, {"epochs": 2, "min_steps": 0})
+    run_config = {"protocol": "x", "request": {"head": "probe", "seeds": [0, 1, 2]},
+                  "recipe": dataclasses.asdict(recipe), "head_config": dataclasses.asdict(config)}
+    out = tmp_path / "run"
+    run_folds(spec, config, recipe, data, [fold_of(data)], [0, 1, 2], LoopOptions(device="cpu"), out, run_config)
+    run_config["request"]["seeds"] = [0]
+    summary = run_folds(spec, config, recipe, data, [fold_of(data)], [0], LoopOptions(device="cpu"), out, run_config)
+    assert summary["ua"]["n"] == 1 and len(list((out / "folds").iterdir())) == 3
+    assert [r["seed"] for r in load_run(out)["runs"]] == [0]
+    assert "over 1 fold × seed runs" in write_run_report(out).read_text()
+    assert {line.split(",")[3] for line in (out / "predictions.csv").read_text().splitlines()[1:]} == {"0"}
+    assert [seed for _, seed in fold_metrics(out)] == [0]
+
+
+def test_a_dimension_constant_in_training_is_centred_not_blown_up():
+    data = synthetic(pooled=True)
+    for item in data.inputs["audio"].items:
+        item[0] = 2.0
+    rows = list(range(len(data.utts)))
+    norm = Normalizer.fit(data, rows)
+    x = torch.zeros(1, 8)
+    x[0, 0] = 2.3
+    assert norm("audio", x)[0, 0].item() == pytest.approx(0.3)

@@ -97,8 +97,19 @@ def test_head_options_and_errors(store_path, tmp_path):
     assert res.exit_code != 0 and "two audio features" in res.output
 
 
+def test_a_dialogue_head_is_refused_a_protocol_that_splits_dialogues(store_path, tmp_path):
+    """speaker-kfold deals the two speakers of a dialogue to different folds: a dialogue head would read the
+    test speaker's utterances as context in training."""
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol",
+                                   "speaker-kfold", "--head", "dialog", "--feature", "opensmile", "--out",
+                                   str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert "puts test and training utterances in the same dialogue" in res.output and "(loso, holdout)" in res.output
+    assert not (tmp_path / "r" / "folds").exists()
+
+
 def test_dialog_sweep_over_a_grid_prints_the_table_and_resumes(store_path, tmp_path):
-    sweep = {"corpus": "corpus", "protocol": "speaker-kfold", "store": str(store_path), "seeds": [0],
+    sweep = {"corpus": "corpus", "protocol": "loso", "store": str(store_path), "seeds": [0],
              "max_epochs": 3, "features": ["opensmile"],
              "grid": [{"head": "dialog", "modality": "audio", "options": {"loss": ["single"]}},
                       {"head": "linear", "options": {"C": [0.01, 0.001]}}]}
@@ -209,7 +220,7 @@ def test_full_dialog_grid_sweep_on_dialogue_data(store_path, tmp_path):
     store = FeatureStore(store_path)
     run_extraction(store, store.utterances(), MiniLMEncoder(), workers=1)
     grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "bench/sweeps/dialog-grid.yaml").read_text())
-    grid.update({"corpus": "corpus", "protocol": "speaker-kfold", "protocol_options": {"k": 3}, "labels": None,
+    grid.update({"corpus": "corpus", "protocol": "holdout", "labels": None,
                  "seeds": [0], "max_epochs": 2, "features": ["opensmile", "minilm"], "store": str(store_path)})
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(yaml.safe_dump(grid))
@@ -326,6 +337,13 @@ def test_compare_pairs_folds_and_utterances(tmp_path):
     assert mcnemar_exact(3, 3) == 1.0
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert res.exit_code == 0 and "+5.00" in res.output and "McNemar exact p = 0.00781" in res.output
+    # folds of the same names that tested other utterances are not paired
+    other = tmp_path / "c"
+    _fake_run(other, [0.65, 0.67, 0.63, 0.66], [[i < 8 for i in range(10)]] * 4)
+    csv_path = other / "folds" / "f2_seed0" / "predictions.csv"
+    csv_path.write_text(csv_path.read_text().replace("u2_9,", "u3_9,"))
+    with pytest.raises(ValueError, match="tested different utterances in fold f2 .*cannot be paired"):
+        compare(tmp_path / "a", other)
 
 
 def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):

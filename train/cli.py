@@ -121,6 +121,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
         store = FeatureStore(req.store, create=False)
         data = load_data(store, req.corpus, req.features, spec, default_label_set(req.protocol, req.labels), modalities)
     folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
+    if spec.dialogue:
+        check_dialogues_whole(req, data, folds)
     if announce:
         announce_run(req, data, folds, recipe)
     run_config = {
@@ -152,6 +154,22 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
 
         write_run_report(out)
     return summary
+
+
+def check_dialogues_whole(req: RunRequest, data: CorpusData, folds: list[Fold]) -> None:
+    """A dialogue head on a speaker-independent protocol must not find a test utterance in a training dialogue
+    (it would read test speakers' features as context): refused, naming the dialogues. Protocols over utterances
+    say they are not speaker-independent, and let it happen."""
+    from train.protocols import split_dialogues
+
+    for fold in folds:
+        split = split_dialogues(fold, data.utts)
+        if split and fold.speaker_independent:
+            raise ValueError(
+                f"head {req.head} reads whole dialogues, and protocol {req.protocol} puts test and training "
+                f"utterances in the same dialogue ({len(split)} in fold {fold.name}, e.g. {', '.join(split[:3])}): "
+                "its training would read test speakers' features. Use a protocol that keeps dialogues whole "
+                "(loso, holdout)")
 
 
 def announce_run(req: RunRequest, data: CorpusData, folds: list[Fold], recipe: Recipe) -> None:

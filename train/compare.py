@@ -19,25 +19,54 @@ METRICS = ("wa", "ua", "macro_f1")
 
 
 def fold_metrics(run: Path) -> dict[tuple[str, int], dict]:
+    from train.report import requested_seeds
+
+    seeds = requested_seeds(run)
     out = {}
     for f in sorted((run / "folds").glob("*/metrics.json")):
         m = json.loads(f.read_text())
-        out[(str(m["fold"]), int(m["seed"]))] = m
+        if seeds is None or int(m["seed"]) in seeds:
+            out[(str(m["fold"]), int(m["seed"]))] = m
     if not out:
         raise FileNotFoundError(f"{run}: no finished fold (folds/*/metrics.json); is it a run directory?")
     return out
 
 
-def predictions(run: Path) -> dict[tuple[str, int], tuple[str, str]]:
-    """(utt_id, seed) -> (truth, prediction) from the run's predictions.csv (or its folds')."""
+def _prediction_rows(run: Path) -> list[dict]:
+    """The rows of the run's predictions.csv (or its folds')."""
     files = [run / "predictions.csv"] if (run / "predictions.csv").exists() else sorted(
         (run / "folds").glob("*/predictions.csv"))
-    out = {}
+    rows = []
     for path in files:
         with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                out[(row["utt_id"], int(row["seed"]))] = (row["truth"], row["prediction"])
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def predictions(run: Path) -> dict[tuple[str, int], tuple[str, str]]:
+    """(utt_id, seed) -> (truth, prediction) from the run's predictions.csv (or its folds')."""
+    return {(row["utt_id"], int(row["seed"])): (row["truth"], row["prediction"]) for row in _prediction_rows(run)}
+
+
+def test_sets(run: Path) -> dict[tuple[str, int], set[str]]:
+    """(fold, seed) -> the utterances that run tested, from its predictions."""
+    out: dict[tuple[str, int], set[str]] = {}
+    for row in _prediction_rows(run):
+        out.setdefault((row["fold"], int(row["seed"])), set()).add(row["utt_id"])
     return out
+
+
+def check_same_tests(a: Path, b: Path, pairs: list[tuple[str, int]]) -> None:
+    """Paired runs must have tested the same utterances: a fold's name alone does not say so (a random split
+    deals every label present, and a dialogue head keeps out-of-set utterances as context, so its folds over
+    utterances differ from another head's)."""
+    ta, tb = test_sets(a), test_sets(b)
+    for pair in pairs:
+        if pair in ta and pair in tb and ta[pair] != tb[pair]:
+            fold, seed = pair
+            raise ValueError(
+                f"{a} and {b} tested different utterances in fold {fold} (seed {seed}): {len(ta[pair])} and "
+                f"{len(tb[pair])}, {len(ta[pair] & tb[pair])} in both; their folds differ, so they cannot be paired")
 
 
 def mcnemar_exact(b_only: int, a_only: int) -> float:
@@ -58,6 +87,7 @@ def compare(a: Path, b: Path) -> dict:
     pairs = sorted(set(ma) & set(mb))
     if not pairs:
         raise ValueError(f"{a} and {b} share no fold x seed: were they run on the same protocol and seeds?")
+    check_same_tests(a, b, pairs)
     out: dict = {"a": str(a), "b": str(b), "pairs": len(pairs), "only_a": len(set(ma) - set(mb)),
                  "only_b": len(set(mb) - set(ma)), "metrics": {}}
     for k in METRICS:

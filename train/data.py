@@ -96,7 +96,10 @@ class Normalizer:
                 x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
             x = x.float()  # float16 sums overflow: reduce in float32
             mean = x.mean(0)
-            stats[m] = (mean, x.std(0).clamp_min(1e-5) if len(x) > 1 else torch.ones_like(mean))
+            std = x.std(0) if len(x) > 1 else torch.ones_like(mean)
+            # a dimension constant in training is centred, not scaled: dividing by a floor near 0 would turn
+            # a small difference at test into a huge value
+            stats[m] = (mean, torch.where(std < 1e-5, torch.ones_like(std), std))
         return cls(stats)
 
     @classmethod

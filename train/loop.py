@@ -456,9 +456,10 @@ def predictions_csv(data: CorpusData, scored: Scored, fold: str, seed: int) -> s
     return buf.getvalue()
 
 
-def gather_predictions(out_dir: Path) -> None:
-    """The run's predictions.csv: every fold x seed's, in folds/ order (rewritten whole as folds finish)."""
-    parts = sorted((out_dir / "folds").glob("*/predictions.csv"))
+def gather_predictions(out_dir: Path, runs: Collection[str]) -> None:
+    """The run's predictions.csv: its fold x seed runs' (folder names ``runs``; others of a directory rerun with
+    fewer seeds stay out), in folds/ order (rewritten whole as folds finish)."""
+    parts = sorted(p for p in (out_dir / "folds").glob("*/predictions.csv") if p.parent.name in runs)
     lines: list[str] = []
     for i, part in enumerate(parts):
         text = part.read_text().splitlines()
@@ -565,5 +566,5 @@ def run_folds(
     summary = build_summary(results)
     summary["seconds"] = time.monotonic() - t0
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
-    gather_predictions(out_dir)
+    gather_predictions(out_dir, {f"{fold.name}_seed{seed}" for seed in seeds for fold in folds})
     return summary

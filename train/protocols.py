@@ -99,6 +99,16 @@ def check_fold(fold: Fold, utts: Sequence[Utterance]) -> Fold:
     return fold
 
 
+def split_dialogues(fold: Fold, utts: Sequence[Utterance]) -> list[str]:
+    """The dialogues with utterances both in the fold's test set and in its training or validation set. A
+    dialogue head reads whole dialogues as context, so in training it would read those test utterances'
+    features (not their labels)."""
+    dialog_of = {u.utt_id: u.dialog for u in utts if u.dialog is not None}
+    test = {dialog_of[i] for i in fold.test if i in dialog_of}
+    seen = {dialog_of[i] for i in (*fold.train, *fold.valid) if i in dialog_of}
+    return sorted(test & seen, key=natural_key)
+
+
 def make_folds(protocol: str, utts: Sequence[Utterance], seed: int = 0, **options: object) -> list[Fold]:
     """The folds of `protocol` over `utts`, each checked by `check_fold`.
 

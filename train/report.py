@@ -99,6 +99,13 @@ def _read_json(path: Path) -> object:
         return json.load(f)
 
 
+def requested_seeds(run_dir: Path) -> set[int] | None:
+    """The seeds the run directory's last run asked for (its config.json), or None when it does not say."""
+    path = Path(run_dir) / CONFIG_FILE
+    seeds = (_read_json(path).get("request") or {}).get("seeds") if path.is_file() else None
+    return {int(s) for s in seeds} if seeds else None
+
+
 def load_run(run_dir: Path) -> dict:
     """Read a run directory: ``{"dir", "config", "runs", "summary", "summary_computed"}``.
 
@@ -109,6 +116,7 @@ def load_run(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     config = _read_json(config_path) if config_path.is_file() else {}
+    seeds = requested_seeds(run_dir)
     runs = []
     for metrics_path in (run_dir / FOLDS_DIR).glob(f"*/{METRICS_FILE}"):
         folder = metrics_path.parent
@@ -125,6 +133,8 @@ def load_run(run_dir: Path) -> dict:
                 "history": _read_json(history_path) if history_path.is_file() else [],
             }
         )
+    if seeds is not None:  # a directory rerun with fewer seeds keeps the others' folders: not this run's
+        runs = [r for r in runs if r["seed"] in seeds]
     if not runs:
         raise FileNotFoundError(f"{run_dir}: no {FOLDS_DIR}/*/{METRICS_FILE}; is this a run directory?")
     runs.sort(key=lambda r: (natural_key(r["fold"]), r["seed"]))
