@@ -347,3 +347,22 @@ def test_an_utterance_whose_audio_changed_in_the_corpus_is_never_served_from_old
     run_extraction(fresh, sliced, Fbank(), workers=1)
     np.testing.assert_array_equal(store.read(name).get(utts[3].utt_id), fresh.read(name).get(utts[3].utt_id))
     assert len(store.read(name).get(utts[3].utt_id)) == 1 + (3200 - 400) // 160  # the 0.2 s slice
+
+
+def test_fbank_at_another_sample_rate_is_a_feature_of_its_own(tmp_path):
+    from featurize.audio import load_audio
+    from featurize.extractors.fbank import kaldi_fbank
+
+    manifest = write_manifest_corpus(tmp_path / "c", 4)
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, Fbank(), workers=1)
+    run_extraction(store, utts, Fbank(sample_rate=48000), workers=1)
+    assert store.resolve_feature("fbank").startswith("fbank-")  # the default rate keeps the plain name
+    wide = store.read(store.resolve_feature("fbank_48k"))
+    u = utts[1]
+    expected = kaldi_fbank(load_audio(u.audio_path, sr=48000), sample_rate=48000).astype(np.float16)
+    np.testing.assert_array_equal(wide.get(u.utt_id), expected)
+    assert len(expected) == len(store.read("fbank").get(u.utt_id))  # the same 10 ms frames
+    with pytest.raises(ValueError, match="sample_rate must be in"):
+        Fbank(sample_rate=100)
