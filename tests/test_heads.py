@@ -338,6 +338,20 @@ def test_msmser_eval_mask_hides_modality_at_test_only() -> None:
             assert not torch.allclose(model(changed)["logits"], model(batch)["logits"], atol=1e-4)
 
 
+def test_msmser_a_sample_left_with_nothing_to_read_reads_no_audio() -> None:
+    """No text and the audio masked (eval_mask=audio at test): the queries must read nothing of the audio, not
+    the first audio frame that the all-masked row's attention falls back to."""
+    torch.manual_seed(0)
+    model = build("msmser", eval_mask="audio").eval()
+    batch = dict(make_batch("msmser"), phase="test")
+    batch["text_mask"] = batch["text_mask"].clone()
+    batch["text_mask"][1] = False  # item 1 has no text
+    changed = dict(batch, audio=batch["audio"] + 5.0)
+    with torch.no_grad():
+        a, b = model(batch)["logits"], model(changed)["logits"]
+    torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+
+
 def test_msmser_rmm_forced_in_training() -> None:
     torch.manual_seed(0)
     model = build("msmser", rmm_p0=1.0, rmm_text_prob=1.0, dropout=0.0).train()

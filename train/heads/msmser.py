@@ -147,7 +147,12 @@ class MSMSER(nn.Module):
                 x, mask = pool_frames(x, mask, self.cfg.audio_pool)
             memory.append(self.enc[m](x, mask) + self.type_emb[m])
             memory_mask.append(mask & keep[m][:, None])  # RMM: a dropped modality's positions become padding
-        memory, memory_mask = torch.cat(memory, dim=1), at_least_one(torch.cat(memory_mask, dim=1))
+        memory, memory_mask = torch.cat(memory, dim=1), torch.cat(memory_mask, dim=1)
+        # a sample with nothing left to read (no text, audio masked) gets one zero slot: `at_least_one` opens its
+        # position 0, an audio frame that the encoder filled from the whole clip
+        nothing = ~memory_mask.any(dim=1)
+        first = torch.arange(memory.size(1), device=device)[None, :, None] == 0
+        memory, memory_mask = memory.masked_fill(first & nothing[:, None, None], 0.0), at_least_one(memory_mask)
         h = self.decoder(self.queries.expand(b, -1, -1), memory, memory_key_padding_mask=~memory_mask)
         alpha = torch.softmax(self.pool_v(torch.tanh(self.pool_w(h))).squeeze(-1), dim=1)  # [B, L]
         pooled = (alpha[..., None] * h).sum(dim=1)
