@@ -1259,7 +1259,11 @@ class FeatureWriter:
                 self._offsets[name].resize((self.n + 1,))
         if self._ids.shape[0] != self.n:
             self._ids.resize((self.n,))
-        self.group.update_attributes({"complete": complete, "skipped": skipped or {}})
+        # earlier runs' skips stay recorded until extracted: a run cut short by --limit may not have reached them
+        previous = dict(self.group.attrs.get("skipped") or {})
+        committed = self.done_ids() if previous else set()
+        merged = {u: why for u, why in previous.items() if u not in committed} | dict(skipped or {})
+        self.group.update_attributes({"complete": complete and not merged, "skipped": merged})
         self.close()
 
     def close(self) -> None:

@@ -264,6 +264,8 @@ def test_lhotse_cuts_are_a_corpus(tmp_path):
 
     sf.write(tmp_path / "rec1.wav", tone(3.0, 200), 16000)
     sf.write(tmp_path / "rec2.wav", tone(1.0, 300), 16000)
+    sf.write(tmp_path / "cut_short.wav", tone(1.0, 300), 16000)
+    (tmp_path / "cut_short.wav").write_bytes((tmp_path / "cut_short.wav").read_bytes()[:30])  # header cut off
 
     def cut(cid, rec, start, dur, emotion, speaker="spk1", **extra):
         return {"id": cid, "start": start, "duration": dur, "channel": 0, "type": "MonoCut",
@@ -276,7 +278,8 @@ def test_lhotse_cuts_are_a_corpus(tmp_path):
     lines = [json.dumps(cut("c1", "rec1", 0.5, 1.0, "happy", sess="A")),
              json.dumps(cut("c2", "rec2", 0.0, 1.0, "sad", speaker="spk2", sess="B")),
              "{broken",
-             json.dumps(cut("c3", "gone", 0.0, 1.0, "sad"))]
+             json.dumps(cut("c3", "gone", 0.0, 1.0, "sad")),
+             json.dumps(cut("c4", "cut_short", 0.0, 1.0, "sad"))]
     path = tmp_path / "cuts.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write("\n".join(lines) + "\n")
@@ -287,6 +290,7 @@ def test_lhotse_cuts_are_a_corpus(tmp_path):
     assert a.audio_path == str(tmp_path / "rec1.wav")
     assert [w.split(":")[0] for w in report.skipped["unusable cut"]] == ["cuts.jsonl.gz line 3",
                                                                          "cuts.jsonl.gz line 4"]
+    assert [w.split(":")[0] for w in report.skipped["unreadable audio"]] == ["cuts.jsonl.gz line 5"]
     with pytest.raises(ValueError, match="no field colour"):
         read_corpus("lhotse", path, columns={"colour": "x"})
 

@@ -601,3 +601,25 @@ def test_cpu_takes_one_input_per_pass_unless_asked(tmp_path):
     calls.clear()
     count(SpeechEncoder(model_path=str(path), device="cpu", max_batch_seconds=60)).process_batch(items)
     assert calls == [4]
+
+
+def test_a_hub_model_is_fingerprinted_by_the_commit_its_revision_points_at(tmp_path: Path):
+    """New weights pushed to a hub model's `main` must make a new feature group, not extend the old one: the
+    fingerprint holds the commit `main` resolves to in the hub cache (transformers 5 returns a str equal to
+    "main" with the commit in `.resolved`)."""
+    import sys
+
+    seen = []
+    for commit in ("0123456789abcdef0123456789abcdef01234567", "fedcba9876543210fedcba9876543210fedcba98"):
+        repo = tmp_path / "hub" / "models--org--m"
+        shutil.rmtree(repo, ignore_errors=True)
+        (repo / "refs").mkdir(parents=True)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        out = subprocess.run(
+            [sys.executable, "-c", "from featurize.extractors.neural import model_identity; "
+                                   "print(model_identity('org/m', None, None)['revision'])"],
+            env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"},
+            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        seen.append(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:])
+    assert seen == ["0123456789abcdef0123456789abcdef01234567", "fedcba9876543210fedcba9876543210fedcba98"]

@@ -366,3 +366,15 @@ def test_fbank_at_another_sample_rate_is_a_feature_of_its_own(tmp_path):
     assert len(expected) == len(store.read("fbank").get(u.utt_id))  # the same 10 ms frames
     with pytest.raises(ValueError, match="sample_rate must be in"):
         Fbank(sample_rate=100)
+
+
+def test_a_run_cut_short_keeps_the_skips_it_did_not_reach(tmp_path):
+    manifest = write_manifest_corpus(tmp_path / "c", 8, broken=2)  # two WAVs of NaN: skipped when decoded
+    utts, _ = read_corpus("manifest", manifest)
+    store = FeatureStore(tmp_path / "s.zarr")
+    first = run_extraction(store, utts, Fbank(), workers=1)
+    assert set(first.skipped) == {"corpus/u0000", "corpus/u0001"}
+    again = run_extraction(store, utts, Fbank(), workers=1, limit=1)  # retries one broken file, not the other
+    assert len(again.skipped) == 1
+    skips = {uid for _, uid, _ in store.skips()}
+    assert skips == {"corpus/u0000", "corpus/u0001"} and not store.feature_info(store.resolve_feature("fbank")).complete

@@ -42,11 +42,11 @@ def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None =
             try:
                 cut = json.loads(line)
                 utt = _utterance(cut, corpus, columns, path.parent)
+            except AudioError as e:  # a ValueError too: caught first
+                report.skip("unreadable audio", f"{path.name} line {lineno}: {e}")
+                continue
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 report.skip("unusable cut", f"{path.name} line {lineno}: {e}")
-                continue
-            except AudioError as e:
-                report.skip("unreadable audio", f"{path.name} line {lineno}: {e}")
                 continue
             if first_of_id(seen, utt, path.name, lineno, report):
                 utts.append(utt)

@@ -91,10 +91,12 @@ def model_identity(model_id: str | None, model_path: str | None, revision: str |
     try:
         from transformers.utils.hub import resolve_revision
 
-        commit = resolve_revision(model_id, revision)
+        resolved = resolve_revision(model_id, revision)
+        # transformers 5 returns a str equal to the revision asked for ("main"), the commit in `.resolved`
+        commit = getattr(resolved, "resolved", None) or resolved
     except Exception:  # best effort: offline without a cache entry, or an older transformers
         commit = None
-    return {"model_id": model_id, "revision": commit or revision or "main"}
+    return {"model_id": model_id, "revision": str(commit or revision or "main")}
 
 
 def load_config(where: str, revision: str | None, local: bool) -> Any:
