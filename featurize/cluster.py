@@ -112,6 +112,10 @@ def worker_process_setup() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
+def _as_stored(config: dict) -> dict:
+    return json.loads(json.dumps(config, default=str, sort_keys=True))
+
+
 def _worker_extractor(name: str, options: dict):
     key = json.dumps([name, options], sort_keys=True)
     if key not in _BUILT:
@@ -120,28 +124,59 @@ def _worker_extractor(name: str, options: dict):
         worker_process_setup()
         extractor = build_extractor(name, options)
         extractor.setup()
-        _BUILT[key] = extractor
+        _BUILT[key] = (extractor, _as_stored(extractor.config()))
     return _BUILT[key]
 
 
-def compute_task(name: str, options: dict, utts: list) -> list[tuple[str, dict | None, str | None]]:
-    """One task on a worker: (utt_id, values or None, skip reason or None) per utterance, in order."""
+def check_worker_config(name: str, mine: dict, expected: dict) -> None:
+    """The settings this worker computes with are the ones the feature group was fingerprinted with (by the
+    process that plans and commits): a worker that resolves ``auto`` to another device or precision, or has
+    other package versions, would write other values under the same fingerprint."""
+    differ = sorted(k for k in set(mine) | set(expected) if mine.get(k) != expected.get(k))
+    if differ:
+        import socket
+
+        shown = "; ".join(f"{k}: {mine.get(k)!r} here, {expected.get(k)!r} in the fingerprint" for k in differ[:4])
+        raise RuntimeError(
+            f"worker on {socket.gethostname()} would compute {name} with other settings than the feature group "
+            f"was fingerprinted with ({shown}): give them explicitly (e.g. -o device=cuda -o autocast=bfloat16), "
+            "or install the same packages where `featurize extract` runs and on the workers")
+
+
+def compute_task(name: str, options: dict, utts: list,
+                 expected: dict | None = None) -> list[tuple[str, dict | None, str | None]]:
+    """One task on a worker: (utt_id, values or None, skip reason or None) per utterance, in order.
+    ``expected``: the extractor's config as the extracting process fingerprinted it (`check_worker_config`)."""
     from featurize import pipeline
 
-    extractor = _worker_extractor(name, options)
+    extractor, config = _worker_extractor(name, options)
+    if expected is not None:
+        check_worker_config(name, config, expected)
     if extractor.batched:
         return pipeline.decode_and_compute(extractor, utts)
     return pipeline._work(extractor, utts)
+
+
+def task_resources(extractor, workers: dict) -> dict | None:
+    """What a task asks of its worker: one GPU when the extractor computes on cuda and workers declare GPUs
+    (`dask worker ... --resources GPU=1`); asked of a cluster without any, a task would never be scheduled."""
+    from featurize.extractors.neural import pick_device
+
+    cuda = extractor.batched and hasattr(extractor, "device_opt") and \
+        pick_device(extractor.device_opt, check=False).startswith("cuda")
+    gpu_workers = any("GPU" in (w.get("resources") or {}) for w in workers.values())
+    return {"GPU": 1} if cuda and gpu_workers else None
 
 
 def run_on_cluster(client, extractor, tasks: list[list], ahead: int | None = None) -> Iterator[list]:
     """Submit ``tasks`` (lists of utterances) to the cluster, a few per worker ahead, and yield their results
     in submission order."""
     options = dict(getattr(extractor, "init_options", {}))
-    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    expected = _as_stored(extractor.config())
+    info = client.scheduler_info(n_workers=-1).get("workers", {})
+    workers = max(1, len(info))
     ahead = ahead or workers * 4
-    gpu = extractor.batched and str(getattr(extractor, "device", "") or "").startswith("cuda")
-    resources = {"GPU": 1} if gpu else None
+    resources = task_resources(extractor, info)
     pending: deque = deque()
     todo = iter(enumerate(tasks))
 
@@ -150,8 +185,9 @@ def run_on_cluster(client, extractor, tasks: list[list], ahead: int | None = Non
         if item is not None:
             i, utts = item
             # pure=False: a key per task and position, so equal utterance lists never share a result
-            pending.append(client.submit(compute_task, extractor.name, options, utts, key=f"featurize-{i}-"
-                                         f"{id(tasks)}", resources=resources, pure=False, retries=2))
+            pending.append(client.submit(compute_task, extractor.name, options, utts, expected,
+                                         key=f"featurize-{i}-{id(tasks)}", resources=resources, pure=False,
+                                         retries=2))
 
     for _ in range(ahead):
         submit_next()

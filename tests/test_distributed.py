@@ -205,3 +205,29 @@ def test_worker_setup_stops_the_nannys_malloc_setting_from_faulting_every_tensor
     assert pinned > 400 and fixed < 5
     # and on the cluster's own workers (the sweep and extraction tasks call the setup first)
     assert all(v < 5 for v in client.run(_page_faults_per_cycle, True).values())
+
+
+def test_a_worker_computing_with_other_settings_than_the_fingerprint_is_refused(corpus, client, tmp_path):
+    """The extracting process fingerprints the group; a worker that would compute otherwise (``auto`` resolved
+    to a GPU the planner lacks, other package versions) fails its task with the differing settings named,
+    instead of writing other values under that fingerprint."""
+    from featurize.cluster import compute_task, task_resources
+
+    root, utts = corpus
+    hubert = _save_tiny_hubert(tmp_path / "hubert", "group")
+    encoder = SpeechEncoder(model_path=str(hubert))
+    planned = {**encoder.config(), "autocast": "bfloat16"}  # as a planner with a GPU would resolve `auto`
+    future = client.submit(compute_task, encoder.name, dict(encoder.init_options), utts[:2], planned, pure=False)
+    with pytest.raises(RuntimeError, match="autocast: 'none' here, 'bfloat16' in the fingerprint"):
+        future.result()
+    same = client.submit(compute_task, encoder.name, dict(encoder.init_options), utts[:2], encoder.config(),
+                         pure=False).result()
+    assert [uid for uid, values, _ in same] == [u.utt_id for u in utts[:2]] and all(v for _, v, _ in same)
+
+    gpu_workers = {"w1": {"resources": {"GPU": 1}}}
+    assert task_resources(SpeechEncoder(model_path=str(hubert), device="cuda"), gpu_workers) == {"GPU": 1}
+    assert task_resources(SpeechEncoder(model_path=str(hubert), device="cuda"), {"w1": {"resources": {}}}) is None
+    assert task_resources(SpeechEncoder(model_path=str(hubert), device="cpu"), gpu_workers) is None
+    assert task_resources(Fbank(), gpu_workers) is None
+    # a planner without a GPU fingerprints an explicit cuda run instead of refusing it
+    assert SpeechEncoder(model_path=str(hubert), device="cuda").config()["autocast"] == "bfloat16"

@@ -120,13 +120,15 @@ def is_local(value: str | None) -> bool:
     return value is not None and Path(value).is_dir()
 
 
-def pick_device(device: str | None) -> str:
+def pick_device(device: str | None, check: bool = True) -> str:
+    """``auto``: cuda where torch sees a GPU, else cpu. ``check=False`` takes an explicit cuda without one here:
+    a fingerprint made by a process that only plans (its cluster's workers compute, and check it)."""
     import torch
 
     device = (device or "auto").lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if check and device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device cuda asked for, but torch sees no CUDA device")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
@@ -141,7 +143,8 @@ def pick_autocast(autocast: str | None, device: str) -> str:
     autocast = (autocast or "auto").lower()
     if autocast == "auto":
         if device.startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            # without a GPU here (a planning process), a current GPU's: its workers check they agree
+            return "bfloat16" if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "float16"
         return "none"
     if autocast not in ("none", "bfloat16", "float16"):
         raise ValueError(f"autocast must be auto, none, bfloat16 or float16, got {autocast!r}")

@@ -158,7 +158,7 @@ class SpeechEncoder(Extractor):
 
     def config(self) -> dict[str, Any]:
         r = self._resolve()
-        device = self._device()
+        device = pick_device(self.device_opt, check=False)
         return {
             **model_identity(self.model_id, self.model_path, self.revision),
             "model_type": r["model_type"], "n_hidden_layers": r["n_layers"], "hidden_size": r["hidden_size"],

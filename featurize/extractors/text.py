@@ -115,7 +115,7 @@ class TextEncoder(Extractor):
 
     def config(self) -> dict[str, Any]:
         r = self._resolve()
-        device = pick_device(self.device_opt)
+        device = pick_device(self.device_opt, check=False)
         return {
             **model_identity(self.model_id, self.model_path, self.revision),
             "model_type": r["model_type"], "n_hidden_layers": r["n_layers"], "hidden_size": r["hidden_size"],

@@ -71,13 +71,13 @@ class WhisperEncoder(Extractor):
         self._model = None
         self._dim: int | None = None
 
-    def _device(self) -> str:
-        return pick_device(self.device_opt)
+    def _device(self, check: bool = True) -> str:
+        return pick_device(self.device_opt, check)
 
-    def _compute_type(self) -> str:
+    def _compute_type(self, check: bool = True) -> str:
         if self.compute_type_opt != "auto":
             return self.compute_type_opt
-        return "float16" if self._device().startswith("cuda") else "float32"
+        return "float16" if self._device(check).startswith("cuda") else "float32"
 
     def _location(self) -> str:
         return self.model_path if self.model_path is not None else str(self.model_id)
@@ -97,7 +97,7 @@ class WhisperEncoder(Extractor):
             **model_identity(self.model_id, self.model_path, self.revision),
             "layer": "encoder last layer", "window_seconds": 30, "long_audio": "30 s windows concatenated",
             "mel": "faster-whisper FeatureExtractor per window, zero-padded to 3000 frames",
-            "frames": "ceil(samples / 320)", "compute_type": self._compute_type(), "dtype": self.dtype,
+            "frames": "ceil(samples / 320)", "compute_type": self._compute_type(check=False), "dtype": self.dtype,
             "faster_whisper": faster_whisper.__version__, "ctranslate2": ctranslate2.__version__,
             **decoder_versions(), "code_version": 1,
         }
