@@ -101,6 +101,10 @@ def extract(
         from featurize.cluster import check_scheduler
 
         check_scheduler(scheduler)
+    elif hasattr(extractor, "device_opt"):  # computed here: a device asked for must be here (a cluster's workers check)
+        from featurize.extractors.neural import pick_device
+
+        pick_device(extractor.device_opt)
     utts, report = read_corpus(corpus, data, **reader_options(corpus, name, columns))
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     print_skips(report.entries())

@@ -28,7 +28,7 @@ def tone(seconds: float, freq: float, sr: int = 16000, amp: float = 0.3, seed: i
 
 
 def write_manifest_corpus(
-    root: Path, n: int, seconds=(0.5, 1.5), broken: int = 0, corrupt: int = 0, seed: int = 0
+    root: Path, n: int, seconds=(0.5, 1.5), broken: int = 0, corrupt: int = 0, seed: int = 0, sessions: bool = False
 ) -> Path:
     """n real WAV files (varied lengths, 4 labels, 4 speakers) + a manifest CSV. The first
     ``corrupt`` entries are not audio at all (the reader skips them); the next ``broken`` are
@@ -55,7 +55,8 @@ def write_manifest_corpus(
                 "speaker": f"s{(i // 4) % 8}",
                 "text": f"utterance number {i}",
                 "dialog": f"d{i // 8}",
-                "session": f"ses{(i // 8) % 4}",  # two speakers and their dialogues: loso keeps dialogues whole
+                # with ``sessions``: two speakers and their dialogues a session, so loso keeps dialogues whole
+                **({"session": f"ses{(i // 8) % 4}"} if sessions else {}),
                 "turn": str(i % 8),
             }
         )

@@ -81,7 +81,20 @@ def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[st
          ["no feature store"]),
         ("predict with a run directory that does not exist", ["train", "predict", str(tmp / "no-run"),
                                                                str(manifest)], 3, ["no-run"]),
-    ]
+    ] + ([] if _has_cuda() else [
+        ("training on a GPU this machine lacks", train + ["--head", "linear", "--feature", "opensmile", "--device",
+                                                         "cuda"], 2, ["device cuda", "no CUDA device"]),
+        ("extracting on a GPU this machine lacks", ["featurize", "extract", "--corpus", "manifest", "--data",
+                                                    str(manifest), "--model", "minilm", "--device", "cuda",
+                                                    "--store", str(tmp / "g.zarr")], 2, ["device cuda",
+                                                                                         "no CUDA device"]),
+    ])
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def test_user_mistakes_get_one_paragraph_and_their_exit_code(store, tmp_path):

@@ -24,7 +24,7 @@ from train.data import Normalizer
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    manifest = write_manifest_corpus(root / "c", 96, seconds=(0.6, 1.0))
+    manifest = write_manifest_corpus(root / "c", 96, seconds=(0.6, 1.0), sessions=True)
     utts, _ = read_corpus("manifest", manifest)
     store = FeatureStore(root / "s.zarr")
     run_extraction(store, utts, Fbank(), workers=1)

@@ -106,11 +106,12 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head, make_config, make_recipe
-    from train.loop import EVALUATIONS, LoopOptions, run_folds, write_atomic
+    from train.loop import EVALUATIONS, LoopOptions, pick_device, run_folds, write_atomic
     from train.protocols import PROTOCOLS, make_folds
 
     if req.protocol not in PROTOCOLS:  # before any feature is loaded
         raise ValueError(f"unknown protocol {req.protocol!r}; known: {', '.join(PROTOCOLS)}")
+    pick_device(req.device)  # so is the device
     spec = get_head(req.head)
     config = make_config(spec, req.options)
     recipe = make_recipe(spec, req.options)

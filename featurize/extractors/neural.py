@@ -129,7 +129,7 @@ def pick_device(device: str | None, check: bool = True) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if check and device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device cuda asked for, but torch sees no CUDA device")
+        raise ValueError("device cuda asked for, but torch sees no CUDA device")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
     return device
