@@ -254,6 +254,9 @@ def test_under_training_flag_fires_on_a_starved_head_and_not_on_a_converged_one(
     assert training_flags(converged, ce, prior) == [], (converged.best_epoch, ce, prior)
     late = dataclasses.replace(converged, best_epoch=converged.budget - 1)
     assert any("still improving" in f for f in training_flags(late, ce, prior))
+    # msmser's masking schedule in epochs (rmm_end_epoch 70) against a 60-epoch budget
+    assert any("modality masking to the end" in f for f in training_flags(converged, ce, prior, min_epochs=70))
+    assert training_flags(converged, ce, prior, min_epochs=40) == []
 
 
 def test_msmser_never_stops_while_modality_masking_is_on():

@@ -297,10 +297,14 @@ def solver_flags(fitted: Fitted) -> list[str]:
     return flags
 
 
-def training_flags(fitted: Fitted, train_ce: float, prior: float) -> list[str]:
+def training_flags(fitted: Fitted, train_ce: float, prior: float, min_epochs: int = 0) -> list[str]:
     """Why a fold's model may not be what its features allow: still improving when the budget ended, a
-    training loss near the prior-only loss, a convex fit that did not converge or chose the grid's edge."""
+    training loss near the prior-only loss, a convex fit that did not converge or chose the grid's edge, a head
+    whose own schedule (``min_epochs``: msmser's modality masking) had not ended when the budget did."""
     flags = []
+    if fitted.budget and min_epochs > fitted.budget:
+        flags.append(f"the head's schedule runs to epoch {min_epochs} (msmser: rmm_end_epoch) and the budget is "
+                     f"{fitted.budget} epochs: trained with modality masking to the end")
     if fitted.best_epoch >= 0 and fitted.budget > 1:
         late = fitted.budget - max(1, math.ceil(LATE_FRACTION * fitted.budget))
         if fitted.best_epoch >= late:
@@ -382,7 +386,8 @@ def train_fold(
                 best, data, model, fitted = modality_scores[m], one, one_model, one_fitted
     device = pick_device(opts.device)
     train_ce = evaluate(model, data, train_rows, norm, recipe.batch_size, device, "train", recipe.autocast).ce
-    flags = training_flags(fitted, train_ce, prior_loss(data.labels[train_rows].numpy(), data.n_classes))
+    flags = training_flags(fitted, train_ce, prior_loss(data.labels[train_rows].numpy(), data.n_classes),
+                           getattr(model, "min_epochs", 0))
     final_rows, refit_info = train_rows, None
     if refit:
         final_rows = sorted(train_rows + valid_rows)
