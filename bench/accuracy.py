@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import code_version, machine  # noqa: E402
-from train.cli import RunRequest, expand_grid  # noqa: E402
+from train.cli import RunRequest, expand_grid, summary_covers  # noqa: E402
 from train.heads import fill_new_fields, get_head, make_config, make_recipe  # noqa: E402
 from train.report import modalities_chosen_text  # noqa: E402
 
@@ -130,6 +130,8 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
     asked = cell_settings(req)
     if settings(run_config["request"], run_config["head_config"], run_config.get("recipe")) != asked:
         return  # the run directory holds an older configuration: `train sweep` refuses it, so do we
+    if not summary_covers(cell_dir, run_config, req.seeds):
+        return  # a summary of fewer seeds, left by a run killed while adding seeds: not finished
     summary = json.loads(summary_file.read_text())
     per_fold = [{k: r.get(k) for k in ("fold", "seed", "best_epoch", "budget", *METRICS, "flags")}
                 for r in summary["per_fold"]]

@@ -18,13 +18,32 @@ def _finished_cell(cell_dir: Path, req, wa: float, extra: dict | None = None) ->
     spec = get_head(req.head)
     config = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(spec, req.options)),
               "recipe": dataclasses.asdict(make_recipe(spec, req.options)),
-              "inputs": {"audio": {"feature": "opensmile_compare-0123abcd", "array": "functionals"}}}
+              "inputs": {"audio": {"feature": "opensmile_compare-0123abcd", "array": "functionals"}},
+              "folds": [{"name": f"fold{k}"} for k in range(5)]}
     (cell_dir / "config.json").write_text(json.dumps(config))
-    per_fold = [{"fold": f"fold{k}", "seed": 0, "best_epoch": 3, "wa": wa, "ua": wa - 0.01, "macro_f1": wa - 0.02}
-                for k in range(5)]
+    per_fold = [{"fold": f"fold{k}", "seed": s, "best_epoch": 3, "wa": wa, "ua": wa - 0.01, "macro_f1": wa - 0.02}
+                for s in req.seeds for k in range(5)]
     summary = {k: {"mean": per_fold[0][k], "std": 0.0, "n": 5} for k in ("wa", "ua", "macro_f1")}
     (cell_dir / "summary.json").write_text(json.dumps({**summary, "per_fold": per_fold, "train_seconds": 60.0,
                                                        **(extra or {})}))
+
+
+def test_a_summary_of_fewer_seeds_than_the_config_is_not_a_finished_cell(tmp_path, monkeypatch):
+    """A sweep adding seeds rewrites config.json before it trains; killed then, the old seeds' summary must not
+    pass for the new seeds' results (neither as a finished sweep cell nor as a bench record)."""
+    from train.cli import cell_is_current
+
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    req = dict(accuracy.sweep_cells("rav4"))["linear-compare"]
+    one_seed = dataclasses.replace(req, seeds=[0])
+    _finished_cell(tmp_path / "cell", one_seed, 0.6)
+    config = json.loads((tmp_path / "cell" / "config.json").read_text())
+    config["request"]["seeds"] = req.seeds  # what the killed run that was adding seeds 1 and 2 wrote
+    (tmp_path / "cell" / "config.json").write_text(json.dumps(config))
+    assert not cell_is_current(tmp_path / "cell", req)
+    accuracy.record_finished("rav4", "linear-compare", req, tmp_path / "cell")
+    assert accuracy.read_record("rav4", "linear-compare", req) is None
+    assert cell_is_current(tmp_path / "cell", one_seed) is False  # its config says 3 seeds now: rerun, not reuse
 
 
 def test_records_follow_the_sweep_file(tmp_path, monkeypatch):
@@ -34,7 +53,7 @@ def test_records_follow_the_sweep_file(tmp_path, monkeypatch):
     _finished_cell(tmp_path / "run" / "linear-compare", req, 0.6)
     accuracy.record_finished("rav4", "linear-compare", req, tmp_path / "run" / "linear-compare")
     record = accuracy.read_record("rav4", "linear-compare", req)
-    assert record is not None and record["wa"]["mean"] == 0.6 and len(record["per_fold"]) == 5
+    assert record is not None and record["wa"]["mean"] == 0.6 and len(record["per_fold"]) == 15
     assert record["inputs"] == "audio=opensmile_compare:functionals" and record["machine"]
     lines, defects = accuracy.table("rav4", accuracy.sweep_cells("rav4"), Path("data"))
     row = next(line for line in lines if line.startswith("| linear-compare "))
@@ -88,7 +107,7 @@ def test_modalities_chosen_on_validation_are_recorded_and_shown(tmp_path, monkey
     fused-versus-audio-only verdict says it."""
     monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
     cells = dict(accuracy.sweep_cells("rav4"))
-    chosen = {"audio": 4, "audio+text": 1}
+    chosen = {"audio": 12, "audio+text": 3}
     _finished_cell(tmp_path / "run" / "dialog", cells["dialog"], 0.6, {"modalities_chosen": chosen})
     _finished_cell(tmp_path / "run" / "dialog-audio", cells["dialog-audio"], 0.6)
     _finished_cell(tmp_path / "run" / "dialog-paper", cells["dialog-paper"], 0.7)
@@ -98,7 +117,7 @@ def test_modalities_chosen_on_validation_are_recorded_and_shown(tmp_path, monkey
     assert "modalities_chosen" not in accuracy.read_record("rav4", "dialog-audio", cells["dialog-audio"])
     lines, _ = accuracy.table("rav4", accuracy.sweep_cells("rav4"), Path("data"))
     verdict = next(line for line in lines if line.startswith("\ndialog:"))
-    assert "inputs chosen on validation: audio in 4, audio+text in 1 of 5 runs" in verdict
+    assert "inputs chosen on validation: audio in 12, audio+text in 3 of 15 runs" in verdict
     # the paper-evaluation gap says its honest twin is not always the paper's (fused) model
     gap = next(line for line in lines if line.startswith("| (vs honest dialog"))
-    assert "audio in 4, audio+text in 1 of 5 runs, the paper's model is always fused" in gap
+    assert "audio in 12, audio+text in 3 of 15 runs, the paper's model is always fused" in gap

@@ -262,6 +262,33 @@ def test_predict_new_audio_with_every_checkpoint(store_path, tmp_path):
         zjson.write_text(original)
 
 
+def test_predict_gives_a_fold_model_the_probabilities_its_test_fold_got(store_path, tmp_path):
+    """One fold's model, given its own test utterances' audio, predicts what the run wrote for them: the same
+    stored-precision features (float16 fbank), normaliser and weights; a directory rerun with fewer seeds
+    predicts with those seeds' models only."""
+    import csv
+    import shutil
+
+    from train.predict import predict_files
+
+    out = tmp_path / "run"
+    _run(store_path, out, "--head", "probe", "--feature", "fbank", "--max-epochs", "3", "--seeds", "0,1")
+    _run(store_path, out, "--head", "probe", "--feature", "fbank", "--max-epochs", "3", "--seeds", "0")
+    cfg = json.loads((out / "config.json").read_text())
+    fold = out / "folds" / f"{cfg['folds'][0]['name']}_seed0"
+    one = tmp_path / "one-fold"
+    (one / "folds" / fold.name).mkdir(parents=True)
+    shutil.copy(fold / "model.pt", one / "folds" / fold.name / "model.pt")
+    (one / "config.json").write_text(json.dumps({**cfg, "folds": cfg["folds"][:1]}))
+    rows = list(csv.DictReader((fold / "predictions.csv").open()))[:6]
+    paths = {u.utt_id: u.audio_path for u in FeatureStore(store_path).utterances()}
+    predicted = predict_files(one, [Path(paths[r["utt_id"]]) for r in rows])
+    for r, p in zip(rows, predicted, strict=True):
+        assert max(abs(float(r[f"p_{c}"]) - v) for c, v in p.probabilities.items()) < 1e-5, r["utt_id"]
+    shutil.rmtree(out / "folds" / f"{cfg['folds'][1]['name']}_seed1")  # a seed the last run did not ask for
+    assert predict_files(out, [Path(paths[rows[0]["utt_id"]])])  # not needed, so not missed
+
+
 def test_predict_transcribes_for_word_level_heads_even_audio_only():
     from train.heads import get_head
     from train.predict import needs_asr_words
@@ -387,3 +414,16 @@ def test_sweep_on_a_local_cluster_equals_the_local_sweep(store_path, tmp_path):
     assert [(f / "metrics.json").stat().st_mtime_ns for f in kept] == mtimes
     assert (json.loads((probe / "summary.json").read_text())["per_fold"]
             == json.loads((here / "cells" / "probe" / "summary.json").read_text())["per_fold"])
+
+
+def test_a_run_report_says_its_evaluation_and_refit(store_path, tmp_path):
+    for evaluation in ("honest", "paper"):
+        out = tmp_path / evaluation
+        _run(store_path, out, "--head", "probe", "--feature", "fbank", "--max-epochs", "2", "--evaluation", evaluation,
+             "--set", "refit=true")
+        report = (out / "report.md").read_text()
+        assert f"| evaluation | {evaluation} |" in report
+        if evaluation == "paper":  # no refit there: the checkpoint is the one the test fold chose
+            assert "PAPER EVALUATION, OPTIMISTIC" in report and "refit on train + valid | no" in report
+        else:
+            assert "OPTIMISTIC" not in report and "refit on train + valid | yes" in report

@@ -456,7 +456,17 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
             f"sweep cell {cell_dir} was run with another configuration ({', '.join(changed)} changed): "
             "delete that cell's directory to rerun it, or give the sweep another --out"
         )
-    return old["request"]["seeds"] == req.seeds
+    return old["request"]["seeds"] == req.seeds and summary_covers(cell_dir, old, req.seeds)
+
+
+def summary_covers(run_dir: Path, run_config: dict, seeds: list[int]) -> bool:
+    """Whether the run's summary.json is of every fold x ``seeds`` run: a run adding seeds rewrites config.json
+    before it trains, so a kill then leaves the old seeds' summary beside the new seeds' config."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return False
+    done = {(str(r["fold"]), int(r["seed"])) for r in json.loads(path.read_text()).get("per_fold", [])}
+    return done == {(f["name"], int(s)) for f in run_config.get("folds", []) for s in seeds}
 
 
 def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path]], keep_going: bool) -> list[str]:

@@ -90,11 +90,13 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> 
     for modality, inp in cfg["inputs"].items():
         extractor = _extractor_for(store, inp["feature"])
         extractor.setup()
+        stored_dtype = next(a for a in extractor.arrays() if a.name == inp["array"]).dtype
         items = []
         for u in utts:
-            audio = load_audio(u.audio_path) if extractor.needs == "audio" else None
+            audio = load_audio(u.audio_path, sr=extractor.sample_rate) if extractor.needs == "audio" else None
             values = extractor.process_batch([(u, audio)])[0][inp["array"]]
-            rows = torch.from_numpy(np.asarray(values, dtype=np.float32))
+            # rounded as the store rounds (float16 by default): the heads were trained on the stored values
+            rows = torch.from_numpy(np.asarray(values).astype(stored_dtype).astype(np.float32))
             choice = next((c for n, c in choices.items() if inp["feature"].startswith(n) or n == extractor.name), None)
             if choice is not None and choice.layers is not None:
                 rows = rows[:, choice.layers]
@@ -112,9 +114,15 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> 
     data = CorpusData(
         "new", utts, torch.full((len(utts),), -100), classes, cfg["label_set"], inputs, None, spans, spec.dialogue
     )
-    checkpoints = sorted(run_dir.glob("folds/*/model.pt"))
+    # the run's own fold x seed models: a directory rerun with fewer seeds keeps the others' folders
+    runs = {f"{f['name']}_seed{s}" for f in cfg.get("folds", []) for s in req["seeds"]}
+    checkpoints = sorted(p for p in run_dir.glob("folds/*/model.pt") if not runs or p.parent.name in runs)
     if not checkpoints:
         raise FileNotFoundError(f"no checkpoints under {run_dir}/folds: is this a finished run?")
+    if runs and len(checkpoints) < len(runs):
+        missing = sorted(runs - {p.parent.name for p in checkpoints})
+        raise FileNotFoundError(f"{run_dir}: {len(missing)} of the run's {len(runs)} models are missing "
+                                f"(e.g. folds/{missing[0]}/model.pt): is the run finished?")
     probs = torch.zeros(len(utts), len(classes))
     for ckpt in checkpoints:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)

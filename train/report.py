@@ -378,9 +378,19 @@ def write_run_report(run_dir: Path) -> Path:
     lines = [f"# Run report: {run_dir.name}", ""]
 
     settings = [{"setting": key, "value": config_value(config, key)} for key in CONFIG_KEYS]
+    evaluation = config.get("evaluation") or ("paper" if summary.get("optimistic") else None)
+    if evaluation is not None:
+        settings.append({"setting": "evaluation", "value": evaluation})
+    refit = [bool(r["metrics"].get("refit")) for r in runs if "refit" in r["metrics"]]
+    if refit:
+        settings.append({"setting": "refit on train + valid", "value": "yes" if all(refit) else
+                         ("no" if not any(refit) else f"{sum(refit)} of {len(refit)} runs")})
     settings = [row for row in settings if row["value"] is not None]
     if settings:
         lines += [format_table(settings, ["setting", "value"], percent=())]
+    if summary.get("optimistic"):
+        lines += ["> **PAPER EVALUATION, OPTIMISTIC:** each fold's checkpoint was chosen on its test set, as the "
+                  "authors' public code does. Never compare these numbers with honest ones.", ""]
     if not _speaker_independent(run):
         lines += [
             "> **Warning: not speaker-independent.** Test speakers are also in training, so these numbers are "
