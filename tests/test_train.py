@@ -427,3 +427,11 @@ def test_a_run_report_says_its_evaluation_and_refit(store_path, tmp_path):
             assert "PAPER EVALUATION, OPTIMISTIC" in report and "refit on train + valid | no" in report
         else:
             assert "OPTIMISTIC" not in report and "refit on train + valid | yes" in report
+
+
+def test_feature_lists_keep_their_layer_lists():
+    from train.cli import split_features
+
+    assert split_features("hubert@9,12,minilm") == ["hubert@9,12", "minilm"]
+    assert split_features("fbank,minilm:words") == ["fbank", "minilm:words"]
+    assert split_features("whisper@0-2,4,mpnet@12") == ["whisper@0-2,4", "mpnet@12"]

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Collection
@@ -297,7 +298,7 @@ def run(
     given = {"head": head, "corpus": corpus, "protocol": protocol, "labels": labels, "modality": modality,
              "device": device, "max_epochs": max_epochs, "evaluation": evaluation,
              "store": str(store) if store else None,
-             "features": [f for f in feature.split(",") if f] if feature else None,
+             "features": split_features(feature) if feature else None,
              "seeds": parse_seeds(seeds) if seeds else None}
     settings = {**base, **{k: v for k, v in given.items() if v is not None}, "options": options}
     if folds is not None:
@@ -313,6 +314,20 @@ def run(
     summary = execute(req, out)
     print_summary(f"{req.head} on {req.corpus} / {req.protocol}", summary)
     console.print(f"run written to {out} (report: {out / 'report.md'}; rerun: train run --config {out / 'run.yaml'})")
+
+
+def split_features(text: str) -> list[str]:
+    """``--feature`` at its commas, except those of a layer list: ``hubert@9,12,minilm`` is ``hubert@9,12`` and
+    ``minilm`` (a piece of digits and ranges after a ``NAME@LAYERS`` continues its layers)."""
+    out: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if out and "@" in out[-1] and re.fullmatch(r"\d+(-\d+)?", piece):
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
@@ -345,7 +360,7 @@ def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
             feats = entry["features"]
             req = RunRequest(
                 head=entry["head"],
-                features=feats if isinstance(feats, list) else feats.split(","),
+                features=feats if isinstance(feats, list) else split_features(feats),
                 corpus=entry["corpus"],
                 protocol=entry["protocol"],
                 store=entry.get("store", DEFAULT_STORE),
