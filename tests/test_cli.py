@@ -163,6 +163,10 @@ def test_export_creates_its_folder(store, tmp_path):
     res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert out.exists()
+    failed = tmp_path / "failed.h5"  # an export that fails leaves nothing behind, not even its .partial
+    res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--array", "nope",
+               "--out", str(failed))
+    assert res.returncode != 0 and not list(tmp_path.glob("failed.h5*"))
 
 
 def test_rm_removes_one_group_and_resolves_the_ambiguity(store, tmp_path):

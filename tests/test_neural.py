@@ -623,3 +623,39 @@ def test_a_hub_model_is_fingerprinted_by_the_commit_its_revision_points_at(tmp_p
             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         seen.append(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:])
     assert seen == ["0123456789abcdef0123456789abcdef01234567", "fedcba9876543210fedcba9876543210fedcba98"]
+
+
+def test_a_truncated_whisper_base_is_not_installed(tmp_path: Path, monkeypatch):
+    """A model.bin cut short (a copy interrupted, a full disk) is not taken for the joined model: `local_model`
+    says it is missing and `install` would join it again."""
+    from featurize.models import WHISPER_BASE_DIR_NAME, local_model
+
+    monkeypatch.setenv("SERCACHE_MODELS", str(tmp_path))
+    (tmp_path / WHISPER_BASE_DIR_NAME).mkdir()
+    (tmp_path / WHISPER_BASE_DIR_NAME / "config.json").write_text("{}")
+    (tmp_path / WHISPER_BASE_DIR_NAME / "model.bin").write_bytes(b"\0" * 1000)
+    assert local_model("whisper-base") is None
+
+
+def test_a_layer_asked_for_by_number_is_found_in_a_group_that_does_not_start_at_layer_0(tmp_path: Path):
+    """`hubert@2` means layer 2, wherever it sits in the stored array: a group extracted with `--layers 1-2`
+    holds layers 1 and 2 at positions 0 and 1; a layer it does not hold is refused by number."""
+    from train.data import layer_positions, load_data
+    from train.heads import get_head
+
+    model = _save_tiny_hubert(tmp_path / "hubert", "group")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], _noise(1.0, i), SR)
+    utts = [Utterance(f"t/u{i}", "t", f"s{i}", "neu", audio_path=str(p)) for i, p in enumerate(paths)]
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, SpeechEncoder(model_path=str(model), layers="1-2", dtype="float32"), workers=1)
+    group = store.resolve_feature("hubert")
+    both = store.read(group)
+    probe = get_head("probe")
+    two = load_data(store, "t", ["hubert@2"], probe, "all")
+    np.testing.assert_array_equal(two.inputs["audio"].items[0].numpy()[:, 0], both.get("t/u0")[:, 1])
+    with pytest.raises(ValueError, match="holds layers 1-2 .*not 0"):
+        load_data(store, "t", ["hubert@0"], probe, "all")
+    assert layer_positions([12], [12], "g") is None and layer_positions([0, 1, 2], [2, 0], "g") == [2, 0]

@@ -46,6 +46,19 @@ class FeatureChoice:
         return cls(name, array or None, layers)
 
 
+def layer_positions(stored: list[int] | None, wanted: list[int] | None, group: str) -> list[int] | None:
+    """Where the layers asked for (``hubert@9,12``: layer numbers) sit on a group's layer axis, which holds the
+    layers its config lists (``--layers 6-12`` stores 7, the first being layer 6). None: the whole array (a group
+    of one layer has no layer axis)."""
+    if wanted is None or not stored:
+        return wanted
+    missing = [n for n in wanted if n not in stored]
+    if missing:
+        raise ValueError(f"feature {group} holds layers {stored[0]}-{stored[-1]} ({len(stored)}), not "
+                         f"{', '.join(map(str, missing))}: extract them (`featurize extract --layers ...`)")
+    return None if len(stored) == 1 else [stored.index(n) for n in wanted]
+
+
 def parse_layers(spec: str) -> list[int]:
     """``9,12`` or ``0-12`` (inclusive) -> layer indices."""
     out: list[int] = []
@@ -308,7 +321,8 @@ def load_data(
     for modality, (choice, group, info) in chosen.items():
         form = head.inputs[modality]
         array = _pick_array(info.arrays, form, choice.array, group)
-        loaded[modality] = (store.read(group, array, layers=choice.layers), group, form)
+        layers = layer_positions(info.config.get("layers"), choice.layers, group)
+        loaded[modality] = (store.read(group, array, layers=layers), group, form)
 
     n0 = len(utts)
     utts = [u for u in utts if all(u.utt_id in fa for fa, _, _ in loaded.values())]

@@ -21,7 +21,7 @@ from featurize.audio import audio_duration, load_audio
 from featurize.extractors import build_extractor
 from featurize.records import Utterance
 from featurize.store import FeatureStore, feature_group_name
-from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, word_frames
+from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, layer_positions, word_frames
 from train.heads import get_head, make_config
 from train.loop import forward
 
@@ -91,15 +91,17 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> 
         extractor = _extractor_for(store, inp["feature"])
         extractor.setup()
         stored_dtype = next(a for a in extractor.arrays() if a.name == inp["array"]).dtype
+        choice = next((c for n, c in choices.items() if inp["feature"].startswith(n) or n == extractor.name), None)
+        positions = layer_positions(extractor.config().get("layers"), choice.layers if choice else None,
+                                    inp["feature"])
         items = []
         for u in utts:
             audio = load_audio(u.audio_path, sr=extractor.sample_rate) if extractor.needs == "audio" else None
             values = extractor.process_batch([(u, audio)])[0][inp["array"]]
             # rounded as the store rounds (float16 by default): the heads were trained on the stored values
             rows = torch.from_numpy(np.asarray(values).astype(stored_dtype).astype(np.float32))
-            choice = next((c for n, c in choices.items() if inp["feature"].startswith(n) or n == extractor.name), None)
-            if choice is not None and choice.layers is not None:
-                rows = rows[:, choice.layers]
+            if positions is not None:
+                rows = rows[:, positions]
             is_frames = extractor.arrays()[[a.name for a in extractor.arrays()].index(inp["array"])].kind == "frames"
             items.append(as_item(rows, inp["form"], tuple(inp["tail"])) if is_frames else rows)
         spec_arr = next(a for a in extractor.arrays() if a.name == inp["array"])
