@@ -34,12 +34,14 @@ from featurize.store import FeatureStore
 
 SAMPLE_RATE = 16000
 _NOT_WORD = re.compile(r"[^\w\s']")
+_NOISE_TAG = re.compile(r"\[[^\]]*\]|\+\+[^+]*\+\+")  # IEMOCAP's [LAUGHTER], [BREATHING], ++GARBAGE++: not words
 
 
 # -- word error rate --------------------------------------------------------------------------------
 def normalize_words(text: str) -> list[str]:
-    """Lower-case words with punctuation removed (apostrophes inside words are kept: "don't")."""
-    words = _NOT_WORD.sub(" ", text.lower().replace("_", " ")).split()
+    """Lower-case words with punctuation and transcribers' noise tags removed (apostrophes inside words are
+    kept: "don't")."""
+    words = _NOT_WORD.sub(" ", _NOISE_TAG.sub(" ", text).lower().replace("_", " ")).split()
     return [w.strip("'") for w in words if w.strip("'")]
 
 

@@ -659,3 +659,19 @@ def test_a_layer_asked_for_by_number_is_found_in_a_group_that_does_not_start_at_
     with pytest.raises(ValueError, match="holds layers 1-2 .*not 0"):
         load_data(store, "t", ["hubert@0"], probe, "all")
     assert layer_positions([12], [12], "g") is None and layer_positions([0, 1, 2], [2, 0], "g") == [2, 0]
+
+
+def test_noise_tags_are_not_words_and_empty_word_lists_align_to_nothing():
+    """IEMOCAP's transcripts carry [LAUGHTER] / ++GARBAGE++ tags that no recogniser says; an utterance whose
+    alignment holds only noise has an empty word list, whose text vectors then get no audio (not an error that
+    refuses the whole corpus); word times on the 10 ms grid land on their own frame."""
+    from train.data import check_words, word_frames
+
+    assert normalize_words("Yeah, so [LAUGHTER] he's here ++GARBAGE++ [breathing]") == ["yeah", "so", "he's", "here"]
+    noise_only = Utterance("i/u0", "i", "s", "neu", text="[LAUGHTER]", words=[], word_source="forced_alignment")
+    check_words([noise_only], [torch.zeros(1, 4)], None, "minilm-x")  # the encoder read the transcript: 1 vector
+    assert word_frames(noise_only, 1, 100.0).tolist() == [[0, 0]]
+    timed = Utterance("i/u1", "i", "s", "neu", words=[Word("a", 0.29, 0.57)])
+    assert word_frames(timed, 1, 100.0).tolist() == [[29, 57]]  # 0.29 * 100 is 28.999... in floating point
+    with pytest.raises(ValueError, match="computed from other words"):
+        check_words([timed], [torch.zeros(2, 4)], None, "minilm-x")

@@ -381,8 +381,8 @@ def check_words(utts: list[Utterance], vectors: list[torch.Tensor], hashes: Feat
     which would otherwise pool the wrong audio, or none, into every word."""
     bad = []
     for u, vecs in zip(utts, vectors, strict=True):
-        if u.words is None:
-            continue  # no times: every word gets no audio, as documented, nothing to misalign
+        if not u.words:  # none, or an empty list (an alignment of noise only): the text encoder then read the
+            continue      # transcript, and its words get no audio, as documented: nothing to misalign
         words = [w.word.strip() for w in u.words]
         if len(words) != len(vecs) or (hashes is not None and int(hashes.get(u.utt_id)) != words_hash(words)):
             bad.append(u.utt_id)
@@ -401,7 +401,8 @@ def word_frames(u: Utterance, n: int, rate: float) -> torch.Tensor:
     spans = torch.zeros(n, 2, dtype=torch.long)
     if u.words is not None and len(u.words) == n:
         for j, w in enumerate(u.words):
-            first = int(np.floor(w.start * rate))
+            # rounded first: 0.29 s * 100 is 28.999..., which floor would take one frame early
+            first = int(np.floor(round(w.start * rate, 6)))
             spans[j, 0] = first
-            spans[j, 1] = max(first, int(np.ceil(w.end * rate)))
+            spans[j, 1] = max(first, int(np.ceil(round(w.end * rate, 6))))
     return spans
