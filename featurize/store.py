@@ -490,20 +490,23 @@ class FeatureStore:
         ``<name>.repaired``, none is in features/), and clear what a finished or abandoned one left. A repair
         still running holds the group's lock: it is left alone."""
         partial = self.path / PARTIAL
-        for repaired in sorted(partial.glob("*.repaired")):
-            name = repaired.name.removesuffix(".repaired")
+        names = {p.name.removesuffix(".repaired") for p in partial.glob("*.repaired")}
+        names |= {p.name.split(".damaged-")[0] for p in partial.glob("*.damaged-*")}  # killed after its swap
+        for name in sorted(names):
+            repaired = partial / f"{name}.repaired"
             try:
                 lock = self.location.lock(f"{LOCK_DIR}/feature-{name}.lock", f"feature {name} of {self.where}",
                                           shared=False, timeout=0, on_wait=None).acquire()
             except LockTimeout:
                 continue
             try:
-                if not (self.path / "features" / name).exists():
+                if repaired.exists() and not (self.path / "features" / name).exists():
                     os.rename(repaired, self.path / "features" / name)
-                else:  # built by a repair killed before its first rename: the group in features/ is in use
+                elif repaired.exists():  # built by a repair killed before its first rename: features/ has the group
                     shutil.rmtree(repaired)
-                for doomed in partial.glob(f"{name}.damaged-*"):
-                    shutil.rmtree(doomed)
+                if (self.path / "features" / name).exists():  # the swap is done: the damaged copy is not needed
+                    for doomed in partial.glob(f"{name}.damaged-*"):
+                        shutil.rmtree(doomed)
             finally:
                 lock.release()
 
