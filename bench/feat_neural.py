@@ -80,7 +80,7 @@ def time_naive(extractor: Extractor, utts: list[Utterance], tmp: Path) -> float:
     out_dir.mkdir()
     t0 = time.perf_counter()
     for i, u in enumerate(utts):
-        audio = load_audio(u.audio_path, u.start, u.end) if extractor.needs == "audio" else None
+        audio = load_audio(u.audio_path, u.start, u.end, channel=u.channel) if extractor.needs == "audio" else None
         values = extractor.process_batch([(u, audio)])[0]
         for name, v in values.items():
             np.save(out_dir / f"{i}_{name}.npy", v)
@@ -163,7 +163,9 @@ def main() -> None:
         extractor.config()  # hashes a local model once (cached), as a real run's plan() does
         # (b)'s batches: the pipeline's own batching of the length-sorted utterances, decoded up front.
         ordered = sorted(utts, key=lambda u: (utterance_seconds(u), u.utt_id))
-        batches = [[(u, load_audio(u.audio_path, u.start, u.end) if extractor.needs == "audio" else None) for u in b]
+        needs_audio = extractor.needs == "audio"
+        batches = [[(u, load_audio(u.audio_path, u.start, u.end, channel=u.channel) if needs_audio else None)
+                    for u in b]
                    for b in length_batches(ordered, args.batch_seconds)]
         time_compute(extractor, batches[:1])  # warm-up: first-call allocations and kernel selection
         replicas = extractor.batched and extractor.cpu_replicas() and args.workers > 1

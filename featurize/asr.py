@@ -164,7 +164,7 @@ def transcribe_store(store: FeatureStore, utts: list[Utterance], transcriber: Tr
     stale = list(report.stale)
 
     def one(u: Utterance) -> tuple[Utterance, float]:
-        audio = load_audio(u.audio_path, u.start, u.end, sr=SAMPLE_RATE)
+        audio = load_audio(u.audio_path, u.start, u.end, sr=SAMPLE_RATE, channel=u.channel)
         text, words = transcriber.transcribe(audio)
         u.words, u.word_source = words, "asr"
         u.extra = {**u.extra, "asr_text": text}

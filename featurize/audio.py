@@ -26,23 +26,31 @@ class AudioError(ValueError):
     """An audio file that cannot be used: unreadable, empty, or with non-finite samples."""
 
 
-def audio_duration(path: str | Path) -> float:
+def audio_duration(path: str | Path, channel: int | None = None) -> float:
     """Duration in seconds from the file header alone (no samples are decoded). A WAV file shorter than its
-    header says (a copy cut short) is an AudioError: libsndfile would quietly read what is there."""
+    header says (a copy cut short), or one without the `channel` asked for, is an AudioError: libsndfile
+    would quietly read what is there."""
     path = Path(path)
     try:
         # SoundFile, not sf.info: info also formats five descriptive strings per file, a quarter of the
         # time a 1440-file corpus took to read
         with sf.SoundFile(str(path)) as f:
-            rate, frames = f.samplerate, f.frames
+            rate, frames, channels = f.samplerate, f.frames, f.channels
     except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
         raise AudioError(f"{path}: cannot read audio header ({e})") from e
+    if channel is not None:
+        check_channel(path, channel, channels)
     if rate <= 0:
         raise AudioError(f"{path}: header has sample rate {rate}")
     if frames == 0:
         raise AudioError(f"{path}: no audio samples (the file holds a header only)")
     check_wav_length(path, rate)
     return frames / rate
+
+
+def check_channel(path: Path, channel: int, channels: int) -> None:
+    if not 0 <= channel < channels:
+        raise AudioError(f"{path}: no channel {channel} (the file has {channels}, numbered from 0)")
 
 
 def check_wav_length(path: Path, rate: int) -> None:
@@ -78,13 +86,15 @@ def check_wav_length(path: Path, rate: int) -> None:
 
 
 def load_audio(
-    path: str | Path, start: float | None = None, end: float | None = None, sr: int = 16000
+    path: str | Path, start: float | None = None, end: float | None = None, sr: int = 16000,
+    channel: int | None = None,
 ) -> np.ndarray:
     """Read `path` (or its `[start, end)` slice, in seconds) as mono float32 at `sr` Hz.
 
-    Channels are averaged. Integer PCM comes back scaled to [-1, 1] by soundfile; float files are
-    kept as they are (values beyond ±1 are legal there) but must be finite. An `end` past the
-    end of the file is clipped to it, since corpus timings are often rounded up a little.
+    `channel` (0-based) reads that channel alone; without it the channels are averaged. Integer PCM comes
+    back scaled to [-1, 1] by soundfile; float files are kept as they are (values beyond ±1 are legal
+    there) but must be finite. An `end` past the end of the file is clipped to it, since corpus timings
+    are often rounded up a little.
     """
     path = Path(path)
     if sr <= 0:
@@ -98,6 +108,8 @@ def load_audio(
             check_wav_length(path, rate)
             first = 0 if start is None else round(start * rate)
             last = f.frames if end is None else min(f.frames, round(end * rate))
+            if channel is not None:
+                check_channel(path, channel, f.channels)
             if last <= first:
                 what = "no samples" if f.frames == 0 else f"empty slice [{start}, {end}] s"
                 raise AudioError(f"{path}: {what} (file has {f.frames} frames at {rate} Hz)")
@@ -112,7 +124,7 @@ def load_audio(
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
 
-    mono = data.mean(axis=1, dtype=np.float32)
+    mono = data[:, channel] if channel is not None else data.mean(axis=1, dtype=np.float32)
     if rate != sr:
         # Reduce the ratio so the polyphase filter is as short as possible (44.1k -> 16k is 160/441).
         from scipy.signal import resample_poly  # scipy.signal takes seconds to import: only when resampling

@@ -109,7 +109,7 @@ def human_bytes(n: float) -> str:
 
 
 def _load(u: Utterance, sample_rate: int) -> np.ndarray:
-    return load_audio(u.audio_path, u.start, u.end, sr=sample_rate)
+    return load_audio(u.audio_path, u.start, u.end, sr=sample_rate, channel=u.channel)
 
 
 def empty_frames(extractor: Extractor, u: Utterance, values: dict) -> str | None:

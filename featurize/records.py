@@ -28,7 +28,8 @@ class Utterance:
     """One utterance of a corpus.
 
     `utt_id` is prefixed by the corpus (``iemocap/Ses01F_impro01_F000``) so several corpora can
-    share one store. `start`/`end` are set when the audio is a slice of a longer file. `words` are
+    share one store. `start`/`end` are set when the audio is a slice of a longer file; `channel` (0-based)
+    when it is one channel of a multi-channel file (None: the mean of all its channels). `words` are
     relative to the utterance start; `word_source` says where they came from
     (``forced_alignment`` | ``asr`` | ``corpus``), so a later ASR pass never overwrites a forced
     alignment.
@@ -44,6 +45,7 @@ class Utterance:
     audio_path: str | None = None
     start: float | None = None
     end: float | None = None
+    channel: int | None = None
     text: str | None = None
     soft_labels: dict[str, float] | None = None
     words: list[Word] | None = None

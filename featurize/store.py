@@ -218,10 +218,11 @@ def _chunk_rows(tail: Sequence[int], itemsize: int) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # The utterance table: one column per record field. None is "" for strings, NaN for floats, -1 for
-# turn; nested fields (words, soft labels, extra) are JSON strings.
+# turn and channel; nested fields (words, soft labels, extra) are JSON strings.
 _STR_COLS = ("utt_id", "corpus", "speaker", "label", "session", "dialog", "audio_path", "text", "word_source", "split")
 _FLOAT_COLS = ("start", "end", "duration")
 _JSON_COLS = ("soft_labels", "words", "extra")
+_INT_COLS = ("turn", "channel")
 
 
 def _table_columns(utts: Sequence[Utterance]) -> dict[str, np.ndarray]:
@@ -230,7 +231,8 @@ def _table_columns(utts: Sequence[Utterance]) -> dict[str, np.ndarray]:
         cols[c] = np.array([getattr(u, c) or "" for u in utts], dtype=object)
     for c in _FLOAT_COLS:
         cols[c] = np.array([np.nan if getattr(u, c) is None else getattr(u, c) for u in utts], dtype=np.float64)
-    cols["turn"] = np.array([-1 if u.turn is None else u.turn for u in utts], dtype=np.int64)
+    for c in _INT_COLS:
+        cols[c] = np.array([-1 if getattr(u, c) is None else getattr(u, c) for u in utts], dtype=np.int64)
     # None and "absent" differ for text: an utterance without a transcript must not look like "".
     cols["has_text"] = np.array([u.text is not None for u in utts], dtype=bool)
     for c in _JSON_COLS:
@@ -256,8 +258,10 @@ def _rows_from_columns(cols: dict[str, np.ndarray]) -> list[Utterance]:
         for c in _FLOAT_COLS:
             v = float(cols[c][i])
             d[c] = None if math.isnan(v) else v
-        t = int(cols["turn"][i])
-        d["turn"] = None if t < 0 else t
+        for c in _INT_COLS:
+            # a table written before a column existed (channel: schema 1's first stores) reads it as None
+            v = int(cols[c][i]) if c in cols else -1
+            d[c] = None if v < 0 else v
         for c in _JSON_COLS:
             d[c] = json.loads(str(cols[c][i]))
         if d["words"] is not None:
@@ -336,7 +340,7 @@ class FeatureStore:
         if self._table_name() in self.root:
             table = self.root[self._table_name()]
             cols = set(table.array_keys())
-            need = set(schema["utterances"]["columns"])
+            need = {c for c, spec in schema["utterances"]["columns"].items() if not spec.get("added_later")}
             if need - cols:
                 raise StoreError(f"{self.where}: utterance table lacks columns {sorted(need - cols)}")
         feat_schema = schema["feature"]
@@ -968,10 +972,10 @@ class FeatureStore:
 
 
 def input_changes(old: Utterance, new: Utterance) -> set[str]:
-    """What of an utterance's feature inputs an update changes: ``audio`` (its file or slice), ``text`` (its
+    """What of an utterance's feature inputs an update changes: ``audio`` (its file, slice or channel), ``text`` (its
     transcript), ``words`` (its word strings; new word times alone change no feature)."""
     what = set()
-    if (old.audio_path, old.start, old.end) != (new.audio_path, new.start, new.end):
+    if (old.audio_path, old.start, old.end, old.channel) != (new.audio_path, new.start, new.end, new.channel):
         what.add("audio")
     if old.text != new.text:
         what.add("text")

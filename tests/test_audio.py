@@ -48,6 +48,20 @@ def test_formats_become_16k_mono_float32(tmp_path: Path, name, rate, channels, s
     assert audio_duration(path) == pytest.approx(seconds)
 
 
+def test_a_channel_asked_for_is_read_alone(tmp_path: Path):
+    left, right = _sine(300, 1.0, 16000, 0.5), _sine(900, 1.0, 16000, 0.25)
+    path = tmp_path / "two_speakers.wav"
+    sf.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path, channel=1), right.astype(np.float32))
+    np.testing.assert_array_equal(load_audio(path, start=0.5, channel=0), left[8000:].astype(np.float32))
+    assert _peak_hz(load_audio(path, channel=1), 16000) == pytest.approx(900, abs=2.0)
+    for bad in (2, -1):
+        with pytest.raises(AudioError, match=f"two_speakers.wav: no channel {bad} \\(the file has 2"):
+            load_audio(path, channel=bad)
+        with pytest.raises(AudioError, match=f"no channel {bad}"):
+            audio_duration(path, channel=bad)
+
+
 def test_float_wav_beyond_unit_range_is_kept(tmp_path: Path):
     path = tmp_path / "loud.wav"
     sf.write(path, np.array([0.0, 1.5, -2.0, 0.25], dtype=np.float32), 16000, subtype="FLOAT")

@@ -295,6 +295,63 @@ def test_lhotse_cuts_are_a_corpus(tmp_path):
         read_corpus("lhotse", path, columns={"colour": "x"})
 
 
+def test_lhotse_cuts_read_the_channel_they_name(tmp_path):
+    """A two-speaker stereo recording cut per channel, a recording kept as one file per channel, and cuts
+    sercache cannot read as one signal (several channels, a channel no source holds or the file lacks)."""
+    from featurize.audio import load_audio
+    from tests.conftest import tone
+
+    left, right = tone(2.0, 200), tone(2.0, 700, seed=1)
+    sf.write(tmp_path / "dialog.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "mic0.wav", left, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "mic1.wav", right, 16000, subtype="FLOAT")
+    stereo = [{"type": "file", "channels": [0, 1], "source": "dialog.wav"}]
+    per_file = [{"type": "file", "channels": [0], "source": "mic0.wav"},
+                {"type": "file", "channels": [1], "source": "mic1.wav"}]
+    claims_three = [{"type": "file", "channels": [0, 1, 2], "source": "dialog.wav"}]
+
+    def cut(cid, sources, channel):
+        return json.dumps({
+            "id": cid, "start": 0.5, "duration": 1.0, "channel": channel, "type": "MonoCut",
+            "supervisions": [{"id": f"s-{cid}", "start": 0.0, "duration": 1.0, "speaker": "spk",
+                              "custom": {"emotion": "neu"}}],
+            "recording": {"id": cid, "sources": sources, "sampling_rate": 16000, "num_samples": 32000,
+                          "duration": 2.0, "channel_ids": sorted({c for s in sources for c in s["channels"]})}})
+
+    lines = [cut("right", stereo, 1), cut("both", stereo, [0, 1]), cut("mic1", per_file, 1),
+             cut("two_of_three", claims_three, [0, 1]), cut("nowhere", stereo, 4), cut("lacking", claims_three, 2)]
+    path = tmp_path / "cuts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    utts, report = read_corpus("lhotse", path)
+    by_id = {u.utt_id.split("/")[1]: u for u in utts}
+    assert sorted(by_id) == ["both", "mic1", "right"]
+    assert (by_id["right"].channel, by_id["both"].channel, by_id["mic1"].channel) == (1, None, None)
+    assert by_id["mic1"].audio_path == str(tmp_path / "mic1.wav")
+    half = slice(8000, 24000)
+    np.testing.assert_array_equal(load_audio(by_id["right"].audio_path, 0.5, 1.5, channel=1), right[half])
+    np.testing.assert_array_equal(load_audio(by_id["mic1"].audio_path, 0.5, 1.5), right[half])
+    np.testing.assert_allclose(load_audio(by_id["both"].audio_path, 0.5, 1.5), (left[half] + right[half]) / 2,
+                               atol=1e-7)
+    unusable = report.skipped["unusable cut"]
+    assert [w.split(":")[0] for w in unusable] == ["cuts.jsonl line 4", "cuts.jsonl line 5"]
+    assert "reads channels [0, 1] of the 3 in dialog.wav" in unusable[0]
+    assert "no file source of its recording holds channel(s) [4]" in unusable[1]
+    (lacking,) = report.skipped["unreadable audio"]
+    assert lacking.startswith("cuts.jsonl line 6") and "dialog.wav: no channel 2 (the file has 2" in lacking
+
+
+def test_a_manifest_channel_column_picks_one_channel(tmp_path):
+    from tests.conftest import tone
+
+    sf.write(tmp_path / "stereo.wav", np.stack([tone(1.0, 200), tone(1.0, 700)], axis=1), 16000)
+    (tmp_path / "m.csv").write_text("path,label,speaker,channel,id\n"
+                                    "stereo.wav,neu,a,1,right\nstereo.wav,neu,b,,mean\nstereo.wav,neu,c,2,third\n")
+    utts, report = read_corpus("manifest", tmp_path / "m.csv")
+    assert [(u.utt_id, u.channel) for u in utts] == [("m/right", 1), ("m/mean", None)]
+    (skip,) = report.skipped["unreadable audio"]
+    assert "stereo.wav: no channel 2 (the file has 2" in skip
+
+
 def test_manifest_column_mapping_and_name(tmp_path):
     from tests.conftest import tone
 

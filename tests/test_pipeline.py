@@ -349,6 +349,25 @@ def test_an_utterance_whose_audio_changed_in_the_corpus_is_never_served_from_old
     assert len(store.read(name).get(utts[3].utt_id)) == 1 + (3200 - 400) // 160  # the 0.2 s slice
 
 
+def test_each_speaker_of_a_stereo_dialogue_gets_the_features_of_its_own_channel(tmp_path):
+    import soundfile as sf
+
+    from featurize.extractors.fbank import kaldi_fbank
+    from tests.conftest import tone
+
+    left, right = tone(1.0, 200), tone(1.0, 1500, amp=0.05, seed=1)
+    sf.write(tmp_path / "dialog.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    (tmp_path / "m.csv").write_text("path,label,speaker,channel,id\n"
+                                    "dialog.wav,neu,a,0,a\ndialog.wav,ang,b,1,b\ndialog.wav,sad,c,,mix\n")
+    utts, _ = read_corpus("manifest", tmp_path / "m.csv")
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, Fbank(), workers=1)
+    feats = store.read(store.resolve_feature("fbank"))
+    for uid, samples in (("m/a", left), ("m/b", right), ("m/mix", (left + right) / 2)):
+        np.testing.assert_array_equal(feats.get(uid), kaldi_fbank(samples).astype(np.float16))
+    assert np.abs(feats.get("m/a") - feats.get("m/b")).max() > 1.0
+
+
 def test_fbank_at_another_sample_rate_is_a_feature_of_its_own(tmp_path):
     from featurize.audio import load_audio
     from featurize.extractors.fbank import kaldi_fbank

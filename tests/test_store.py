@@ -22,6 +22,7 @@ def _utts(n: int) -> list[Utterance]:
             words=[Word("a", 0.0, 0.5)] if i == 1 else None,
             soft_labels={"neu": 0.75, "ang": 0.25},
             turn=i,
+            channel=1 if i == 3 else None,
             duration=1.0 + i,
         )
         for i in range(n)
@@ -35,6 +36,26 @@ def test_utterance_table_round_trip(tmp_path):
     back = FeatureStore(tmp_path / "s.zarr", create=False).utterances()
     assert back == utts
     assert back[0].text is None and back[2].text == "t 2"  # absent text stays absent, not ""
+
+
+def test_a_table_written_before_the_channel_column_reads_every_channel_as_the_mean(tmp_path):
+    store = FeatureStore(tmp_path / "s.zarr")
+    store.write_utterances(_utts(5))
+    import shutil
+
+    shutil.rmtree(tmp_path / "s.zarr" / "utterances" / "channel")  # as the first schema-1 stores were written
+    older = FeatureStore(tmp_path / "s.zarr", create=False)
+    older.validate()
+    assert [u.channel for u in older.utterances()] == [None] * 5
+
+
+def test_another_channel_of_the_same_file_is_another_audio_input():
+    from featurize.store import input_changes
+
+    left = Utterance("c/u", "c", "s", audio_path="/d/a.wav", start=1.0, end=2.0)
+    right = Utterance("c/u", "c", "s", audio_path="/d/a.wav", start=1.0, end=2.0, channel=1)
+    assert input_changes(left, right) == {"audio"}
+    assert input_changes(right, right) == set()
 
 
 def test_rereading_a_corpus_keeps_asr_words(tmp_path):

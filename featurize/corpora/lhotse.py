@@ -1,7 +1,9 @@
 """A lhotse CutSet manifest (``cuts.jsonl`` or ``cuts.jsonl.gz``, one cut per line) read as a corpus.
 
 Each MonoCut becomes one utterance: its recording's file source is the audio, ``start`` / ``duration`` the
-slice, and its first supervision gives the speaker, the text and the label. The label is the supervision's
+slice, ``channel`` the channel read (the file source that holds it, when a recording has one file per channel;
+a cut over all of a file's channels reads their mean), and its first supervision gives the speaker, the text
+and the label. The label is the supervision's
 ``custom["emotion"]`` by default; ``--columns label=KEY`` reads ``custom[KEY]`` instead (``session=KEY``
 likewise; ``speaker`` and ``text`` are the supervision's own fields unless mapped to a custom key). lhotse
 itself is not needed to read the file. Cuts that are not plain file-backed mono cuts are skipped and named.
@@ -59,11 +61,12 @@ def _utterance(cut: dict, corpus: str, columns: dict[str, str], base: Path) -> U
     sources = [s for s in cut["recording"]["sources"] if s.get("type") == "file"]
     if not sources:
         raise ValueError(f"cut {cut['id']!r}: its recording has no file source")
-    audio = Path(sources[0]["source"])
+    source, channel = _source_and_channel(cut, sources)
+    audio = Path(source["source"])
     audio = audio if audio.is_absolute() else base / audio
     if not audio.is_file():
         raise ValueError(f"cut {cut['id']!r}: no audio file {audio}")
-    file_seconds = audio_duration(audio)
+    file_seconds = audio_duration(audio, channel)
     start = float(cut.get("start", 0.0))
     end = min(start + float(cut["duration"]), file_seconds)
     if not 0 <= start < end:
@@ -90,7 +93,28 @@ def _utterance(cut: dict, corpus: str, columns: dict[str, str], base: Path) -> U
         audio_path=str(audio),
         start=start,
         end=end,
+        channel=channel,
         text=field("text", "text"),
         duration=round(end - start, 6),
         extra={k: v for k, v in custom.items() if isinstance(v, (str, int, float))},
     )
+
+
+def _source_and_channel(cut: dict, sources: list[dict]) -> tuple[dict, int | None]:
+    """The file source holding the cut's channel(s), and the channel to read from that file: its position in
+    the source's ``channels``, or None (the mean) when the cut covers every channel of the file."""
+    wanted = cut.get("channel")
+    if wanted is None:  # no channel given: the first file, all of it
+        return sources[0], None
+    wanted = [wanted] if isinstance(wanted, int) else list(wanted)
+    for source in sources:
+        held = list(source.get("channels") or [0])
+        if not set(wanted) <= set(held):
+            continue
+        if set(wanted) == set(held):
+            return source, None
+        if len(wanted) == 1:
+            return source, held.index(wanted[0])
+        raise ValueError(f"cut {cut['id']!r} reads channels {wanted} of the {len(held)} in {source['source']}: "
+                         "sercache reads one channel of a file, or the mean of all of them")
+    raise ValueError(f"cut {cut['id']!r}: no file source of its recording holds channel(s) {wanted}")

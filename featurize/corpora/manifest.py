@@ -1,8 +1,9 @@
 """Any corpus described by a manifest: a CSV or JSONL file with one row per utterance.
 
 Required columns: `path`, `label`, `speaker`. Optional: `text`, `session`, `dialog`, `turn`,
-`start`, `end`, `id`, `split`; any other column is kept in `extra`. Relative paths resolve
-against the manifest's folder, so a corpus folder with its manifest can be moved as a whole.
+`start`, `end`, `channel` (0-based, to read one channel of a multi-channel file instead of their mean),
+`id`, `split`; any other column is kept in `extra`. Relative paths resolve against the manifest's folder,
+so a corpus folder with its manifest can be moved as a whole.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from featurize.corpora import first_of_id, register
 from featurize.records import CorpusReport, Utterance
 
 REQUIRED = ("path", "label", "speaker")
-OPTIONAL = ("text", "session", "dialog", "turn", "start", "end", "id", "split")
+OPTIONAL = ("text", "session", "dialog", "turn", "start", "end", "channel", "id", "split")
 
 
 class _BadRow(Exception):
@@ -124,8 +125,9 @@ def _utterance(row: dict, base: Path, corpus: str) -> Utterance:
     start = _number(values.get("start"), float, "start")
     end = _number(values.get("end"), float, "end")
     turn = _number(values.get("turn"), int, "turn")
+    channel = _number(values.get("channel"), int, "channel")
     try:
-        file_duration = audio_duration(audio)
+        file_duration = audio_duration(audio, channel)
     except AudioError as e:
         raise _BadRow("unreadable audio", str(e)) from e
     span_end = file_duration if end is None else min(end, file_duration)
@@ -148,6 +150,7 @@ def _utterance(row: dict, base: Path, corpus: str) -> Utterance:
         audio_path=str(audio),
         start=start,
         end=end,
+        channel=channel,
         text=values.get("text"),
         split=values.get("split"),
         duration=round(span_end - (start or 0.0), 6),
