@@ -181,6 +181,28 @@ def _three_class_problem() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def test_cross_validation_scores_each_held_out_group_on_a_fit_standardised_without_it():
+    """The loader z-scores a fold with all its training rows, held-out groups included; each cross-validation
+    fit must see only its own rows' statistics, as the final fit does. One speaker group here speaks 10x louder
+    in half the dimensions, which would otherwise shrink those dimensions (and their weights' penalty) in the
+    fits it is held out from."""
+    from train.heads.linear import Config, cross_validate, objective, solve_rows
+
+    x, y = _three_class_problem()
+    groups = np.repeat([0, 1, 2], 50)
+    x[groups == 2, :20] *= 10.0
+    loaded = (x - x.mean(0)) / x.std(0, ddof=1)  # what the loader hands the head
+    cfg, c = Config(cv=3), 0.3
+    (scored,) = cross_validate(loaded, y, groups, [c], cfg, CLASSES)
+    losses = []
+    for g in range(3):
+        fit, held = x[groups != g], x[groups == g]
+        mean, std = fit.mean(0), fit.std(0, ddof=1)
+        params, vt, _ = solve_rows((fit - mean) / std, y[groups != g], 3, c, cfg)
+        losses.append(objective(params, ((held - mean) / std) @ vt.T, y[groups == g], 3, 0.0, cfg.loss)[0])
+    assert scored["cv_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+
+
 def test_balanced_class_weights_count_every_class_alike():
     y = np.array([0, 0, 0, 0, 1, 1, 2, 2, -100])  # -100: unlabelled context, not counted
     w = class_weights("balanced", y, 4)

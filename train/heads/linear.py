@@ -231,6 +231,16 @@ def cv_groups(train_speakers: list[str], n_select: int, k: int) -> np.ndarray:
     return np.array([group_of[s] for s in train_speakers] + [0] * n_select)
 
 
+def standardise_on(x_fit: np.ndarray, x_held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both z-scored with ``x_fit``'s statistics alone (a column constant there is centred only), as the data
+    loader z-scores a fold with its training rows': the rows x comes in were z-scored with every training
+    speaker's statistics, held-out group included, which would let that group shape the scale, and so the
+    L2 penalty, of the fit it scores. Re-standardising z-scored rows equals standardising the raw ones."""
+    mean, std = x_fit.mean(0), x_fit.std(0, ddof=1) if len(x_fit) > 1 else np.ones(x_fit.shape[1])
+    std = np.where(std < 1e-5, 1.0, std)
+    return (x_fit - mean) / std, (x_held - mean) / std
+
+
 def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid: list[float], cfg: Config,
                    classes: list[str], class_weight: str = "none") -> list[dict]:
     """Mean held-out WA / UA / macro-F1 of each C over the groups (each held out in turn), warm-starting
@@ -240,8 +250,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid: list[
     infos: dict[float, list[dict]] = {c: [] for c in grid}
     for g in np.unique(groups) if cfg.cv > 1 else [0]:
         fit_rows, held = groups != g, groups == g
-        vt = row_basis(x[fit_rows])
-        z, z_held, r = x[fit_rows] @ vt.T, x[held] @ vt.T, len(vt)
+        x_fit, x_held = standardise_on(x[fit_rows], x[held])
+        vt = row_basis(x_fit)
+        z, z_held, r = x_fit @ vt.T, x_held @ vt.T, len(vt)
         params = None
         for c in grid:
             params, info = solve(z, y[fit_rows], k, c, cfg, params, class_weight)
