@@ -110,14 +110,40 @@ def record_path(bench: str, cell: str) -> Path:
     return RESULTS / "cells" / bench / f"{cell}.json"
 
 
-def read_record(bench: str, cell: str, req: RunRequest) -> dict | None:
-    """The committed record of a cell, if it was made with the settings the sweep file asks now."""
+def feature_groups_now(store: str, cells: list[tuple[str, RunRequest]]) -> dict[str, str]:
+    """{feature name a sweep asks for: the store's group of it now} (fingerprinted: ``fbank-1a2b3c4d``), for the
+    names the store resolves; none when there is no store here (records are then shown on their settings)."""
+    from featurize.store import FeatureStore, StoreError
+    from train.data import FeatureChoice
+
+    try:
+        opened = FeatureStore(store, create=False)
+    except StoreError:
+        return {}
+    groups = {}
+    for name in {FeatureChoice.parse(f).name for _, req in cells for f in req.features}:
+        try:
+            groups[name] = opened.resolve_feature(name)
+        except StoreError:  # not extracted here (or ambiguous): that cell's records are shown on their settings
+            continue
+    return groups
+
+
+def read_record(bench: str, cell: str, req: RunRequest, groups_now: dict[str, str] | None = None) -> dict | None:
+    """The committed record of a cell, if it was made with the settings the sweep file asks now and, where
+    ``groups_now`` (``feature_groups_now``) names them, on the feature groups the store holds now: a feature
+    extracted again with another configuration is a new group, and the figures of the old one are not its."""
     path = record_path(bench, cell)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
     kept = record["settings"]
     current = settings(kept["request"], kept.get("head_config"), kept.get("recipe")) == cell_settings(req)
+    from train.data import FeatureChoice
+
+    names = [FeatureChoice.parse(f).name for f in req.features]
+    if groups_now and record.get("feature_groups") and all(n in groups_now for n in names):
+        current = current and set(record["feature_groups"]) <= {groups_now[n] for n in names}
     return record if current else None
 
 
@@ -144,6 +170,7 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
         "cell": cell,
         "settings": asked,
         "inputs": inputs,
+        "feature_groups": sorted(i["feature"] for i in run_config["inputs"].values()),
         **{k: summary[k] for k in METRICS},
         "evaluation": summary.get("evaluation", "honest"),
         # the loop never refits under paper evaluation (its checkpoint comes from the test fold)
@@ -246,12 +273,12 @@ def sklearn_reference(store: str, bench: str) -> dict | None:
         "per_fold": per_fold}
 
 
-def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path,
-          reference: dict | None = None) -> tuple[list[str], list[str]]:
+def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path, reference: dict | None = None,
+          groups_now: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(Markdown lines, cells whose fused head is worse than its audio-only variant) from the records."""
     rows = []
     for name, req in cells:
-        r = read_record(bench, name, req)
+        r = read_record(bench, name, req, groups_now)
         rows.append({"cell": name, "paper": req.evaluation == "paper",
                      **(r or {"inputs": "", "train_seconds": None, "machine": ""})})
     header = ["| cell | inputs | WA | UA | macro-F1 | refit | flagged runs | minutes | machine, date |",
@@ -340,9 +367,10 @@ def main() -> None:
             print("MPNet not installed (`make models`): its iemo-text cells fail and are left out")
         out = out_root / bench
         cells = sweep_cells(bench)
+        groups_now = feature_groups_now(a.store, cells)
         if not a.collect_only:
             wanted = set(a.cells.split(",")) if a.cells else None
-            names = [n for n, req in cells if not (a.missing and read_record(bench, n, req) is not None)
+            names = [n for n, req in cells if not (a.missing and read_record(bench, n, req, groups_now) is not None)
                      and (wanted is None or n in wanted)]
             train_cells(bench, names, out, a.store, a.jobs)
         for name, req in cells:
@@ -350,7 +378,7 @@ def main() -> None:
         reference = sklearn_reference(a.store, bench) if Path(a.store).exists() else None
         if reference is not None:
             print(f"{bench}: scikit-learn reference UA {fmt(reference['ua'])} (same features and folds)")
-        lines, bad = table(bench, cells, a.data, reference)
+        lines, bad = table(bench, cells, a.data, reference, groups_now)
         defects += bad
         (RESULTS / f"accuracy-{bench}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

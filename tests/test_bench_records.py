@@ -70,6 +70,36 @@ def test_records_follow_the_sweep_file(tmp_path, monkeypatch):
     assert accuracy.read_record("rav4", "linear-compare", req)["wa"]["mean"] == 0.6
 
 
+def test_a_record_of_a_feature_group_the_store_no_longer_serves_is_not_shown(tmp_path, monkeypatch):
+    """Records name the fingerprinted groups they trained on: once the store resolves the feature to another
+    group (extracted again with another configuration), the old figures are not its figures."""
+    from featurize.extractors.opensmile import OpenSmile
+    from featurize.pipeline import run_extraction
+    from featurize.store import FeatureStore
+    from tests.conftest import write_manifest_corpus
+
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    cells = accuracy.sweep_cells("rav4")
+    req = dict(cells)["linear-compare"]
+    _finished_cell(tmp_path / "run" / "linear-compare", req, 0.6)
+    accuracy.record_finished("rav4", "linear-compare", req, tmp_path / "run" / "linear-compare")
+    assert accuracy.read_record("rav4", "linear-compare", req)["feature_groups"] == ["opensmile_compare-0123abcd"]
+    assert accuracy.read_record("rav4", "linear-compare", req, {"opensmile": "opensmile_compare-0123abcd"})
+    assert accuracy.read_record("rav4", "linear-compare", req, {"opensmile": "opensmile_compare-99990000"}) is None
+    assert accuracy.read_record("rav4", "linear-compare", req, {"fbank": "fbank-11112222"})  # cannot tell: shown
+
+    # what a real store resolves the sweep's names to
+    from featurize.corpora import read_corpus
+
+    utts, _ = read_corpus("manifest", write_manifest_corpus(tmp_path / "c", 3))
+    store = FeatureStore(tmp_path / "s.zarr")
+    run_extraction(store, utts, OpenSmile(), workers=1)
+    groups = accuracy.feature_groups_now(str(tmp_path / "s.zarr"), cells)
+    assert groups == {"opensmile": store.resolve_feature("opensmile")}
+    assert accuracy.read_record("rav4", "linear-compare", req, groups) is None  # 0123abcd is not that group
+    assert accuracy.feature_groups_now(str(tmp_path / "none.zarr"), cells) == {}
+
+
 def test_fused_head_below_its_audio_only_variant_is_flagged(tmp_path, monkeypatch):
     monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
     cells = dict(accuracy.sweep_cells("rav4"))
