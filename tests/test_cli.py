@@ -44,7 +44,22 @@ def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[st
     train = ["train", "run", "--store", str(store), "--corpus", "corpus", "--protocol", "speaker-kfold"]
     dup = manifest.parent / "dup.csv"  # beside the corpus: its relative paths resolve there
     dup.write_text(manifest.read_text() + manifest.read_text().splitlines()[1] + "\n")
+    sweeps = {"not_yaml": "grid:\n  - {head: linear, features: [opensmile]\n",
+              "no_grid": "corpus: corpus\nprotocol: speaker-kfold\n",
+              "option_at_cell_level": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n"
+                                      "  - {head: linear, features: [opensmile], C: 0.1}\n",
+              "no_protocol": "corpus: corpus\ngrid:\n  - {head: linear, features: [opensmile]}\n"}
+    for name, text in sweeps.items():
+        (tmp / f"{name}.yaml").write_text(text)
+    sweep = ["train", "sweep", "--store", str(store), "--out", str(tmp / "sweep")]
     return [
+        ("a sweep file that is not YAML", [*sweep, str(tmp / "not_yaml.yaml")], 2,
+         ["not_yaml.yaml: a sweep file that is not YAML", "line 3"]),
+        ("a sweep file without a grid", [*sweep, str(tmp / "no_grid.yaml")], 2, ["no_grid.yaml", "`grid` must be"]),
+        ("a head option beside the head in a sweep", [*sweep, str(tmp / "option_at_cell_level.yaml")], 2,
+         ["grid entry 1 (linear): unknown key(s) C", "under `options:`"]),
+        ("a sweep cell without a protocol", [*sweep, str(tmp / "no_protocol.yaml")], 2,
+         ["grid entry 1 (linear) gives no protocol"]),
         ("unknown head", train + ["--head", "nope", "--feature", "fbank-x"], 2, ["unknown head 'nope'", "linear"]),
         ("unknown extractor, before the corpus is read",
          ["featurize", "extract", "--corpus", "manifest", "--data", "/nowhere.csv", "--model", "nope"], 2,

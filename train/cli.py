@@ -333,15 +333,54 @@ def split_features(text: str) -> list[str]:
 def read_yaml_mapping(path: Path, what: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file ({what})")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: {what} that is not YAML ({getattr(e, 'problem', None) or e}{where})") from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{path}: {what} is a mapping of setting: value")
     return data
 
 
-def expand_grid(sweep: dict) -> list[tuple[str, RunRequest]]:
+# What a sweep file's top level and each of its grid entries may set (an entry's settings override the top level's)
+SWEEP_KEYS = {f.name for f in dataclasses.fields(RunRequest)} | {"name"}
+SWEEP_REQUIRED = ("head", "features", "corpus", "protocol")
+
+
+def check_sweep(sweep: dict, where: str = "sweep file") -> None:
+    """One clear error for a sweep file that cannot be expanded: no grid, an entry that is not a mapping, an
+    unknown key, a setting no entry or default gives."""
+    grid = sweep.get("grid")
+    if not isinstance(grid, list) or not grid:
+        raise ValueError(f"{where}: `grid` must be a list of cells, each a mapping with at least "
+                         f"{', '.join(SWEEP_REQUIRED)} (or those as top-level defaults)")
+    unknown = sorted(set(sweep) - SWEEP_KEYS - {"grid"})
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; keys: grid, "
+                         f"{', '.join(sorted(SWEEP_KEYS))}")
+    for i, entry in enumerate(grid, start=1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: grid entry {i} is {entry!r}, not a mapping of settings (head: ..., ...)")
+        unknown = sorted(set(entry) - SWEEP_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: grid entry {i} ({entry.get('name') or entry.get('head')}): unknown key(s) "
+                             f"{', '.join(unknown)}; keys: {', '.join(sorted(SWEEP_KEYS))} (head and recipe "
+                             "options go under `options:`)")
+        missing = [k for k in SWEEP_REQUIRED if k not in entry and k not in sweep]
+        if missing:
+            raise ValueError(f"{where}: grid entry {i} ({entry.get('name') or entry.get('head')}) gives no "
+                             f"{', '.join(missing)}, and the file has no default for it")
+        for key in ("options", "protocol_options"):
+            if not isinstance(entry.get(key) or {}, dict) or not isinstance(sweep.get(key) or {}, dict):
+                raise ValueError(f"{where}: grid entry {i}: `{key}` must be a mapping of option: value")
+
+
+def expand_grid(sweep: dict, where: str = "sweep file") -> list[tuple[str, RunRequest]]:
     """Cells of a sweep file: each entry of ``grid`` is a head with lists of options; every
     combination is a cell. Top-level keys are the defaults of every cell."""
+    check_sweep(sweep, where)
     base = {k: v for k, v in sweep.items() if k not in ("grid", "name")}
     cells = []
     for entry in sweep["grid"]:
@@ -394,10 +433,10 @@ def sweep(
                                   "local:N or tcp://HOST:PORT (workers share this file system; one torch thread each)"),
 ) -> None:
     """Run a grid of heads × options × seeds × folds; finished cells are not rerun. Prints the grid table."""
-    spec = yaml.safe_load(config.read_text())
+    spec = read_yaml_mapping(config, "a sweep file")
     if store is not None:
         spec["store"] = str(store)
-    cells = expand_grid(spec)
+    cells = expand_grid(spec, str(config))
     out = out or Path("runs") / f"sweep-{config.stem}"
     out.mkdir(parents=True, exist_ok=True)
     # sweep.json always lists the whole grid, so a partial run shows its other cells as not finished
