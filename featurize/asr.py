@@ -91,11 +91,13 @@ class Transcriber:
         from faster_whisper import WhisperModel
 
         from featurize.extractors.whisper import SHORT_NAMES
-        from featurize.models import resolve_model
+        from featurize.models import check_model_dir, looks_like_path, resolve_model
 
         # a short name (`base`, `whisper-base`, `tiny.en`) means the model `make models` installed
         name = SHORT_NAMES.get(str(model_path)) if model_path else "whisper-tiny.en"
         self.location = resolve_model(name) if name else str(model_path)
+        if looks_like_path(self.location):
+            check_model_dir(self.location, "a CTranslate2 Whisper folder with model.bin, or base / tiny.en")
         self.compute_type = compute_type or ("int8" if device == "cpu" else "float16")
         self.beam_size = beam_size
         self.model = WhisperModel(self.location, device=device, compute_type=self.compute_type, cpu_threads=threads,

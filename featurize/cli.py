@@ -69,7 +69,7 @@ def extract(
     name: str = typer.Option(None, help="manifest / lhotse: the corpus name that prefixes ids (default: file stem)"),
     columns: str = typer.Option(None, help="manifest / lhotse: where the fields are, e.g. path=wav,label=emo"),
     store: str = typer.Option(DEFAULT_STORE, help="the feature store: a directory or an fsspec URL (s3://bucket/prefix)"),
-    workers: int = typer.Option(max(1, (os.cpu_count() or 2)), help="CPU worker processes"),
+    workers: int = typer.Option(max(1, (os.cpu_count() or 2)), min=1, help="CPU worker processes"),
     model_id: str = typer.Option(None, help="Hugging Face hub id of the encoder (neural extractors)"),
     model_path: Path = typer.Option(None, help="local directory of the encoder (neural extractors)"),
     layers: str = typer.Option(None, help="hidden layers to store, e.g. 0-12 or 9,12 (neural extractors)"),
@@ -169,8 +169,8 @@ def transcribe(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     compute_type: str = typer.Option(None, help="CTranslate2 compute type (default int8 on cpu, float16 on cuda)"),
     beam_size: int = typer.Option(5, help="beam size (1 = greedy, faster)"),
-    workers: int = typer.Option(1, help="utterances decoded at once (faster-whisper num_workers)"),
-    threads: int = typer.Option(0, help="CPU threads per worker (0: cores / workers)"),
+    workers: int = typer.Option(1, min=1, help="utterances decoded at once (faster-whisper num_workers)"),
+    threads: int = typer.Option(0, min=0, help="CPU threads per worker (0: cores / workers)"),
     language: str = typer.Option(None, help="language code (default: en for *.en models, else detected)"),
     limit: int = typer.Option(None, help="transcribe at most this many utterances (for a quick try)"),
     force: bool = typer.Option(False, help="redo utterances that already have ASR words"),
@@ -183,7 +183,6 @@ def transcribe(
     utts, report = read_corpus(corpus, data, **reader_options(corpus, name, columns))
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     print_skips(report.entries())
-    workers = max(1, workers)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     model = Transcriber(str(model_path) if model_path else None, device=device, compute_type=compute_type,
                         beam_size=beam_size, threads=threads, workers=workers, language=language)

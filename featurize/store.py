@@ -291,7 +291,7 @@ class FeatureStore:
                 self._recover_table_swap()
         if not self.remote and (self.path / PARTIAL).is_dir():
             self._recover_repairs()
-        if not self.location.exists("zarr.json"):
+        if not self._root_exists():
             if not create:
                 raise StoreError(f"no feature store at {self.where} (run `featurize extract` first)")
             # two jobs starting on one new store: one creates it under the lock, the other then opens it
@@ -326,6 +326,17 @@ class FeatureStore:
         what = "the utterance table" if part == "utterances" else part
         return self.location.lock(f"{LOCK_DIR}/{part.replace(' ', '-')}.lock", f"{what} of {self.where}",
                                   shared=shared, timeout=self.lock_timeout, on_wait=self.on_wait)
+
+    def _root_exists(self) -> bool:
+        """Whether the store's root is there; the first touch of an object store, where a wrong endpoint, missing
+        credentials or a refused bucket come up, each turned into one error naming the store."""
+        if not self.remote:
+            return self.location.exists("zarr.json")
+        try:
+            return self.location.exists("zarr.json")
+        except Exception as e:  # botocore's, gcsfs's, aiohttp's own classes, none of them OSError
+            raise StoreError(f"cannot reach the store {self.where}: {type(e).__name__}: {e} (check the URL, the "
+                             "endpoint (AWS_ENDPOINT_URL for an S3-compatible server) and the credentials)") from None
 
     def _reopen(self) -> None:
         self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)

@@ -186,3 +186,16 @@ def test_repair_on_an_object_store_is_refused_in_one_line(corpus, bucket):
     name = store.features()[0].name
     with pytest.raises(StoreError, match="object stores lack"):
         store.repair(name, FeatureCheck(name, 4, damaged_index=[0]))
+
+
+def test_an_object_store_that_cannot_be_reached_is_one_error_line(s3_env):
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {**os.environ, **s3_env, "AWS_ENDPOINT_URL": closed, "FSSPEC_S3_ENDPOINT_URL": closed,
+           "AWS_MAX_ATTEMPTS": "1"}
+    for cmd in (["featurize.cli", "ls"], ["train.cli", "run", "--head", "linear", "--feature", "fbank", "--corpus", "c",
+                                           "--protocol", "speaker-kfold"]):
+        res = subprocess.run([sys.executable, "-m", *cmd, "--store", "s3://bucket/features.zarr"], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 3, res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+        assert "error: cannot reach the store s3://bucket/features.zarr: EndpointConnectionError" in res.stderr

@@ -103,12 +103,17 @@ def load_config(where: str, revision: str | None, local: bool) -> Any:
     """The model's config (no weights), with an error that says what to do when it cannot be had."""
     from transformers import AutoConfig
 
+    if local:
+        from featurize.models import check_model_dir
+
+        check_model_dir(where)
     try:
         return AutoConfig.from_pretrained(where, revision=revision, local_files_only=local)
     except OSError as e:
         hint = "check the directory" if local else \
             "the hub is unreachable and the model is not in the local cache: pass --model-path DIR"
-        raise RuntimeError(f"cannot load the model config of {where}: {hint} ({e})") from e
+        reason = " ".join(str(e).split())  # transformers' messages run over several lines
+        raise FileNotFoundError(f"cannot load the model config of {where}: {hint} ({reason})") from e
 
 
 def location(model_id: str | None, model_path: str | None) -> str:

@@ -80,7 +80,12 @@ class WhisperEncoder(Extractor):
         return "float16" if self._device(check).startswith("cuda") else "float32"
 
     def _location(self) -> str:
-        return self.model_path if self.model_path is not None else str(self.model_id)
+        if self.model_path is None:
+            return str(self.model_id)
+        from featurize.models import check_model_dir
+
+        check_model_dir(self.model_path, "a CTranslate2 Whisper folder with model.bin")
+        return self.model_path
 
     def hidden_size(self) -> int:
         """The encoder's width (the converted model's config does not state it): encode one silent window."""

@@ -64,7 +64,13 @@ class LinearHead(nn.Module):
     def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
                  modalities: list[str]) -> None:
         super().__init__()
-        assert cfg.loss in LOSSES, f"loss must be one of {LOSSES}"
+        if cfg.loss not in LOSSES:
+            raise ValueError(f"linear: loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+        bad = [c for c in ([cfg.C] if cfg.C is not None else list(cfg.c_grid)) if not c > 0]
+        if bad:
+            raise ValueError(f"linear: C must be positive (it is the inverse of the L2 strength), got {bad[0]}")
+        if cfg.cv < 1:
+            raise ValueError(f"linear: cv must be 1 (the validation speakers alone) or more, got {cfg.cv}")
         self.cfg = cfg
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.layered = {m: layers.get(m, 1) > 1 for m in self.modalities}
