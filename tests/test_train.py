@@ -15,7 +15,7 @@ from featurize.corpora import read_corpus
 from featurize.extractors.fbank import Fbank
 from featurize.extractors.opensmile import OpenSmile
 from featurize.pipeline import run_extraction
-from featurize.store import FeatureStore
+from featurize.store import FeatureStore, StoreError
 from tests.conftest import write_manifest_corpus
 from train.cli import app
 from train.data import Normalizer
@@ -248,8 +248,28 @@ def test_predict_new_audio_with_every_checkpoint(store_path, tmp_path):
     [pred] = json.loads((tmp_path / "p.json").read_text())
     assert pred["prediction"] in ("angry", "happy", "neutral", "sad")
     assert abs(sum(pred["probabilities"].values()) - 1) < 1e-5
-    # Features of another configuration are refused, not silently fed to the model.
+    # A directory is its audio files, at any depth; a copy of the store elsewhere is given with --store, and the
+    # store the run names, when it is not there, is one error that says so.
+    (tmp_path / "more" / "deeper").mkdir(parents=True)
+    sf.write(tmp_path / "more" / "a.flac", tone(0.6, 200), 16000)
+    sf.write(tmp_path / "more" / "deeper" / "b.wav", tone(0.6, 300), 16000)
+    (tmp_path / "more" / "notes.txt").write_text("not audio")
+    import shutil
+
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(store_path, moved)
     cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "request": {**cfg["request"], "store": "gone.zarr"}}))
+    try:
+        res = CliRunner().invoke(app, ["predict", str(out), str(tmp_path / "more"), "--store", str(moved), "--json",
+                                       str(tmp_path / "dir.json")])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        assert [Path(p["path"]).name for p in json.loads((tmp_path / "dir.json").read_text())] == ["a.flac", "b.wav"]
+        with pytest.raises(StoreError, match="trained on the store gone.zarr .*give --store"):
+            predict_files(out, [wav])
+    finally:
+        (out / "config.json").write_text(json.dumps(cfg))
+    # Features of another configuration are refused, not silently fed to the model.
     zjson = store_path / "features" / cfg["inputs"]["audio"]["feature"] / "zarr.json"
     original = zjson.read_text()
     doc = json.loads(original)

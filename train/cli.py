@@ -685,14 +685,17 @@ def report(path: Path = typer.Argument(..., help="a run or sweep directory")) ->
 @friendly
 def predict(
     run_dir: Path = typer.Argument(..., help="a finished run directory (train run --out ...)"),
-    audio: list[Path] = typer.Argument(..., help="audio files (WAV / FLAC, any rate)"),
+    audio: list[Path] = typer.Argument(..., help="audio files (WAV / FLAC / OGG / MP3, any rate), or directories "
+                                       "of them"),
     text: str = typer.Option(None, help="transcript for text heads (default: Whisper ASR)"),
     json_out: Path = typer.Option(None, "--json", help="also write the predictions as JSON"),
+    store: str = typer.Option(None, help="the store the run trained on, where it is now (default: where the "
+                              "run's config says; a relative path there is relative to where it trained)"),
 ) -> None:
     """Predict emotions for new audio with every checkpoint of a run (probabilities averaged)."""
     from train.predict import predict_files
 
-    preds = predict_files(run_dir, audio, text)
+    preds = predict_files(run_dir, audio, text, store)
     classes = list(preds[0].probabilities) if preds else []
     table = Table("file", "prediction", *classes, title=f"predictions of {run_dir}")
     for p in preds:

@@ -20,7 +20,7 @@ import torch
 from featurize.audio import audio_duration, load_audio
 from featurize.extractors import build_extractor
 from featurize.records import Utterance
-from featurize.store import FeatureStore, feature_group_name
+from featurize.store import FeatureStore, StoreError, feature_group_name
 from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, layer_positions, word_frames
 from train.heads import get_head, make_config
 from train.loop import forward
@@ -46,11 +46,29 @@ def _extractor_for(store: FeatureStore, group: str):
     return extractor
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+
+
+def audio_files(paths: list[Path]) -> list[Path]:
+    """The files to predict on: each file given, and each directory's audio files (any depth, sorted)."""
+    out = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file()
+                           and not f.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"{p}: a directory without audio files ({', '.join(AUDIO_SUFFIXES)})")
+            out += found
+        elif not p.exists():
+            raise FileNotFoundError(f"no audio file {p}")
+        else:
+            out.append(p)
+    return out
+
+
 def _utterances(paths: list[Path], text: str | None, need_words: bool) -> list[Utterance]:
     utts = []
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"no audio file {p}")
+    for p in audio_files(paths):
         utts.append(
             Utterance(f"new/{p.stem}", "new", "unknown", audio_path=str(p), duration=audio_duration(p), text=text)
         )
@@ -72,13 +90,22 @@ def needs_asr_words(head_inputs: dict[str, str], run_inputs: dict, text: str | N
     return head_inputs.get("text") == "words" or ("text" in run_inputs and text is None)
 
 
-def predict_files(run_dir: Path, paths: list[Path], text: str | None = None) -> list[Prediction]:
+def predict_files(run_dir: Path, paths: list[Path], text: str | None = None,
+                  store_at: str | None = None) -> list[Prediction]:
+    """``store_at``: where the store the run trained on is now (default: where its config says it was)."""
     cfg = json.loads((run_dir / "config.json").read_text())
     req = cfg["request"]
     spec = get_head(req["head"])
     config = make_config(spec, req["options"])
     classes = cfg["classes"]
-    store = FeatureStore(req["store"], create=False)
+    try:
+        # the store's extractor settings rebuild the run's features for new audio
+        store = FeatureStore(store_at or req["store"], create=False)
+    except StoreError as e:
+        if store_at:
+            raise
+        raise StoreError(f"{e}; {run_dir} trained on the store {req['store']} (its config.json): give --store "
+                         "where that store is now") from None
     choices = {FeatureChoice.parse(f).name: FeatureChoice.parse(f) for f in req["features"]}
     utts = _utterances(paths, text, need_words=needs_asr_words(spec.inputs, cfg["inputs"], text))
     if spec.inputs.get("text") == "words":
