@@ -24,10 +24,12 @@ def machine() -> str:
 
 
 def code_version(run_config: dict | None = None) -> str:
-    """The commit a run trained on (its provenance, written when the run started), else this checkout's HEAD."""
-    commit = ((run_config or {}).get("provenance") or {}).get("git_commit")
+    """The commit a run trained on (its provenance, written when the run started), else this checkout's HEAD;
+    ``+changes`` when the run's code had uncommitted changes to it (its provenance lists them)."""
+    provenance = (run_config or {}).get("provenance") or {}
+    commit = provenance.get("git_commit")
     if commit:
-        return commit[:7]
+        return commit[:7] + ("+changes" if provenance.get("git_changed") else "")
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
                               capture_output=True, text=True, check=True).stdout.strip()

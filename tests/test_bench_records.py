@@ -151,3 +151,11 @@ def test_modalities_chosen_on_validation_are_recorded_and_shown(tmp_path, monkey
     # the paper-evaluation gap says its honest twin is not always the paper's (fused) model
     gap = next(line for line in lines if line.startswith("| (vs honest dialog"))
     assert "audio in 12, audio+text in 3 of 15 runs, the paper's model is always fused" in gap
+
+
+def test_a_run_on_uncommitted_code_is_not_credited_to_its_commit():
+    from bench.common import code_version
+
+    clean = {"provenance": {"git_commit": "0123456789abcdef", "git_changed": []}}
+    dirty = {"provenance": {"git_commit": "0123456789abcdef", "git_changed": ["train/loop.py"]}}
+    assert code_version(clean) == "0123456" and code_version(dirty) == "0123456+changes"

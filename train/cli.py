@@ -217,12 +217,18 @@ def provenance() -> dict:
             packages[name] = version(name)
         except PackageNotFoundError:
             pass
+    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+                                cwd=here).stdout.strip() or None
+        # the code that computes, changed since that commit: the run did not train on the commit alone
+        status = subprocess.run(["git", "status", "--porcelain", "--", "train", "featurize"], capture_output=True,
+                                text=True, timeout=5, cwd=here.parent).stdout
+        changed = sorted(line[3:] for line in status.splitlines() if line[3:].endswith(".py"))
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"sercache": sercache_version(), "git_commit": commit, "python": platform.python_version(),
+        commit, changed = None, []
+    return {"sercache": sercache_version(), "git_commit": commit, "git_changed": changed,
+            "python": platform.python_version(),
             "packages": packages, "machine": f"{platform.node()}: {platform.platform()}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
