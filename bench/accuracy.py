@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import code_version, machine  # noqa: E402
 from train.cli import RunRequest, expand_grid, summary_covers  # noqa: E402
+from train.data import FeatureChoice  # noqa: E402
 from train.heads import fill_new_fields, get_head, make_config, make_recipe  # noqa: E402
 from train.report import modalities_chosen_text  # noqa: E402
 
@@ -114,7 +115,6 @@ def feature_groups_now(store: str, cells: list[tuple[str, RunRequest]]) -> dict[
     """{feature name a sweep asks for: the store's group of it now} (fingerprinted: ``fbank-1a2b3c4d``), for the
     names the store resolves; none when there is no store here (records are then shown on their settings)."""
     from featurize.store import FeatureStore, StoreError
-    from train.data import FeatureChoice
 
     try:
         opened = FeatureStore(store, create=False)
@@ -139,8 +139,6 @@ def read_record(bench: str, cell: str, req: RunRequest, groups_now: dict[str, st
     record = json.loads(path.read_text())
     kept = record["settings"]
     current = settings(kept["request"], kept.get("head_config"), kept.get("recipe")) == cell_settings(req)
-    from train.data import FeatureChoice
-
     names = [FeatureChoice.parse(f).name for f in req.features]
     if groups_now and record.get("feature_groups") and all(n in groups_now for n in names):
         current = current and set(record["feature_groups"]) <= {groups_now[n] for n in names}

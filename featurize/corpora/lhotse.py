@@ -3,10 +3,10 @@
 Each MonoCut becomes one utterance: its recording's file source is the audio, ``start`` / ``duration`` the
 slice, ``channel`` the channel read (the file source that holds it, when a recording has one file per channel;
 a cut over all of a file's channels reads their mean), and its first supervision gives the speaker, the text
-and the label. The label is the supervision's
-``custom["emotion"]`` by default; ``--columns label=KEY`` reads ``custom[KEY]`` instead (``session=KEY``
-likewise; ``speaker`` and ``text`` are the supervision's own fields unless mapped to a custom key). lhotse
-itself is not needed to read the file. Cuts that are not plain file-backed mono cuts are skipped and named.
+and the label. The label is the supervision's ``custom["emotion"]`` by default; ``--columns label=KEY`` reads
+``custom[KEY]`` instead (``session=KEY`` likewise; ``speaker`` and ``text`` are the supervision's own fields
+unless mapped to a custom key). lhotse itself is not needed to read the file. Cuts that are not plain
+file-backed mono cuts are skipped and named.
 """
 
 from __future__ import annotations

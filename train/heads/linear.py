@@ -25,6 +25,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
+from train.data import CONSTANT_STD
 from train.heads import HeadSpec, classification_loss, register
 from train.metrics import compute_metrics
 from train.recipe import Recipe, class_weights, selection_score
@@ -243,7 +244,7 @@ def standardise_on(x_fit: np.ndarray, x_held: np.ndarray) -> tuple[np.ndarray, n
     speaker's statistics, held-out group included, which would let that group shape the scale, and so the
     L2 penalty, of the fit it scores. Re-standardising z-scored rows equals standardising the raw ones."""
     mean, std = x_fit.mean(0), x_fit.std(0, ddof=1) if len(x_fit) > 1 else np.ones(x_fit.shape[1])
-    std = np.where(std < 1e-5, 1.0, std)
+    std = np.where(std < CONSTANT_STD, 1.0, std)
     return (x_fit - mean) / std, (x_held - mean) / std
 
 
