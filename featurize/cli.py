@@ -268,13 +268,14 @@ def verify(
         return
     if not repair:
         out.print(f"{store}: damage in {len(damaged) + len(fs.ignored)} feature group(s); "
-                  f"`featurize verify --store {store} --repair` un-commits the damaged utterances")
+                  f"`featurize verify --store {store} --repair` un-commits the damaged utterances"
+                  + (" and removes the groups set aside" if fs.ignored else ""))
         raise typer.Exit(code=1)
     for c in damaged:
         n = fs.repair(c.feature, c)
         out.print(f"repaired {c.feature}: {n} utterance(s) un-committed; `featurize extract` redoes them")
     for name in fs.remove_ignored():
-        out.print(f"removed {name} (half-made)")
+        out.print(f"removed {name} (half made, or its metadata damaged): `featurize extract` makes it again")
     left = [c for c in (fs.verify(c.feature, table_ids) for c in damaged) if not c.ok]
     if left:
         out.print(f"still damaged after repair: {', '.join(c.feature for c in left)}")
@@ -315,10 +316,18 @@ def export(
 
     from featurize.store import FeatureStore
 
+    # an earlier export is replaced; any other file under that name is the user's, and is kept
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder: give the HDF5 file to write, e.g. {out / (feature + '.h5')}")
+    if out.exists() and not h5py.is_hdf5(out):
+        raise FileExistsError(f"--out {out} exists and is not an HDF5 file: it is left as it is; give another --out")
     fs = FeatureStore(store, create=False)
     info = fs.feature_info(fs.resolve_feature(feature))
     name = info.name
     arrays = array or list(info.arrays)
+    for parent in reversed(out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")  # never leave a half-written file under the real name
     try:
@@ -330,10 +339,10 @@ def export(
                 grp = h5.create_group(arr)
                 for uid in fa.utt_ids:
                     grp.create_dataset(uid, data=fa.get(uid), compression="gzip" if fa.offsets is not None else None)
+        tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(out)
     console.print(f"exported {name} ({', '.join(arrays)}; {info.n_committed} utterances) to {out}")
 
 

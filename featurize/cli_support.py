@@ -49,10 +49,11 @@ def exit_code(e: BaseException) -> int | None:
         return EXIT_BUSY
     if isinstance(e, UnknownName) or "OptionError" in names:
         return EXIT_USAGE
-    if "StoreError" in names or isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                                 PermissionError, UnicodeDecodeError)):
+    if {"StoreError", "DamagedFile"} & names or isinstance(e, (FileNotFoundError, NotADirectoryError,
+                                                               IsADirectoryError, FileExistsError, PermissionError,
+                                                               UnicodeDecodeError)):
         return EXIT_DATA
-    if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
+    if isinstance(e, OSError) and e.errno in (28, 30):  # ENOSPC, EROFS: the message names the path
         return EXIT_DATA
     if isinstance(e, ValueError):
         return EXIT_USAGE

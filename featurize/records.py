@@ -7,6 +7,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 
+class DamagedFile(ValueError):
+    """A file sercache reads (a corpus's index, a run's results, a model) that is cut short or is not what its
+    name says; the message names it. The command lines exit with the data code (3) on it."""
+
+
 def words_hash(words: Sequence[str]) -> int:
     """A 63-bit hash of a word list, stored beside word-level features so that a reader can tell whether
     the words it has times for are the words the vectors were computed from."""

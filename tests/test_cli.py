@@ -48,10 +48,19 @@ def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[st
               "no_grid": "corpus: corpus\nprotocol: speaker-kfold\n",
               "option_at_cell_level": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n"
                                       "  - {head: linear, features: [opensmile], C: 0.1}\n",
-              "no_protocol": "corpus: corpus\ngrid:\n  - {head: linear, features: [opensmile]}\n"}
+              "no_protocol": "corpus: corpus\ngrid:\n  - {head: linear, features: [opensmile]}\n",
+              "seeds_a_number": "corpus: corpus\nprotocol: speaker-kfold\nseeds: 3\ngrid:\n"
+                                "  - {head: linear, features: [opensmile]}\n",
+              "valid": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n  - {head: linear, features: [opensmile]}\n",
+              "name_with_a_path": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n"
+                                  "  - {name: ../escape, head: linear, features: [opensmile]}\n"}
     for name, text in sweeps.items():
         (tmp / f"{name}.yaml").write_text(text)
     sweep = ["train", "sweep", "--store", str(store), "--out", str(tmp / "sweep")]
+    (tmp / "not-gzip").mkdir()
+    (tmp / "not-gzip" / "cuts.jsonl.gz").write_bytes(b'{"id": "not gzip"}\n')
+    (tmp / "iemo").mkdir()
+    (tmp / "iemo" / "iemocap.pkl").write_bytes(b"")  # cut short: an empty pickle
     return [
         ("a sweep file that is not YAML", [*sweep, str(tmp / "not_yaml.yaml")], 2,
          ["not_yaml.yaml: a sweep file that is not YAML", "line 3"]),
@@ -60,6 +69,25 @@ def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[st
          ["grid entry 1 (linear): unknown key(s) C", "under `options:`"]),
         ("a sweep cell without a protocol", [*sweep, str(tmp / "no_protocol.yaml")], 2,
          ["grid entry 1 (linear) gives no protocol"]),
+        ("seeds as one number in a sweep", [*sweep, str(tmp / "seeds_a_number.yaml")], 2,
+         ["cell linear: `seeds` must be a non-empty list", "got 3"]),
+        ("a sweep cell named with a path", [*sweep, str(tmp / "name_with_a_path.yaml")], 2,
+         ["'../escape'", "must not hold a /"]),
+        ("a folder given as the sweep file", [*sweep, str(tmp)], 3, ["a folder, not a sweep file"]),
+        ("a file given as the sweep's --out", ["train", "sweep", "--store", str(store), "--out", str(manifest),
+                                               str(tmp / "valid.yaml")], 2, ["is a file, not a sweep directory"]),
+        ("a cuts manifest that is not gzip", ["featurize", "extract", "--corpus", "lhotse", "--data",
+                                              str(tmp / "not-gzip" / "cuts.jsonl.gz"), "--model", "fbank",
+                                              "--store", str(tmp / "l.zarr")], 3,
+         ["cuts.jsonl.gz: not a readable cuts manifest"]),
+        ("an empty iemocap.pkl", ["featurize", "extract", "--corpus", "iemocap-text", "--data", str(tmp / "iemo"),
+                                  "--model", "fbank", "--store", str(tmp / "i.zarr")], 3,
+         ["iemocap.pkl: not a readable pickle"]),
+        ("a head option of the wrong type", train + ["--head", "linear", "--feature", "opensmile", "--set", "C=abc"],
+         2, ["option 'C' wants a number", "'abc'"]),
+        ("a head option outside its choices", train + ["--head", "cme", "--feature", "fbank", "--set",
+                                                       "excite=sideways"], 2,
+         ["cme: excite must be one of both, audio, text, none", "'sideways'"]),
         ("unknown head", train + ["--head", "nope", "--feature", "fbank-x"], 2, ["unknown head 'nope'", "linear"]),
         ("unknown extractor, before the corpus is read",
          ["featurize", "extract", "--corpus", "manifest", "--data", "/nowhere.csv", "--model", "nope"], 2,
@@ -211,3 +239,51 @@ def test_rm_removes_one_group_and_resolves_the_ambiguity(store, tmp_path):
     fs = FeatureStore(copy, create=False)
     assert fs.read("fbank").data.shape[1] == 40  # the short name resolves again, to the one left
     assert len(fs.utterances()) == 24 and {i.name for i in fs.features()} == before - {narrow}
+
+
+def test_a_refused_or_damaged_run_is_named_and_nothing_it_holds_is_changed(store, tmp_path):
+    """A rerun refused for another configuration leaves the directory's run.yaml as it was; a bad option is
+    refused before a run directory exists; a run file cut short is one line naming it (exit 3)."""
+    manifest, path = store
+    train = ["run", "--store", str(path), "--corpus", "corpus", "--protocol", "speaker-kfold", "--feature",
+             "opensmile"]
+    run = tmp_path / "run"
+    res = _cli("train", *train, "--head", "linear", "--out", str(run))
+    assert res.returncode == 0, res.stderr[-2000:]
+    run_yaml = (run / "run.yaml").read_text()
+    res = _cli("train", *train, "--head", "linear", "--set", "C=0.1", "--out", str(run))
+    assert res.returncode == 2 and "holds results of a different configuration" in " ".join(res.stderr.split())
+    assert (run / "run.yaml").read_text() == run_yaml  # still reruns what the directory holds
+    res = _cli("train", *train, "--head", "linear", "--set", "C=abc", "--out", str(tmp_path / "bad"))
+    assert res.returncode == 2 and not (tmp_path / "bad").exists()
+    res = _cli("train", *train, "--head", "linear", "--out", str(manifest))
+    assert res.returncode == 2 and "is a file, not a run directory" in " ".join(res.stderr.split())
+
+    folds = sorted((run / "folds").iterdir())
+    (folds[0] / "model.pt").write_bytes(b"")
+    res = _cli("train", "predict", str(run), str(manifest.parent / "wav" / "u0000.wav"))
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 3 and f"{folds[0] / 'model.pt'}: a fold's model, damaged" in said, res.stderr[-2000:]
+    (folds[1] / "metrics.json").write_text("{}")
+    for cmd in (["report", str(run)], ["compare", str(run), str(run)]):
+        res = _cli("train", *cmd)
+        said = " ".join(res.stderr.split())
+        assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert f"{folds[1] / 'metrics.json'}: a fold's test metrics, damaged" in said
+    (folds[1] / "metrics.json").write_text('{"wa": 0.5, "ua"')  # cut short
+    res = _cli("train", "report", str(run))
+    assert res.returncode == 3 and "not JSON" in res.stderr and "metrics.json" in res.stderr
+
+
+def test_export_keeps_a_file_that_is_not_an_export(store, tmp_path):
+    manifest, path = store
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(keep))
+    assert res.returncode == 3 and "is not an HDF5 file" in res.stderr and keep.read_text() == "mine"
+    res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(tmp_path))
+    assert res.returncode == 3 and "is a folder" in res.stderr and not list(tmp_path.glob("*.partial"))
+    out = tmp_path / "f.h5"
+    for _ in range(2):  # an earlier export is replaced
+        res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(out))
+        assert res.returncode == 0 and out.exists(), res.stderr

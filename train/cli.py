@@ -50,10 +50,19 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if "-" in text and "," not in text:
             a, b = text.split("-")
-            return list(range(int(a), int(b) + 1))
-        return [int(s) for s in text.split(",") if s]
+            seeds = list(range(int(a), int(b) + 1))
+        else:
+            seeds = [int(s) for s in text.split(",") if s]
     except ValueError:
-        raise typer.BadParameter(f"--seeds wants integers like 0,1,2 or a range 0-2, got {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise typer.BadParameter(f"--seeds wants integers like 0,1,2 or a range 0-2, got {text!r}")
+    return seeds
+
+
+def seeds_given(value: object) -> object:
+    """Seeds as a run file or a sweep gives them: a list, or a string as --seeds takes (0,1,2 or 0-2)."""
+    return parse_seeds(value) if isinstance(value, str) else value
 
 
 def default_label_set(protocol: str, labels: str | None) -> str | None:
@@ -83,6 +92,32 @@ class RunRequest:
     protocol_options: dict = dataclasses.field(default_factory=dict)
     evaluation: str = "honest"  # honest | paper (optimistic: checkpoint chosen on the test fold)
 
+    def check(self, where: str) -> RunRequest:
+        """Each setting of the type it must be (a run file or a sweep gives YAML's own types, which nothing
+        else checks before they are used): ValueError naming ``where`` and the setting otherwise."""
+        def bad(key: str, wanted: str) -> ValueError:
+            return ValueError(f"{where}: `{key}` must be {wanted}, got {getattr(self, key)!r}")
+
+        for key in ("head", "corpus", "protocol", "store", "device", "evaluation"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise bad(key, "a name")
+        for key in ("labels", "modality"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise bad(key, "a name")
+        if not isinstance(self.features, list) or not self.features or \
+                not all(isinstance(f, str) and f for f in self.features):
+            raise bad("features", "a list of feature names, e.g. [fbank, minilm]")
+        if not isinstance(self.seeds, list) or not self.seeds or \
+                not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise bad("seeds", "a non-empty list of whole numbers, e.g. [0, 1, 2]")
+        if self.max_epochs is not None and (not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool)
+                                            or self.max_epochs < 1):
+            raise bad("max_epochs", "a whole number of epochs, at least 1")
+        for key in ("options", "protocol_options"):
+            if not isinstance(getattr(self, key), dict):
+                raise bad(key, "a mapping of option: value")
+        return self
+
 
 def native_bfloat16(device: str) -> bool:
     """Whether bfloat16 runs natively where this run trains (a GPU, or a CPU with AVX-512 BF16 or AMX)."""
@@ -107,7 +142,7 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head, make_config, make_recipe
-    from train.loop import EVALUATIONS, LoopOptions, pick_device, run_folds, write_atomic
+    from train.loop import EVALUATIONS, LoopOptions, check_run_dir, pick_device, run_folds, write_atomic
     from train.protocols import PROTOCOLS, make_folds
 
     if req.protocol not in PROTOCOLS:  # before any feature is loaded
@@ -146,6 +181,7 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
         "provenance": provenance(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    check_run_dir(out, run_config)  # before run.yaml: a refused rerun leaves the directory as it was
     out.mkdir(parents=True, exist_ok=True)
     # the fold tasks of one cell each write it (the same text): whole or not at all
     write_atomic(out / "run.yaml", run_yaml(req))
@@ -307,6 +343,10 @@ def run(
              "features": split_features(feature) if feature else None,
              "seeds": parse_seeds(seeds) if seeds else None}
     settings = {**base, **{k: v for k, v in given.items() if v is not None}, "options": options}
+    if isinstance(settings.get("features"), str):
+        settings["features"] = split_features(settings["features"])
+    if "seeds" in settings:
+        settings["seeds"] = seeds_given(settings["seeds"])
     if folds is not None:
         if settings.get("protocol") not in ("speaker-kfold", "utterance-kfold"):
             raise typer.BadParameter("--folds sets the fold count of --protocol speaker-kfold or utterance-kfold only")
@@ -315,7 +355,7 @@ def run(
                if not settings.get(k)]
     if missing:
         raise typer.BadParameter(f"missing {', '.join(missing)} (give them, or a --config run file)")
-    req = RunRequest(**{"store": DEFAULT_STORE, **settings})
+    req = RunRequest(**{"store": DEFAULT_STORE, **settings}).check(str(config) if config else "train run")
     out = out or Path("runs") / f"{req.head}-{req.corpus}-{req.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = execute(req, out)
     print_summary(f"{req.head} on {req.corpus} / {req.protocol}", summary)
@@ -339,6 +379,8 @@ def split_features(text: str) -> list[str]:
 def read_yaml_mapping(path: Path, what: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file ({what})")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not {what}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -353,6 +395,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
 # What a sweep file's top level and each of its grid entries may set (an entry's settings override the top level's)
 SWEEP_KEYS = {f.name for f in dataclasses.fields(RunRequest)} | {"name"}
 SWEEP_REQUIRED = ("head", "features", "corpus", "protocol")
+CELL_NAME = re.compile(r"[^/\\.\x00-\x1f][^/\\\x00-\x1f]*")  # a directory name: no separator, no leading dot
 
 
 def check_sweep(sweep: dict, where: str = "sweep file") -> None:
@@ -402,18 +445,18 @@ def expand_grid(sweep: dict, where: str = "sweep file") -> list[tuple[str, RunRe
             # options and its modality, e.g. dialog-logits-add-perspective or cme-audio.
             swept = [f"{v}" for k, v in zip(keys, values, strict=True) if isinstance(options[k], list)]
             name = "-".join(
-                [entry.get("name", entry["head"])] + swept + ([entry["modality"]] if entry.get("modality") else [])
+                [str(entry.get("name", entry["head"]))] + swept + ([entry["modality"]] if entry.get("modality") else [])
                 + (["paper"] if entry.get("evaluation") == "paper" else [])
             )
             feats = entry["features"]
             req = RunRequest(
                 head=entry["head"],
-                features=feats if isinstance(feats, list) else split_features(feats),
+                features=split_features(feats) if isinstance(feats, str) else feats,
                 corpus=entry["corpus"],
                 protocol=entry["protocol"],
                 store=entry.get("store", DEFAULT_STORE),
                 labels=entry.get("labels"),
-                seeds=list(entry.get("seeds", [0])),
+                seeds=seeds_given(entry.get("seeds", [0])),
                 options=opts,
                 modality=entry.get("modality"),
                 device=entry.get("device", "auto"),
@@ -421,6 +464,10 @@ def expand_grid(sweep: dict, where: str = "sweep file") -> list[tuple[str, RunRe
                 protocol_options=entry.get("protocol_options", {}),
                 evaluation=entry.get("evaluation", "honest"),
             )
+            req.check(f"{where}: cell {name}")
+            if not CELL_NAME.fullmatch(name):
+                raise ValueError(f"{where}: cell name {name!r} names the cell's directory under the sweep's: it "
+                                 "must not hold a / or \\ nor start with a dot")
             cells.append((name, req))
     names = [n for n, _ in cells]
     if len(set(names)) != len(names):
@@ -436,7 +483,7 @@ def sweep(
     store: str = typer.Option(None, help="override the sweep file's store (a directory or an fsspec URL)"),
     keep_going: bool = typer.Option(False, help="report a failing cell and go on with the others"),
     only: str = typer.Option(None, "--cells", help="run only these cells (comma-separated names)"),
-    threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core)"),
+    threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's, one per core)"),
     write_report: bool = typer.Option(True, "--report/--no-report", help="write the sweep report at the end"),
     scheduler: str = typer.Option(None, help="train the cells' fold x seed runs on a dask.distributed cluster: "
                                   "local:N or tcp://HOST:PORT (workers share this file system; one torch thread each)"),
@@ -447,6 +494,8 @@ def sweep(
         spec["store"] = str(store)
     cells = expand_grid(spec, str(config))
     out = out or Path("runs") / f"sweep-{config.stem}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a sweep directory: give another --out")
     out.mkdir(parents=True, exist_ok=True)
     # sweep.json always lists the whole grid, so a partial run shows its other cells as not finished
     (out / "sweep.json").write_text(json.dumps({"config": spec, "cells": [n for n, _ in cells]}, indent=1))
@@ -508,8 +557,9 @@ def cell_is_current(cell_dir: Path, req: RunRequest) -> bool:
     (the run resumes and adds them); any other change is an error, never a silently reused result."""
     from train.heads import get_head, make_config, make_recipe
     from train.loop import changed_settings
+    from train.report import read_json
 
-    old = json.loads((cell_dir / "config.json").read_text())
+    old = read_json(cell_dir / "config.json", "a sweep cell's configuration")
     spec = get_head(req.head)
     new = {"request": dataclasses.asdict(req), "head_config": dataclasses.asdict(make_config(spec, req.options)),
            "recipe": dataclasses.asdict(make_recipe(spec, req.options))}

@@ -11,7 +11,6 @@ Two levels, both paired (the runs must share their protocol's folds and seeds):
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -19,14 +18,14 @@ METRICS = ("wa", "ua", "macro_f1")
 
 
 def fold_metrics(run: Path) -> dict[tuple[str, int], dict]:
-    from train.report import requested_seeds
+    from train.report import read_fold_metrics, requested_seeds
 
     seeds = requested_seeds(run)
     out = {}
     for f in sorted((run / "folds").glob("*/metrics.json")):
-        m = json.loads(f.read_text())
-        if seeds is None or int(m["seed"]) in seeds:
-            out[(str(m["fold"]), int(m["seed"]))] = m
+        m = read_fold_metrics(f)
+        if seeds is None or m["seed"] in seeds:
+            out[(m["fold"], m["seed"])] = m
     if not out:
         raise FileNotFoundError(f"{run}: no finished fold (folds/*/metrics.json); is it a run directory?")
     return out

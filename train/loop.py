@@ -39,7 +39,7 @@ from train.heads import HeadSpec, fill_new_fields
 from train.metrics import compute_metrics
 from train.protocols import Fold
 from train.recipe import EpochSelector, Recipe, class_weights, lr_factor, selection_score
-from train.report import build_summary
+from train.report import build_summary, read_fold_metrics, read_json
 
 EVALUATIONS = {
     "honest": "checkpoint and epochs chosen on validation speakers; the test fold scored once",
@@ -516,6 +516,21 @@ def changed_settings(old: dict, new: dict) -> list[str]:
 _MISSING = object()
 
 
+def check_run_dir(out_dir: Path, run_config: dict) -> None:
+    """A run may write into ``out_dir`` when it is new, or holds results of this same configuration (it resumes);
+    otherwise ValueError, before anything in it is touched."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a run directory: give another --out")
+    config = out_dir / "config.json"
+    if config.exists():
+        changed = changed_settings(read_json(config, "a run's configuration"), run_config)
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds results of a different configuration ({', '.join(changed)} changed): "
+                "give another --out, or delete that directory to rerun it"
+            )
+
+
 def run_folds(
     spec: HeadSpec,
     config: Any,
@@ -535,13 +550,7 @@ def run_folds(
     is summarised then, and None is returned."""
     protocol = run_config.get("protocol", "")
     console = console or Console(stderr=True)
-    if (out_dir / "config.json").exists():
-        changed = changed_settings(json.loads((out_dir / "config.json").read_text()), run_config)
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds results of a different configuration ({', '.join(changed)} changed): "
-                "give another --out, or delete that directory to rerun it"
-            )
+    check_run_dir(out_dir, run_config)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "config.json", json.dumps(run_config, indent=1, default=str))
     results = []
@@ -567,7 +576,7 @@ def run_folds(
                         progress.update(overall, advance=1, status=f"{fold.name}: UA {r['ua']:.3f}")
                     continue
                 if (cell / "metrics.json").exists():
-                    results.append(json.loads((cell / "metrics.json").read_text()))
+                    results.append(read_fold_metrics(cell / "metrics.json"))
                 else:
                     results.append(train_fold(spec, config, recipe, data, fold, seed, opts, protocol, cell, progress))
                 r = results[-1]

@@ -10,7 +10,7 @@ probabilities are averaged over every fold × seed checkpoint of the run.
 
 from __future__ import annotations
 
-import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +19,12 @@ import torch
 
 from featurize.audio import audio_duration, load_audio
 from featurize.extractors import build_extractor
-from featurize.records import Utterance
+from featurize.records import DamagedFile, Utterance
 from featurize.store import FeatureStore, StoreError, feature_group_name
 from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, layer_positions, word_frames
 from train.heads import get_head, make_config
 from train.loop import forward
+from train.report import read_json
 
 
 @dataclass
@@ -93,7 +94,7 @@ def needs_asr_words(head_inputs: dict[str, str], run_inputs: dict, text: str | N
 def predict_files(run_dir: Path, paths: list[Path], text: str | None = None,
                   store_at: str | None = None) -> list[Prediction]:
     """``store_at``: where the store the run trained on is now (default: where its config says it was)."""
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = read_json(run_dir / "config.json", "a run's configuration")
     req = cfg["request"]
     spec = get_head(req["head"])
     config = make_config(spec, req["options"])
@@ -154,7 +155,11 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None,
                                 f"(e.g. folds/{missing[0]}/model.pt): is the run finished?")
     probs = torch.zeros(len(utts), len(classes))
     for ckpt in checkpoints:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError) as e:  # cut short, or not a checkpoint
+            raise DamagedFile(f"{ckpt}: a fold's model, damaged ({type(e).__name__}: {e}); delete that fold's "
+                             "folder and rerun the run to train it again") from None
         model = spec.build(config, state["dims"], state["layers"], len(classes), state["modalities"])
         model.load_state_dict(state["state_dict"])
         model.eval()

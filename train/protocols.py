@@ -134,6 +134,10 @@ def make_folds(protocol: str, utts: Sequence[Utterance], seed: int = 0, **option
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"protocol {protocol!r} takes no option(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+    if "k" in options and (not isinstance(options["k"], int) or isinstance(options["k"], bool)):
+        raise ValueError(f"protocol {protocol!r}: k is a number of folds, got {options['k']!r}")
+    if "valid_fraction" in options and not isinstance(options["valid_fraction"], (int, float)):
+        raise ValueError(f"protocol {protocol!r}: valid_fraction is a fraction, got {options['valid_fraction']!r}")
     if not utts:
         raise ValueError("no utterances")
     ids = [u.utt_id for u in utts]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,45 +165,53 @@ def field_names(cls: type) -> set[str]:
 
 
 def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
-    """``obj`` (a dataclass instance) with the ``overrides`` that name its fields applied; strings from the
-    command line or a YAML file are converted to the field's type. Other keys are left to the caller."""
+    """``obj`` (a dataclass instance) with the ``overrides`` that name its fields applied, each converted to the
+    field's declared type (strings from the command line, YAML's own types from a file); a value that is not of
+    that type is refused, naming the option. Other keys are left to the caller."""
     obj = dataclasses.replace(obj)
-    names = field_names(type(obj))
+    hints = typing.get_type_hints(type(obj))
     for key, value in overrides.items():
-        if key not in names:
-            continue
-        current = getattr(obj, key)
-        if isinstance(value, str) and not isinstance(current, str):
-            value = convert(value, current, key)
-        elif isinstance(value, list) and isinstance(current, tuple):
-            value = tuple(value)
-        setattr(obj, key, value)
+        if key in hints:
+            setattr(obj, key, convert(value, hints[key], key))
     return obj
 
 
-def convert(value: str, current: Any, key: str) -> Any:
-    """A command-line string as the type of the field's current value."""
-    if isinstance(current, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"option {key!r} wants true/false, got {value!r}")
-    try:
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, (list, tuple)):
-            return type(current)(type(current[0])(v) if current else v for v in value.split(","))
-    except ValueError:
-        raise ValueError(f"option {key!r} wants a {type(current).__name__}, got {value!r}") from None
-    if current is None:
-        if value.lower() == "none":
+def convert(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as the type ``hint`` of field ``key``: one of bool, int, float, str, ``X | None`` and
+    ``tuple[X, ...]`` (the types the heads' configs and recipes use); ValueError when it is not one."""
+    def refuse(wanted: str) -> ValueError:
+        return ValueError(f"option {key!r} wants {wanted}, got {value!r}")
+
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
-        for cast in (int, float):
-            try:
-                return cast(value)
-            except ValueError:
-                pass
-    return value
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert(value, inner, key)
+    if typing.get_origin(hint) is tuple:  # tuple[X, ...]: a list, or a comma-separated string
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise refuse(f"a comma-separated list of {args[0].__name__}")
+        return tuple(convert(v.strip() if isinstance(v, str) else v, args[0], key) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise refuse("true/false")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise refuse(f"a number ({hint.__name__})")
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise refuse("a whole number")
+        try:
+            return hint(float(value)) if hint is int and isinstance(value, float) else hint(value)
+        except ValueError:
+            raise refuse(f"a number ({hint.__name__})") from None
+    if hint is str:
+        if isinstance(value, (list, tuple, dict)) or value is None:
+            raise refuse("a single value")
+        return str(value)
+    raise TypeError(f"option {key!r}: field type {hint} is not one options can set")

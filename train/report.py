@@ -38,10 +38,12 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from featurize.records import DamagedFile
 from train.metrics import METRIC_KEYS, mean_std, summarize
 from train.protocols import SPEAKER_DEPENDENT, natural_key
 
@@ -94,15 +96,30 @@ def build_summary(fold_metrics: list[dict]) -> dict:
     return summary
 
 
-def _read_json(path: Path) -> object:
-    with path.open() as f:
-        return json.load(f)
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of a run; a damaged one (cut short, edited) is a ValueError naming it and ``what`` it holds."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path}: {what}, damaged (not JSON: {e}); rerun what wrote it") from None
+
+
+def read_fold_metrics(path: Path) -> dict:
+    """A fold's metrics.json, with its fold and seed (from the folder name, ``<fold>_seed<s>``, where a
+    hand-made file lacks them); ValueError naming the file when it is damaged or lacks a metric."""
+    m = read_json(path, "a fold's test metrics")
+    missing = [k for k in METRIC_KEYS if not isinstance(m, dict) or k not in m]
+    if missing:
+        raise DamagedFile(f"{path}: a fold's test metrics, damaged (no {', '.join(missing)}): delete that fold's "
+                         "folder and rerun the run (it resumes the other folds)")
+    fold, _, seed = Path(path).parent.name.rpartition("_seed")
+    return {**m, "fold": str(m.get("fold", fold)), "seed": int(m.get("seed", seed or 0))}
 
 
 def requested_seeds(run_dir: Path) -> set[int] | None:
     """The seeds the run directory's last run asked for (its config.json), or None when it does not say."""
     path = Path(run_dir) / CONFIG_FILE
-    seeds = (_read_json(path).get("request") or {}).get("seeds") if path.is_file() else None
+    seeds = (read_json(path, "a run's configuration").get("request") or {}).get("seeds") if path.is_file() else None
     return {int(s) for s in seeds} if seeds else None
 
 
@@ -115,22 +132,20 @@ def load_run(run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json(config_path, "a run's configuration") if config_path.is_file() else {}
     seeds = requested_seeds(run_dir)
     runs = []
     for metrics_path in (run_dir / FOLDS_DIR).glob(f"*/{METRICS_FILE}"):
         folder = metrics_path.parent
-        metrics = _read_json(metrics_path)
+        metrics = read_fold_metrics(metrics_path)
         history_path = folder / HISTORY_FILE
-        # The folder name is the fallback for fold/seed, so hand-made runs still load.
-        fold, _, seed = folder.name.rpartition("_seed")
         runs.append(
             {
                 "name": folder.name,
-                "fold": str(metrics.get("fold", fold)),
-                "seed": int(metrics.get("seed", seed or 0)),
+                "fold": metrics["fold"],
+                "seed": metrics["seed"],
                 "metrics": metrics,
-                "history": _read_json(history_path) if history_path.is_file() else [],
+                "history": read_json(history_path, "a fold's training history") if history_path.is_file() else [],
             }
         )
     if seeds is not None:  # a directory rerun with fewer seeds keeps the others' folders: not this run's
@@ -141,7 +156,7 @@ def load_run(run_dir: Path) -> dict:
 
     summary_path = run_dir / SUMMARY_FILE
     computed = not summary_path.is_file()
-    summary = build_summary([r["metrics"] for r in runs]) if computed else _read_json(summary_path)
+    summary = build_summary([r["metrics"] for r in runs]) if computed else read_json(summary_path, "a run's summary")
     return {"dir": run_dir, "config": config, "runs": runs, "summary": summary, "summary_computed": computed}
 
 
@@ -434,11 +449,12 @@ def write_run_report(run_dir: Path) -> Path:
     class_rows = []
     for label in labels:
         row: dict = {"class": label, "support": 0}
+        # a hand-made metrics.json may have no per-class figures: its runs are left out of these rows
+        scored = [r["metrics"]["per_class"][label] for r in runs if label in (r["metrics"].get("per_class") or {})]
         for stat in ("recall", "precision", "f1"):
-            values = [r["metrics"]["per_class"][label][stat] for r in runs]
-            values = [v for v in values if v is not None]
+            values = [c[stat] for c in scored if c[stat] is not None]
             row[stat] = mean_std(values) if values else None
-        row["support"] = sum(r["metrics"]["per_class"][label]["support"] for r in runs)
+        row["support"] = sum(c["support"] for c in scored)
         class_rows.append(row)
     lines += [format_table(class_rows, ["class", "recall", "precision", "f1", ("support", "support (all runs)")])]
 
@@ -481,7 +497,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     """Write `report.md` for a sweep: one table row per cell and a bar chart of the grid."""
     sweep_dir = Path(sweep_dir)
     sweep_path = sweep_dir / SWEEP_FILE
-    sweep = _read_json(sweep_path) if sweep_path.is_file() else {}
+    sweep = read_json(sweep_path, "a sweep's grid") if sweep_path.is_file() else {}
     metric = sweep.get("metric", "ua")
     # Cells may be listed by name only; their parameters then come from each cell's config.
     listed = [c if isinstance(c, dict) else {"name": c} for c in sweep.get("cells", [])]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from featurize.corpora import register
 from featurize.corpora.iemocap import LABEL_SETS  # noqa: F401 - same label sets, importable from here
-from featurize.records import CorpusReport, Utterance
+from featurize.records import CorpusReport, DamagedFile, Utterance
 
 CORPUS = "iemocap-text"
 PKL_NAME = "iemocap.pkl"
@@ -27,9 +27,15 @@ def read(path: Path) -> tuple[list[Utterance], CorpusReport]:
     """Read `iemocap.pkl` (`path` is the file or the folder holding it)."""
     path = Path(path)
     pkl = path / PKL_NAME if path.is_dir() else path
+    if not pkl.exists():
+        raise FileNotFoundError(f"{path}: no {PKL_NAME} there (the iemocap-text corpus is the pickle of the "
+                                "fusion study's text features)" if pkl != path else f"{pkl}: no such file")
     with pkl.open("rb") as f:
-        # Written by Python 2: latin-1 maps its byte strings to str one byte per character.
-        data = pickle.load(f, encoding="latin1")
+        try:
+            # Written by Python 2: latin-1 maps its byte strings to str one byte per character.
+            data = pickle.load(f, encoding="latin1")
+        except (EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:  # cut short, or another file
+            raise DamagedFile(f"{pkl}: not a readable pickle ({type(e).__name__}: {e})") from None
     try:
         speakers, labels, sentences, train_ids, test_ids, valid_ids = data[:6]
     except (TypeError, ValueError) as e:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from featurize.audio import AudioError, audio_duration
 from featurize.corpora import first_of_id, register
-from featurize.records import CorpusReport, Utterance
+from featurize.records import CorpusReport, DamagedFile, Utterance
 
 FIELDS = ("label", "speaker", "text", "session")
 
@@ -36,23 +37,36 @@ def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None =
     report = CorpusReport()
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                cut = json.loads(line)
-                utt = _utterance(cut, corpus, columns, path.parent)
-            except AudioError as e:  # a ValueError too: caught first
-                report.skip("unreadable audio", f"{path.name} line {lineno}: {e}")
-                continue
-            except (ValueError, KeyError, TypeError, IndexError) as e:
-                report.skip("unusable cut", f"{path.name} line {lineno}: {e}")
-                continue
-            if first_of_id(seen, utt, path.name, lineno, report):
-                utts.append(utt)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder; the lhotse corpus is a cuts manifest (cuts.jsonl or .jsonl.gz)")
+    for lineno, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            cut = json.loads(line)
+            if not isinstance(cut, dict):
+                raise ValueError(f"a {type(cut).__name__}, not a cut (a JSON object)")
+            utt = _utterance(cut, corpus, columns, path.parent)
+        except AudioError as e:  # a ValueError too: caught first
+            report.skip("unreadable audio", f"{path.name} line {lineno}: {e}")
+            continue
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            report.skip("unusable cut", f"{path.name} line {lineno}: {e}")
+            continue
+        if first_of_id(seen, utt, path.name, lineno, report):
+            utts.append(utt)
     return utts, report
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The manifest's lines, numbered from 1, read as they are used (a large corpus's cuts need not fit in
+    memory); a file that is not what its name says (gzip, UTF-8) is one error naming it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            yield from enumerate(f, start=1)
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as e:  # cut short, or not what its name says
+        raise DamagedFile(f"{path}: not a readable cuts manifest ({type(e).__name__}: {e})") from None
 
 
 def _utterance(cut: dict, corpus: str, columns: dict[str, str], base: Path) -> Utterance:

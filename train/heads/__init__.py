@@ -85,9 +85,19 @@ def check_overrides(spec: HeadSpec, overrides: dict[str, Any]) -> None:
 
 def make_config(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Any:
     """The head's model config with the ``overrides`` that name its fields (strings are converted to the
-    field's type); the recipe's keys are left to ``make_recipe``."""
+    field's type), checked by its ``check()`` when it has one, so a bad value is refused before anything is
+    loaded or written; the recipe's keys are left to ``make_recipe``."""
     check_overrides(spec, overrides or {})
-    return apply_overrides(spec.config_cls(), overrides or {})
+    config = apply_overrides(spec.config_cls(), overrides or {})
+    if hasattr(config, "check"):
+        config.check()
+    return config
+
+
+def check_choice(head: str, option: str, value: Any, choices: tuple) -> None:
+    """A head option that takes one of a few values: ValueError naming it and them otherwise."""
+    if value not in choices:
+        raise ValueError(f"{head}: {option} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def make_recipe(spec: HeadSpec, overrides: dict[str, Any] | None = None) -> Recipe:

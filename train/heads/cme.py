@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from train.heads import HeadSpec, classification_loss, register
+from train.heads import HeadSpec, check_choice, classification_loss, register
 from train.heads.probe import LayerMix, pool_frames
 from train.recipe import Recipe
 
@@ -51,6 +51,16 @@ class Config:
     vocab_size: int = 16384  # code variant: rows of the word-id gate table (ids are taken modulo this)
     audio_segment: int = 25  # audio-only without a word list: fixed spans of this many frames act as words
     audio_pool: int = 1  # mean of each k input frames before the CNN (1: the paper; spans in input frames)
+
+    def check(self) -> Config:
+        check_choice("cme", "excite", self.excite, EXCITE)
+        check_choice("cme", "variant", self.variant, VARIANTS)
+        if len(self.conv_channels) != len(self.conv_kernels):
+            raise ValueError(f"cme: conv_channels and conv_kernels must be as long as each other (one per "
+                             f"convolution), got {len(self.conv_channels)} and {len(self.conv_kernels)}")
+        if self.audio_pool < 1:
+            raise ValueError(f"cme: audio_pool must be at least 1, got {self.audio_pool}")
+        return self
 
 
 # The paper's Adam lr 5e-4, batch 32, 20 epochs leave the head under-trained on a 400-utterance fold (best
@@ -135,11 +145,7 @@ class CME(nn.Module):
     def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
                  modalities: list[str]) -> None:
         super().__init__()
-        assert cfg.excite in EXCITE, f"excite must be one of {EXCITE}"
-        assert cfg.variant in VARIANTS, f"variant must be one of {VARIANTS}"
-        assert len(cfg.conv_channels) == len(cfg.conv_kernels)
-        assert cfg.audio_pool >= 1, "audio_pool must be at least 1"
-        self.cfg = cfg
+        self.cfg = cfg.check()
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.fused = len(self.modalities) == 2
         d_a = 2 * cfg.conv_channels[-1]

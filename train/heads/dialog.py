@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from train.heads import TEXT_WEIGHTS, HeadSpec, classification_loss, register
+from train.heads import TEXT_WEIGHTS, HeadSpec, check_choice, classification_loss, register
 from train.heads.probe import LayerMix
 from train.recipe import Recipe
 
@@ -59,6 +59,16 @@ class Config:
     # on a few hundred utterances); rav4 seed 0, audio-only, 0.3 / 0.5 / 0.8 gave UA 64.4 / 66.6 / 65.2 against
     # 65.3 without (2026-12-03): noise, so off
     input_dropout: float = 0.0
+
+    def check(self) -> Config:
+        check_choice("dialog", "fusion_at", self.fusion_at, FUSION_AT)
+        check_choice("dialog", "fusion", self.fusion, FUSIONS)
+        check_choice("dialog", "loss", self.loss, LOSSES)
+        check_choice("dialog", "text_weight", self.text_weight, ("fixed", "validation"))
+        if self.text_weight == "validation" and (self.fusion_at != "logits" or self.fusion != "add"):
+            raise ValueError("dialog: text_weight=validation needs fusion_at=logits and fusion=add (the fused "
+                             f"logits are then audio + w * text), not fusion_at={self.fusion_at} fusion={self.fusion}")
+        return self
 
 
 # The paper's Adam lr 1e-3, weight decay 1e-5, batch 20 dialogues, 150 epochs; the cosine decay is ours, and
@@ -142,10 +152,7 @@ class DialogHead(nn.Module):
     def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
                  modalities: list[str]) -> None:
         super().__init__()
-        assert cfg.fusion_at in FUSION_AT, f"fusion_at must be one of {FUSION_AT}"
-        assert cfg.fusion in FUSIONS, f"fusion must be one of {FUSIONS}"
-        assert cfg.loss in LOSSES, f"loss must be one of {LOSSES}"
-        assert cfg.text_weight in ("fixed", "validation"), "text_weight must be fixed or validation"
+        cfg.check()
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.fused = len(self.modalities) == 2
         # a unimodal model is one full branch: the fusion point moves past the last block
@@ -171,10 +178,7 @@ class DialogHead(nn.Module):
         # text_weight = validation: the loop tries each candidate on the validation speakers (set_text_weight)
         # and keeps the best; buffers, so the checkpoint carries the choice and the mean it scales around
         self.text_weight_candidates = None
-        if self.fused and cfg.text_weight == "validation":
-            if self.cut != 3 or cfg.fusion != "add":
-                raise ValueError("text_weight=validation needs fusion_at=logits and fusion=add (the fused logits "
-                                 f"are then audio + w * text), not fusion_at={cfg.fusion_at} fusion={cfg.fusion}")
+        if self.fused and cfg.text_weight == "validation":  # Config.check: at logits, by add
             self.text_weight_candidates = TEXT_WEIGHTS
             self.register_buffer("text_weight", torch.tensor(1.0))
             self.register_buffer("text_mean", torch.zeros(n_classes))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.heads import TEXT_WEIGHTS, HeadSpec, classification_loss, register
+from train.heads import TEXT_WEIGHTS, HeadSpec, check_choice, classification_loss, register
 from train.heads.probe import LayerMix, masked_mean, pool_frames
 from train.recipe import Recipe
 
@@ -50,6 +50,12 @@ class Config:
     # model adds branch_loss x the cross-entropy of each branch's own Linear classifier on its representation, so
     # the audio branch keeps learning from every utterance the text branch already fits (0: off, the paper)
     branch_loss: float = 0.0
+
+    def check(self) -> Config:
+        check_choice("late_concat", "text_weight", self.text_weight, ("fixed", "validation"))
+        if self.audio_pool < 1:
+            raise ValueError(f"late_concat: audio_pool must be at least 1, got {self.audio_pool}")
+        return self
 
 
 # The paper's Adam weight decay 1e-3, 15 epochs; batch 32 is ours (unpublished). 15 epochs of a 400-utterance
@@ -167,7 +173,7 @@ class LateConcat(nn.Module):
         widths = {"text": cfg.text_hidden, "audio": cfg.audio_hidden}
         self.branch_out = (nn.ModuleDict({m: nn.Linear(widths[m], n_classes) for m in self.modalities})
                            if cfg.branch_loss > 0 and len(self.modalities) == 2 else None)
-        assert cfg.text_weight in ("fixed", "validation"), "text_weight must be fixed or validation"
+        cfg.check()
         # the loop tries each candidate on the validation speakers (set_text_weight) and keeps the best; buffers,
         # so the checkpoint carries the choice and the mean it scales around
         self.text_weight_candidates = None

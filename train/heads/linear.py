@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from train.data import CONSTANT_STD
-from train.heads import HeadSpec, classification_loss, register
+from train.heads import HeadSpec, check_choice, classification_loss, register
 from train.metrics import compute_metrics
 from train.recipe import Recipe, class_weights, selection_score
 
@@ -47,6 +47,19 @@ class Config:
     # validation fold picks C = 3e-4 on two folds, where the refit model is 3-4 points worse than at 1e-3).
     cv: int = 4
 
+    def check(self) -> Config:
+        check_choice("linear", "loss", self.loss, LOSSES)
+        bad = [c for c in ([self.C] if self.C is not None else list(self.c_grid)) if not c > 0]
+        if bad:
+            raise ValueError(f"linear: C must be positive (it is the inverse of the L2 strength), got {bad[0]}")
+        if not self.c_grid and self.C is None:
+            raise ValueError("linear: no C to fit (give --set C=... or a non-empty c_grid)")
+        if self.cv < 1:
+            raise ValueError(f"linear: cv must be 1 (the validation speakers alone) or more, got {self.cv}")
+        if self.max_iter < 1:
+            raise ValueError(f"linear: max_iter must be at least 1, got {self.max_iter}")
+        return self
+
 
 # One full-batch fit per C: the epoch fields of the recipe do not apply; refit is on by default because a
 # convex fit with C fixed loses nothing by seeing the validation speakers too (+4 UA points on rav4).
@@ -65,14 +78,7 @@ class LinearHead(nn.Module):
     def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
                  modalities: list[str]) -> None:
         super().__init__()
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"linear: loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-        bad = [c for c in ([cfg.C] if cfg.C is not None else list(cfg.c_grid)) if not c > 0]
-        if bad:
-            raise ValueError(f"linear: C must be positive (it is the inverse of the L2 strength), got {bad[0]}")
-        if cfg.cv < 1:
-            raise ValueError(f"linear: cv must be 1 (the validation speakers alone) or more, got {cfg.cv}")
-        self.cfg = cfg
+        self.cfg = cfg.check()
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         self.layered = {m: layers.get(m, 1) > 1 for m in self.modalities}
         self.out = nn.Linear(sum(dims[m] for m in self.modalities), n_classes)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from train.heads import HeadSpec, classification_loss, register
+from train.heads import HeadSpec, check_choice, classification_loss, register
 from train.heads.probe import LayerMix, pool_frames
 from train.recipe import Recipe
 
@@ -48,6 +48,14 @@ class Config:
     rmm_end_epoch: int = 70
     rmm_text_prob: float = 0.6  # a hit sample loses text with this probability, else audio
     eval_mask: str | None = None  # "text" | "audio": drop that modality for every sample at test time
+
+    def check(self) -> Config:
+        check_choice("msmser", "eval_mask", self.eval_mask, (None, "text", "audio"))
+        if self.audio_pool < 1:
+            raise ValueError(f"msmser: audio_pool must be at least 1, got {self.audio_pool}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"msmser: d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        return self
 
 
 # The paper's Adam lr 2e-5, batch 8, 100 epochs; warm-up and cosine decay are ours. The head itself forbids
@@ -99,7 +107,7 @@ class MSMSER(nn.Module):
     def __init__(self, cfg: Config, dims: dict[str, int], layers: dict[str, int], n_classes: int,
                  modalities: list[str]) -> None:
         super().__init__()
-        assert cfg.eval_mask in (None, "text", "audio"), "eval_mask must be None, 'text' or 'audio'"
+        cfg.check()
         self.cfg = cfg
         self.modalities = [m for m in ("audio", "text") if m in modalities]
         # While random modality masking is still on, validation scores a model trained on masked inputs:
