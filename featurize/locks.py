@@ -78,8 +78,12 @@ class FileLock:
                 _HELD[key][1] += 1
                 self._fd = _HELD[key][0]
                 return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = self._open()
+        if fd < 0:  # a reader of a store it cannot write to, with no lock file to share
+            with _HELD_GUARD:
+                _HELD[key] = [fd, 1]
+            self._fd = fd
+            return self
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         told = False
@@ -106,6 +110,25 @@ class FileLock:
         self._fd = fd
         return self
 
+    def _open(self) -> int:
+        """The lock file's descriptor (created if need be). A store this process cannot write to (a read-only
+        mount, another user's files) still serves readers: they share the lock through a read-only descriptor
+        (flock needs no write access), or, with no lock file there, take none (-1): a mount nobody can write to
+        has no writer to wait for. A writer is refused in one line."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            if not self.shared:
+                raise PermissionError(f"{self.what} cannot be written: {self.path.parent.parent} is read-only "
+                                      f"here ({e.strerror})") from None
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return -1
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -116,8 +139,9 @@ class FileLock:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del _HELD[key]
-                    fcntl.flock(entry[0], fcntl.LOCK_UN)
-                    os.close(entry[0])
+                    if entry[0] >= 0:
+                        fcntl.flock(entry[0], fcntl.LOCK_UN)
+                        os.close(entry[0])
         self._fd = None
 
     @property

@@ -87,6 +87,13 @@ class Location:
                         return buffer[:n]
         return np.frombuffer(self.read_bytes(key), dtype=np.uint8)
 
+    def child_folders(self, key: str) -> list[str]:
+        """The names of the folders (object-store prefixes) directly under ``key``."""
+        if not self.remote:
+            return sorted(p.name for p in (self.local / key).iterdir() if p.is_dir())
+        return sorted(d["name"].rstrip("/").rsplit("/", 1)[-1] for d in self.fs.ls(self._key(key), detail=True)
+                      if d["type"] == "directory")
+
     def remove_tree(self, key: str) -> None:
         if not self.remote:
             shutil.rmtree(self.local / key, ignore_errors=True)

@@ -66,6 +66,10 @@ SCHEMA_FILE = Path(__file__).resolve().parent.parent / "store_schema.yaml"
 CHUNK_BYTES = 1024 * 1024
 
 
+# what zarr raises reading a zarr.json that is cut short or overwritten
+DAMAGED_METADATA = (json.JSONDecodeError, UnicodeDecodeError)
+
+
 class StoreError(RuntimeError):
     pass
 
@@ -294,21 +298,51 @@ class FeatureStore:
         if not self._root_exists():
             if not create:
                 raise StoreError(f"no feature store at {self.where} (run `featurize extract` first)")
+            self._refuse_foreign_folder()
             # two jobs starting on one new store: one creates it under the lock, the other then opens it
             with self.lock("utterances"):
                 if not self.location.exists("zarr.json"):
                     self._create_root()
-        self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
-        if "schema_version" not in self.root.attrs or "features" not in self.root:
-            with self.lock("utterances", shared=True):  # seen mid-creation: wait for its creator to finish
-                self._reopen()
-        version = self.root.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.where}: store schema version {version!r}, this sercache reads "
-                f"version {SCHEMA_VERSION}; re-extract into a new store"
-            )
-        self.validate()
+        try:
+            self.root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
+            if "schema_version" not in self.root.attrs or "features" not in self.root:
+                with self.lock("utterances", shared=True):  # seen mid-creation: wait for its creator to finish
+                    self._reopen()
+            version = self.root.attrs.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.where}: store schema version {version!r}, this sercache reads "
+                    f"version {SCHEMA_VERSION}; re-extract into a new store"
+                )
+            self.validate()
+        except DAMAGED_METADATA as e:  # the root's or the utterance table's own metadata: nothing is usable
+            raise StoreError(f"{self.where}: damaged: {self._damaged_metadata() or 'its metadata'} is not JSON ({e}); "
+                             "restore the store from a copy, or extract into a new store") from None
+
+    def _damaged_metadata(self) -> str | None:
+        """Which of the store's own metadata files does not parse (the root's, the utterance table's, features/)."""
+        for key in ("zarr.json", "utterances/zarr.json", "features/zarr.json"):
+            try:
+                if self.location.exists(key):
+                    json.loads(self.location.read_bytes(key))
+            except DAMAGED_METADATA:
+                return key
+        return None
+
+    def _refuse_foreign_folder(self) -> None:
+        """A new store is made in a new or empty folder (one holding only the locks of a store another job is
+        creating): never in a file, nor among a folder's own files (a corpus given as --store by mistake)."""
+        if self.remote or not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise StoreError(f"{self.where} is a file, not a feature store: give --store a folder")
+        others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_DIR)
+        if {"features", "utterances"} & set(others):
+            raise StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the store "
+                             "from a copy, or extract into a new store")
+        if others:
+            raise StoreError(f"{self.where} is a folder that is not a feature store (it holds {', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}): give --store a new folder, or a store's")
 
     def _create_root(self) -> None:
         """Write an empty store: its root (with the schema version) and features/. The caller holds the
@@ -553,8 +587,19 @@ class FeatureStore:
         feats = self.root["features"]
         need = load_schema()["feature"]["attrs"]
         out = []
-        for name in sorted(feats.group_keys()):
-            grp = feats[name]
+        try:
+            names = sorted(feats.group_keys())
+        except DAMAGED_METADATA:  # zarr parses every group's zarr.json to list them: list their folders instead
+            names = self.location.child_folders("features")
+        for name in names:
+            try:
+                grp = feats[name]
+            except KeyError:  # a folder with no metadata: not a group (zarr would not list it either)
+                continue
+            except DAMAGED_METADATA as e:  # the other groups stay usable; verify names it, --repair removes it
+                self.ignored[name] = (f"damaged: features/{name}/zarr.json is not JSON ({e}), so its arrays cannot "
+                                      "be read: ignored")
+                continue
             absent = [a for a in need if a not in grp.attrs]
             if absent:
                 self.ignored[name] = f"half-made group (no {', '.join(absent)}): ignored"
@@ -704,7 +749,10 @@ class FeatureStore:
         ever sees it half deleted; on an object store its attributes are cleared first (readers then ignore
         it as half made), then its objects are deleted."""
         if self.remote:
-            self.root["features"][name].attrs.put({})
+            try:
+                self.root["features"][name].attrs.put({})
+            except DAMAGED_METADATA:  # readers ignore it already
+                pass
             self.location.remove_tree(f"features/{name}")
         else:
             doomed = self.path / PARTIAL / f"{name}.deleting-{os.getpid()}"
@@ -876,7 +924,11 @@ class FeatureStore:
             with self.lock(f"feature {name}"):
                 self._reopen()
                 feats = self.root["features"]
-                if name not in feats or "n_committed" in feats[name].attrs:  # gone, or a writer finished it
+                try:
+                    done = name not in feats or "n_committed" in feats[name].attrs  # gone, or a writer finished it
+                except DAMAGED_METADATA:
+                    done = False
+                if done:
                     self.ignored.pop(name)
                     continue
                 self._remove_group(name)

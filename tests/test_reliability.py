@@ -463,3 +463,48 @@ def test_a_repair_killed_between_its_renames_is_finished_at_the_next_open(corpus
     reopened = FeatureStore(path)
     assert reopened.verify(name).ok and not list((path / "partial").glob(f"{name}.*"))
     assert set(reopened.committed_ids(name)) == {u.utt_id for u in read_corpus("manifest", manifest)[0]} - damaged
+
+
+# -- a read-only store ----------------------------------------------------------------------------------------
+def _read_only(path: Path) -> list[str]:
+    """A command prefix under which the store at ``path`` is read-only: a read-only bind mount in a private mount
+    namespace when run as root (whom file modes do not stop), its write bits taken off otherwise."""
+    if os.geteuid() != 0:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        return []
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    prefix = ["unshare", "-m", "sh", "-c", script, str(path)]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no read-only bind mount here (unshare -m, mount)")
+    return prefix
+
+
+def test_a_read_only_store_serves_its_readers_and_refuses_a_writer_in_one_line(tmp_path):
+    """A store on a read-only mount (features shared with a cluster's readers): listing, verifying and training
+    read it as they would a writable one; extracting into it is one line naming the store, not a traceback."""
+    manifest = write_manifest_corpus(tmp_path / "c", 24, seconds=(0.4, 0.6))
+    utts, _ = read_corpus("manifest", manifest)
+    path = tmp_path / "s.zarr"
+    run_extraction(FeatureStore(path), utts, Fbank(), workers=1)
+    (path / "locks" / "utterances.lock").unlink()  # as a store copied without its lock files: none can be made
+    prefix = _read_only(path)
+
+    def cli(tool: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, sys.executable, "-m", f"{tool}.cli", *args], capture_output=True,
+                              text=True, env=ENV, timeout=300)
+
+    listed = cli("featurize", "ls", "--store", str(path))
+    assert listed.returncode == 0 and "fbank" in listed.stdout, listed.stderr[-2000:]
+    verified = cli("featurize", "verify", "--store", str(path))
+    assert verified.returncode == 0 and "no damage" in verified.stdout, verified.stderr[-2000:]
+    trained = cli("train", "run", "--store", str(path), "--corpus", "corpus", "--protocol", "speaker-kfold",
+                  "--folds", "3", "--head", "probe", "--feature", "fbank", "--max-epochs", "2",
+                  "--out", str(tmp_path / "run"))
+    assert trained.returncode == 0 and (tmp_path / "run" / "summary.json").exists(), trained.stderr[-2000:]
+    refused = cli("featurize", "extract", "--corpus", "manifest", "--data", str(manifest), "--model", "fbank",
+                  "-o", "n_mels=24", "--workers", "1", "--store", str(path))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "cannot be written" in said and "read-only" in said and str(path) in said
+    assert not (path / "locks" / "utterances.lock").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import fsspec
 import numpy as np
 import pytest
 
@@ -318,3 +319,53 @@ def test_a_half_made_group_named_in_full_is_an_error_naming_it():
     for call in (reader.read, reader.verify):
         with pytest.raises(StoreError, match=f"feature {writer.name} .* is half made"):
             call(writer.name)
+
+
+def _two_groups(where: str) -> tuple[FeatureStore, list[str]]:
+    store = FeatureStore(where)
+    store.write_utterances(_utts(2))
+    for n in (2, 3):
+        w = store.writer("feat", "feat", {"n": n}, [ArraySpec("f", "utterance", (n,))])
+        w.commit(["c/u0", "c/u1"], [{"f": np.ones(n)}, {"f": np.zeros(n)}])
+        w.finish(True)
+    return store, sorted(f.name for f in store.features())
+
+
+@pytest.mark.parametrize("where", ["local", "memory://damaged-group/s.zarr"])
+def test_a_group_whose_metadata_is_damaged_is_named_and_the_others_stay_usable(tmp_path, where):
+    """A feature group's zarr.json cut short or overwritten: that group is set aside and named (verify shows it,
+    --repair removes it), while every other group reads as before, locally and on an object store."""
+    where = str(tmp_path / "s.zarr") if where == "local" else where
+    _, names = _two_groups(where)
+    with fsspec.open(f"{where}/features/{names[0]}/zarr.json", "wb") as f:
+        f.write(b"garbage")
+    again = FeatureStore(where, create=False)
+    assert [f.name for f in again.features()] == [names[1]]
+    assert "zarr.json is not JSON" in again.ignored[names[0]]
+    np.testing.assert_array_equal(again.read(names[1]).get("c/u1"), np.zeros(3))
+    assert again.remove_ignored() == [names[0]]
+    assert [f.name for f in FeatureStore(where, create=False).features()] == [names[1]]
+    assert not FeatureStore(where, create=False).ignored
+
+
+def test_damaged_store_metadata_is_one_error_naming_the_file_and_a_foreign_folder_never_becomes_a_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    _two_groups(str(path))
+    table = (path / "utterances" / "zarr.json").read_text()
+    for key in ("utterances/zarr.json", "zarr.json"):
+        (path / key).write_text('{"zarr_format": 3, "node_t')  # cut short
+        with pytest.raises(StoreError, match=f"damaged: {key} is not JSON"):
+            FeatureStore(path, create=False)
+        if key.startswith("utterances"):
+            (path / key).write_text(table)
+    (path / "zarr.json").unlink()  # lost: never replaced by a new empty root over the features still there
+    with pytest.raises(StoreError, match=r"root metadata \(zarr.json\) is missing"):
+        FeatureStore(path)
+    corpus = tmp_path / "corpus"  # a corpus folder given as --store by mistake
+    (corpus / "Actor_01").mkdir(parents=True)
+    (corpus / "README.txt").write_text("mine")
+    with pytest.raises(StoreError, match="is a folder that is not a feature store .*Actor_01, README.txt"):
+        FeatureStore(corpus)
+    assert sorted(p.name for p in corpus.iterdir()) == ["Actor_01", "README.txt"]
+    with pytest.raises(StoreError, match="is a file, not a feature store"):
+        FeatureStore(corpus / "README.txt")
