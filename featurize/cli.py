@@ -24,11 +24,11 @@ console = Console(stderr=True)
 CORPUS_HELP = "corpus reader (`featurize extract --help` lists them)"
 
 
-def parse_options(pairs: list[str]) -> dict[str, str]:
+def parse_options(pairs: list[str], flag: str = "--option") -> dict[str, str]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise typer.BadParameter(f"--option wants key=value, got {pair!r}")
+            raise typer.BadParameter(f"{flag} wants key=value, got {pair!r}")
         k, v = pair.split("=", 1)
         out[k.strip().replace("-", "_")] = v.strip()
     return out
@@ -44,7 +44,7 @@ def reader_options(corpus: str, name: str | None, columns: str | None) -> dict:
     if name:
         out["corpus"] = name
     if columns:
-        pairs = parse_options(columns.split(","))
+        pairs = parse_options(columns.split(","), "--columns")
         out["columns"] = pairs
     return out
 
@@ -74,14 +74,14 @@ def extract(
     model_path: Path = typer.Option(None, help="local directory of the encoder (neural extractors)"),
     layers: str = typer.Option(None, help="hidden layers to store, e.g. 0-12 or 9,12 (neural extractors)"),
     device: str = typer.Option(None, help="cpu | cuda (default: cuda when present)"),
-    batch_seconds: float = typer.Option(60.0, help="audio seconds per batch for batched extractors"),
+    batch_seconds: float = typer.Option(60.0, min=0.1, help="audio seconds per batch for batched extractors"),
     option: list[str] = typer.Option(
         [], "--option", "-o", help="extractor option key=value (repeatable), e.g. -o set=egemaps for opensmile"
     ),
-    limit: int = typer.Option(None, help="extract at most this many utterances (for a quick try)"),
+    limit: int = typer.Option(None, min=1, help="extract at most this many utterances (for a quick try)"),
     dry_run: bool = typer.Option(False, help="print the plan and the disk estimate, extract nothing"),
     lock_timeout: float = typer.Option(
-        None, help="seconds to wait when another process is writing this feature (default: wait; 0: refuse)"),
+        None, min=0, help="seconds to wait when another process is writing this feature (default: wait; 0: refuse)"),
     scheduler: str = typer.Option(
         None, help="compute on a dask.distributed cluster: local:N (N worker processes here) or tcp://HOST:PORT"),
 ) -> None:
@@ -168,11 +168,11 @@ def transcribe(
                                    "`make models` installs; default tiny.en)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     compute_type: str = typer.Option(None, help="CTranslate2 compute type (default int8 on cpu, float16 on cuda)"),
-    beam_size: int = typer.Option(5, help="beam size (1 = greedy, faster)"),
+    beam_size: int = typer.Option(5, min=1, help="beam size (1 = greedy, faster)"),
     workers: int = typer.Option(1, min=1, help="utterances decoded at once (faster-whisper num_workers)"),
     threads: int = typer.Option(0, min=0, help="CPU threads per worker (0: cores / workers)"),
     language: str = typer.Option(None, help="language code (default: en for *.en models, else detected)"),
-    limit: int = typer.Option(None, help="transcribe at most this many utterances (for a quick try)"),
+    limit: int = typer.Option(None, min=1, help="transcribe at most this many utterances (for a quick try)"),
     force: bool = typer.Option(False, help="redo utterances that already have ASR words"),
 ) -> None:
     """Whisper ASR words with start/end times into the store's utterance table (forced alignments are kept)."""

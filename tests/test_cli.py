@@ -52,6 +52,8 @@ def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[st
               "seeds_a_number": "corpus: corpus\nprotocol: speaker-kfold\nseeds: 3\ngrid:\n"
                                 "  - {head: linear, features: [opensmile]}\n",
               "valid": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n  - {head: linear, features: [opensmile]}\n",
+              "empty_option": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n"
+                              "  - {head: linear, features: [opensmile], options: {C: []}}\n",
               "name_with_a_path": "corpus: corpus\nprotocol: speaker-kfold\ngrid:\n"
                                   "  - {name: ../escape, head: linear, features: [opensmile]}\n"}
     for name, text in sweeps.items():
@@ -83,6 +85,21 @@ def _mistakes(manifest: Path, store: Path, tmp: Path) -> list[tuple[str, list[st
         ("an empty iemocap.pkl", ["featurize", "extract", "--corpus", "iemocap-text", "--data", str(tmp / "iemo"),
                                   "--model", "fbank", "--store", str(tmp / "i.zarr")], 3,
          ["iemocap.pkl: not a readable pickle"]),
+        ("an option listing no values in a sweep", [*sweep, str(tmp / "empty_option.yaml")], 2,
+         ["option(s) C list no values"]),
+        ("layers that are not numbers", train + ["--head", "probe", "--feature", "opensmile@top"], 2,
+         ["feature opensmile@top: the layers after @ are numbers"]),
+        ("a folder given as a manifest", ["featurize", "extract", "--corpus", "manifest", "--data", str(tmp),
+                                          "--model", "fbank", "--store", str(tmp / "f.zarr")], 3,
+         ["a folder; the manifest corpus is a CSV or JSONL file"]),
+        ("a file given as the RAVDESS folder", ["featurize", "extract", "--corpus", "ravdess", "--data",
+                                                str(manifest), "--model", "fbank", "--store", str(tmp / "f.zarr")], 3,
+         ["a file; the ravdess corpus is the folder holding Actor_01"]),
+        ("a store given as the run's --out", train + ["--head", "linear", "--feature", "opensmile", "--out",
+                                                      str(store)], 2, ["is a feature store, not a run directory"]),
+        ("a limit of 0", ["featurize", "extract", "--corpus", "manifest", "--data", str(manifest), "--model",
+                          "fbank", "--limit", "0", "--store", str(tmp / "f.zarr")], 2,
+         ["--limit", "greater than or equal to 1"]),
         ("a head option of the wrong type", train + ["--head", "linear", "--feature", "opensmile", "--set", "C=abc"],
          2, ["option 'C' wants a number", "'abc'"]),
         ("a head option outside its choices", train + ["--head", "cme", "--feature", "fbank", "--set",

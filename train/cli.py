@@ -439,6 +439,10 @@ def expand_grid(sweep: dict, where: str = "sweep file") -> list[tuple[str, RunRe
         entry = {**base, **entry}
         options = {**(base.get("options") or {}), **(entry.pop("options", None) or {})}
         keys = list(options)  # the sweep file's order names the cells (e.g. position-method-loss)
+        empty = [k for k in keys if options[k] == []]
+        if empty:
+            raise ValueError(f"{where}: grid entry {entry.get('name') or entry.get('head')}: option(s) "
+                             f"{', '.join(empty)} list no values, so the entry would give no cell")
         for values in itertools.product(*[options[k] if isinstance(options[k], list) else [options[k]] for k in keys]):
             opts = dict(zip(keys, values, strict=True))
             # A cell is named by its entry's `name` (default: the head), the values of its swept

@@ -41,7 +41,11 @@ class FeatureChoice:
         layers = None
         if "@" in text:
             text, spec = text.split("@", 1)
-            layers = parse_layers(spec)
+            try:
+                layers = parse_layers(spec)
+            except ValueError:
+                raise ValueError(f"feature {text}@{spec}: the layers after @ are numbers and ranges, e.g. "
+                                 f"{text}@9,12 or {text}@6-12") from None
         name, _, array = text.partition(":")
         return cls(name, array or None, layers)
 

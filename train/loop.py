@@ -521,6 +521,8 @@ def check_run_dir(out_dir: Path, run_config: dict) -> None:
     otherwise ValueError, before anything in it is touched."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file, not a run directory: give another --out")
+    if (out_dir / "zarr.json").exists():
+        raise ValueError(f"{out_dir} is a feature store, not a run directory: give another --out")
     config = out_dir / "config.json"
     if config.exists():
         changed = changed_settings(read_json(config, "a run's configuration"), run_config)

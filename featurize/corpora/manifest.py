@@ -37,6 +37,9 @@ def read(path: Path, corpus: str | None = None, columns: dict[str, str] | None =
     """Read the manifest at `path`; `corpus` names the corpus and prefixes ids (default: file stem);
     `columns` maps our field names to the manifest's (``{"path": "wav", "label": "emo"}``)."""
     path = Path(path).resolve()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder; the manifest corpus is a CSV or JSONL file with a row per "
+                                "utterance (path, label, speaker, ...)")
     corpus = corpus or path.stem
     report = CorpusReport()
     utterances: list[Utterance] = []

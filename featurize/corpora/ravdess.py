@@ -43,6 +43,8 @@ _AUDIO_SUFFIXES = {".wav", ".flac"}
 def read(path: Path) -> tuple[list[Utterance], CorpusReport]:
     """Read RAVDESS speech from `path`, the folder holding `Actor_01` … `Actor_24`."""
     path = Path(path).resolve()
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path}: a file; the ravdess corpus is the folder holding Actor_01 ... Actor_24")
     actor_dirs = sorted(d for d in path.iterdir() if d.is_dir() and _ACTOR_DIR.match(d.name))
     if not actor_dirs:
         raise ValueError(f"{path}: no Actor_XX folders; is this the RAVDESS folder?")
