@@ -115,6 +115,10 @@ class Fbank(Extractor):
             raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
         if not 8000 <= sample_rate <= 192000:
             raise ValueError(f"sample_rate must be in [8000, 192000] Hz, got {sample_rate}")
+        bins = (1 << (int(sample_rate * frame_ms / 1000) - 1).bit_length()) // 2 + 1  # the frame's FFT bins
+        if n_mels >= bins:  # most bands would read no bin: constant columns
+            raise ValueError(f"n_mels {n_mels} is too many for {frame_ms} ms frames at {sample_rate} Hz: the FFT has "
+                             f"{bins} bins, so there can be at most {bins - 1} bands")
         self.n_mels, self.frame_ms, self.shift_ms, self.dtype = n_mels, frame_ms, shift_ms, dtype
         self.sample_rate = sample_rate
 
