@@ -152,18 +152,20 @@ def _ids(utts: Iterable[Utterance]) -> list[str]:
     return sorted(u.utt_id for u in utts)
 
 
-def _sessions(utts: Sequence[Utterance]) -> list[str]:
+def _sessions(utts: Sequence[Utterance], protocol: str) -> list[str]:
     missing = [u.utt_id for u in utts if u.session is None]
     if missing:
+        what = ("leaves one session out" if protocol == "loso"
+                else "tests on a session (or on the corpus's official split, which these utterances lack)")
         raise ValueError(
-            f"loso leaves one session out, but {len(missing)} of {len(utts)} utterances have no session "
+            f"{protocol} {what}, but {len(missing)} of {len(utts)} utterances have no session "
             f"(e.g. {', '.join(missing[:3])}): give the manifest a `session` column, or use "
             f"--protocol speaker-kfold (folds of speakers)")
     return sorted({u.session for u in utts}, key=natural_key)
 
 
 def _loso(utts: list[Utterance], seed: int) -> list[Fold]:
-    sessions = _sessions(utts)
+    sessions = _sessions(utts, "loso")
     if len(sessions) < 3:
         raise ValueError(f"loso needs at least 3 sessions (test, valid, train); got {sessions}")
     folds = []
@@ -209,7 +211,7 @@ def _holdout(
             )
         ]
 
-    sessions = _sessions(utts)
+    sessions = _sessions(utts, "holdout")
     if test_sessions is None:
         test_sessions = [sessions[-1]]
     elif isinstance(test_sessions, str):
