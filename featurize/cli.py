@@ -42,6 +42,8 @@ def reader_options(corpus: str, name: str | None, columns: str | None) -> dict:
         return {}
     out: dict = {}
     if name:
+        if "/" in name or not name.strip():
+            raise typer.BadParameter(f"--name {name!r} prefixes every utterance id as NAME/...: give it without a /")
         out["corpus"] = name
     if columns:
         pairs = parse_options(columns.split(","), "--columns")

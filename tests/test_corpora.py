@@ -116,6 +116,7 @@ def test_ravdess_generated(tmp_path):
     _tone(tmp_path / "Actor_12" / "03-01-05-02.wav")  # malformed name
     _tone(tmp_path / "Actor_12" / "03-01-09-01-01-01-12.wav")  # no emotion 09
     _tone(tmp_path / "Actor_12" / "03-02-03-01-01-01-12.wav")  # song
+    _tone(tmp_path / "Actor_12" / "03-01-04-01-01-01-07.wav")  # actor 07's file in actor 12's folder
     (tmp_path / "Actor_12" / "notes.txt").write_text("not audio")  # ignored, not counted
 
     utts, report = read_corpus("ravdess", tmp_path)  # no metadata.csv: fine
@@ -135,7 +136,8 @@ def test_ravdess_generated(tmp_path):
     assert first.duration == pytest.approx(0.25)
     assert by_id["ravdess/03-01-08-02-01-01-12"].extra["gender"] == "female"
     assert by_id["ravdess/03-01-08-02-01-01-12"].label == "surprised"
-    assert {r: len(v) for r, v in report.skipped.items()} == {"malformed file name": 2}
+    assert {r: len(v) for r, v in report.skipped.items()} == {"malformed file name": 2,
+                                                              "actor in the file name differs from its folder's": 1}
     assert report.excluded == {"not speech (vocal channel != 01)": 1}  # song: left out by design, not an error
 
 

@@ -84,13 +84,11 @@ def _parse(file: Path, folder_actor: int, report: CorpusReport) -> Utterance | N
     if channel != "01":
         report.exclude("not speech (vocal channel != 01)")
         return None
-    if (
-        emotion not in EMOTIONS
-        or intensity not in INTENSITIES
-        or statement not in STATEMENTS
-        or repetition not in ("01", "02")
-        or int(actor) != folder_actor
-    ):
+    if int(actor) != folder_actor:  # a file moved to another actor's folder: which speaker is it?
+        report.skip("actor in the file name differs from its folder's", str(file))
+        return None
+    if emotion not in EMOTIONS or intensity not in INTENSITIES or statement not in STATEMENTS or \
+            repetition not in ("01", "02"):
         report.skip("malformed file name", str(file))
         return None
     number = int(actor)
