@@ -96,7 +96,10 @@ class Transcriber:
         # a short name (`base`, `whisper-base`, `tiny.en`) means the model `make models` installed
         name = SHORT_NAMES.get(str(model_path)) if model_path else "whisper-tiny.en"
         self.location = resolve_model(name) if name else str(model_path)
-        if looks_like_path(self.location):
+        from faster_whisper.utils import available_models
+
+        # a folder, a hub id (org/name) or a size faster-whisper downloads; anything else was meant as a folder
+        if looks_like_path(self.location) or ("/" not in self.location and self.location not in available_models()):
             check_model_dir(self.location, "a CTranslate2 Whisper folder with model.bin, or base / tiny.en")
         self.compute_type = compute_type or ("int8" if device == "cpu" else "float16")
         self.beam_size = beam_size
