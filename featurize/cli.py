@@ -116,7 +116,7 @@ def extract(
         console.print(f"[red]error[/] no utterance could be read from {data}")
         raise typer.Exit(code=EXIT_DATA)
     if dry_run:
-        p, writer = plan(fs, utts, extractor)
+        p, writer = plan(fs, utts, extractor, limit=limit)
         writer.close()
         console.print(
             f"{extractor.describe()}: {len(p.todo)} to extract, {p.already_done} stored; "
