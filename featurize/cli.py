@@ -321,8 +321,9 @@ def export(
     # an earlier export is replaced; any other file under that name is the user's, and is kept
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder: give the HDF5 file to write, e.g. {out / (feature + '.h5')}")
-    if out.exists() and not h5py.is_hdf5(out):
-        raise FileExistsError(f"--out {out} exists and is not an HDF5 file: it is left as it is; give another --out")
+    if out.exists() and not _an_export(out):
+        raise FileExistsError(f"--out {out} exists and is not a feature exported by sercache: it is left as it "
+                              "is; give another --out")
     fs = FeatureStore(store, create=False)
     info = fs.feature_info(fs.resolve_feature(feature))
     name = info.name
@@ -346,6 +347,16 @@ def export(
         tmp.unlink(missing_ok=True)
         raise
     console.print(f"exported {name} ({', '.join(arrays)}; {info.n_committed} utterances) to {out}")
+
+
+def _an_export(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file `featurize export` wrote (its attributes name the feature and config)."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as h5:
+        return "feature" in h5.attrs and "config" in h5.attrs
 
 
 @app.command()

@@ -122,8 +122,9 @@ class FileLock:
             if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
             if not self.shared:
-                raise PermissionError(f"{self.what} cannot be written: {self.path.parent.parent} is read-only "
-                                      f"here ({e.strerror})") from None
+                why = "is on a read-only file system" if e.errno == errno.EROFS else "is not writable by this user"
+                raise PermissionError(f"{self.what} cannot be written: {self.path.parent.parent} {why} "
+                                      f"({e.strerror})") from None
         try:
             return os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:

@@ -290,6 +290,7 @@ class FeatureStore:
         self.lock_timeout = lock_timeout
         self.on_wait = on_wait or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.ignored: dict[str, str] = {}  # half-made feature groups: name -> why
+        self.damaged: set[str] = set()  # groups whose arrays' metadata does not parse (also in ignored)
         if not self.remote and (self.path / "utterances.old").exists():  # a table swap was cut short
             with self.lock("utterances"):
                 self._recover_table_swap()
@@ -319,9 +320,10 @@ class FeatureStore:
             raise StoreError(f"{self.where}: damaged: {self._damaged_metadata() or 'its metadata'} is not JSON ({e}); "
                              "restore the store from a copy, or extract into a new store") from None
 
-    def _damaged_metadata(self) -> str | None:
-        """Which of the store's own metadata files does not parse (the root's, the utterance table's, features/)."""
-        for key in ("zarr.json", "utterances/zarr.json", "features/zarr.json"):
+    def _damaged_metadata(self, keys: Sequence[str] = ("zarr.json", "utterances/zarr.json", "features/zarr.json"),
+                          ) -> str | None:
+        """The first of these metadata files (default: the store's own) that does not parse."""
+        for key in keys:
             try:
                 if self.location.exists(key):
                     json.loads(self.location.read_bytes(key))
@@ -336,7 +338,11 @@ class FeatureStore:
             return
         if not self.path.is_dir():
             raise StoreError(f"{self.where} is a file, not a feature store: give --store a folder")
-        others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_DIR)
+        # zarr.json*: the root another job is writing now (it holds the lock; this one then waits for it)
+        others = sorted(p.name for p in self.path.iterdir()
+                        if p.name != LOCK_DIR and not p.name.startswith("zarr.json"))
+        if not others or self.location.exists("zarr.json"):
+            return
         if {"features", "utterances"} & set(others):
             raise StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the store "
                              "from a copy, or extract into a new store")
@@ -394,7 +400,15 @@ class FeatureStore:
                 if spec["kind"] not in feat_schema["array_kinds"]:
                     raise StoreError(f"{self.where}: feature {name} array {arr}: unknown kind {spec['kind']!r}")
                 need = feat_schema["array_kinds"][spec["kind"]]
-                if arr not in grp or any(k not in grp[arr] for k in need):
+                try:
+                    lacking = arr not in grp or any(k not in grp[arr] for k in need)
+                except DAMAGED_METADATA as e:  # an array's own zarr.json: that group alone is set aside
+                    keys = [f"features/{name}/{arr}/zarr.json", *(f"features/{name}/{arr}/{k}/zarr.json" for k in need)]
+                    self.damaged.add(name)
+                    self.ignored[name] = (f"damaged: {self._damaged_metadata(keys) or f'features/{name}'} is not "
+                                          f"JSON ({e}), so its arrays cannot be read: ignored")
+                    break
+                if lacking:
                     raise StoreError(f"{self.where}: feature {name} array {arr} lacks {need}")
 
     # -- the utterance table ---------------------------------------------------------------------
@@ -592,6 +606,8 @@ class FeatureStore:
         except DAMAGED_METADATA:  # zarr parses every group's zarr.json to list them: list their folders instead
             names = self.location.child_folders("features")
         for name in names:
+            if name in self.damaged:
+                continue
             try:
                 grp = feats[name]
             except KeyError:  # a folder with no metadata: not a group (zarr would not list it either)
@@ -679,11 +695,15 @@ class FeatureStore:
         try:
             self._reopen()  # what another writer did while we waited
             feats = self.root.require_group("features")
-            if name in feats:
-                attrs = feats[name].attrs
-                if attrs.get("stale") or "n_committed" not in attrs:
-                    # inputs changed since (see mark_stale), or half made by an older sercache: rebuilt whole
-                    self._remove_group(name)
+            try:
+                attrs = feats[name].attrs if name in feats else None
+                # inputs changed since (see mark_stale), or half made by an older sercache: rebuilt whole
+                rebuild = name in self.damaged or (
+                    attrs is not None and (attrs.get("stale") or "n_committed" not in attrs))
+            except DAMAGED_METADATA:  # its metadata does not parse (verify names it): its arrays are lost anyway
+                rebuild = True
+            if rebuild:
+                self._remove_group(name)
             if name not in self.root["features"]:
                 self._create_group(name, extractor, config, arrays, init_options or {})
             writer = FeatureWriter(self.root["features"][name], name, lock, self)
@@ -760,6 +780,7 @@ class FeatureStore:
             os.rename(self.path / "features" / name, doomed)
             shutil.rmtree(doomed)
         self.ignored.pop(name, None)
+        self.damaged.discard(name)
         self._reopen()
 
     def mark_stale(self, changed: dict[str, set[str]], reason: str) -> list[str]:
@@ -924,8 +945,8 @@ class FeatureStore:
             with self.lock(f"feature {name}"):
                 self._reopen()
                 feats = self.root["features"]
-                try:
-                    done = name not in feats or "n_committed" in feats[name].attrs  # gone, or a writer finished it
+                try:  # gone, or a writer finished it (a group damaged inside is removed whatever its attributes)
+                    done = name not in self.damaged and (name not in feats or "n_committed" in feats[name].attrs)
                 except DAMAGED_METADATA:
                     done = False
                 if done:

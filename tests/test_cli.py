@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 
 from featurize.corpora import read_corpus
@@ -305,7 +306,15 @@ def test_export_keeps_a_file_that_is_not_an_export(store, tmp_path):
     keep = tmp_path / "notes.txt"
     keep.write_text("mine")
     res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(keep))
-    assert res.returncode == 3 and "is not an HDF5 file" in res.stderr and keep.read_text() == "mine"
+    assert res.returncode == 3 and "is not a feature exported by sercache" in " ".join(res.stderr.split())
+    assert keep.read_text() == "mine"
+    theirs = tmp_path / "theirs.h5"  # an HDF5 file of the user's own, not an export
+    with h5py.File(theirs, "w") as h5:
+        h5["x"] = [1, 2, 3]
+    res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(theirs))
+    assert res.returncode == 3 and "not a feature exported by sercache" in " ".join(res.stderr.split())
+    with h5py.File(theirs, "r") as h5:
+        assert list(h5["x"][:]) == [1, 2, 3]
     res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(tmp_path))
     assert res.returncode == 3 and "is a folder" in res.stderr and not list(tmp_path.glob("*.partial"))
     out = tmp_path / "f.h5"

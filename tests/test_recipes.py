@@ -543,3 +543,25 @@ def test_a_dimension_constant_in_training_is_centred_not_blown_up():
     x = torch.zeros(1, 8)
     x[0, 0] = 2.3
     assert norm("audio", x)[0, 0].item() == pytest.approx(0.3)
+
+
+def test_options_take_the_type_their_field_declares():
+    """--set strings, YAML's own types and stored JSON all become the dataclass field's declared type; a value that
+    cannot be one is refused naming the option (before, a field defaulting to None took any string, and `C=abc`
+    failed deep inside the fit)."""
+    spec = get_head("linear")
+    assert make_config(spec, {"C": "0.01"}).C == 0.01 and make_config(spec, {"C": "none"}).C is None
+    assert make_config(spec, {"c_grid": "1e-3,1e-2"}).c_grid == (0.001, 0.01)
+    assert make_config(spec, {"c_grid": [0.1, 1]}).c_grid == (0.1, 1.0)
+    assert make_config(spec, {"c_grid": 0.001}).c_grid == (0.001,)  # one value in a sweep, where a list is an axis
+    recipe = make_recipe(spec, {"epochs": "3", "refit": 0, "lr": 1, "weight_decay": "1e-4"})
+    assert (recipe.epochs, recipe.refit, recipe.lr, recipe.weight_decay) == (3, False, 1.0, 1e-4)
+    assert isinstance(recipe.lr, float)
+    for bad, words in (({"C": "abc"}, "option 'C' wants a number"), ({"C": True}, "option 'C' wants a number"),
+                       ({"epochs": 2.5}, "option 'epochs' wants a whole number"),
+                       ({"lr": [1, 2]}, "option 'lr' wants a number"), ({"refit": "maybe"}, "wants true/false"),
+                       ({"c_grid": {"a": 1}}, "option 'c_grid' wants a comma-separated list"),
+                       ({"loss": "nope"}, "linear: loss must be one of logistic, hinge")):
+        with pytest.raises(ValueError, match=words):
+            make_config(spec, bad)
+            make_recipe(spec, bad)

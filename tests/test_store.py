@@ -332,20 +332,29 @@ def _two_groups(where: str) -> tuple[FeatureStore, list[str]]:
 
 
 @pytest.mark.parametrize("where", ["local", "memory://damaged-group/s.zarr"])
-def test_a_group_whose_metadata_is_damaged_is_named_and_the_others_stay_usable(tmp_path, where):
-    """A feature group's zarr.json cut short or overwritten: that group is set aside and named (verify shows it,
-    --repair removes it), while every other group reads as before, locally and on an object store."""
-    where = str(tmp_path / "s.zarr") if where == "local" else where
+@pytest.mark.parametrize("damaged", ["zarr.json", "f/zarr.json", "f/data/zarr.json"])
+def test_a_group_whose_metadata_is_damaged_is_named_and_the_others_stay_usable(tmp_path, where, damaged):
+    """A feature group's zarr.json (its own or one of its arrays') cut short or overwritten: that group is set
+    aside and named (verify shows it, --repair removes it, the next writer of its configuration rebuilds it), while
+    every other group reads as before, locally and on an object store."""
+    where = str(tmp_path / "s.zarr") if where == "local" else f"{where[:-7]}-{damaged.replace('/', '-')}/s.zarr"
     _, names = _two_groups(where)
-    with fsspec.open(f"{where}/features/{names[0]}/zarr.json", "wb") as f:
+    with fsspec.open(f"{where}/features/{names[0]}/{damaged}", "wb") as f:
         f.write(b"garbage")
     again = FeatureStore(where, create=False)
     assert [f.name for f in again.features()] == [names[1]]
-    assert "zarr.json is not JSON" in again.ignored[names[0]]
+    assert f"features/{names[0]}/{damaged} is not JSON" in again.ignored[names[0]]
     np.testing.assert_array_equal(again.read(names[1]).get("c/u1"), np.zeros(3))
     assert again.remove_ignored() == [names[0]]
     assert [f.name for f in FeatureStore(where, create=False).features()] == [names[1]]
     assert not FeatureStore(where, create=False).ignored
+    # not repaired first: the next writer of that configuration rebuilds the group whole
+    _, names = _two_groups(where)
+    with fsspec.open(f"{where}/features/{names[0]}/{damaged}", "wb") as f:
+        f.write(b"garbage")
+    rebuilt = FeatureStore(where, create=False).writer("feat", "feat", {"n": 2}, [ArraySpec("f", "utterance", (2,))])
+    assert rebuilt.name == names[0] and rebuilt.n == 0
+    rebuilt.close()
 
 
 def test_damaged_store_metadata_is_one_error_naming_the_file_and_a_foreign_folder_never_becomes_a_store(tmp_path):

@@ -60,9 +60,15 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def seeds_given(value: object) -> object:
+def seeds_given(value: object, where: str) -> object:
     """Seeds as a run file or a sweep gives them: a list, or a string as --seeds takes (0,1,2 or 0-2)."""
-    return parse_seeds(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_seeds(value)
+    except typer.BadParameter:
+        raise ValueError(f"{where}: `seeds` wants whole numbers like [0, 1, 2] or a range \"0-2\", got {value!r}") \
+            from None
 
 
 def default_label_set(protocol: str, labels: str | None) -> str | None:
@@ -346,7 +352,7 @@ def run(
     if isinstance(settings.get("features"), str):
         settings["features"] = split_features(settings["features"])
     if "seeds" in settings:
-        settings["seeds"] = seeds_given(settings["seeds"])
+        settings["seeds"] = seeds_given(settings["seeds"], str(config) if config else "train run")
     if folds is not None:
         if settings.get("protocol") not in ("speaker-kfold", "utterance-kfold"):
             raise typer.BadParameter("--folds sets the fold count of --protocol speaker-kfold or utterance-kfold only")
@@ -460,7 +466,7 @@ def expand_grid(sweep: dict, where: str = "sweep file") -> list[tuple[str, RunRe
                 protocol=entry["protocol"],
                 store=entry.get("store", DEFAULT_STORE),
                 labels=entry.get("labels"),
-                seeds=seeds_given(entry.get("seeds", [0])),
+                seeds=seeds_given(entry.get("seeds", [0]), f"{where}: cell {name}"),
                 options=opts,
                 modality=entry.get("modality"),
                 device=entry.get("device", "auto"),

@@ -188,14 +188,18 @@ def convert(value: Any, hint: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return convert(value, inner, key)
-    if typing.get_origin(hint) is tuple:  # tuple[X, ...]: a list, or a comma-separated string
+    if typing.get_origin(hint) is tuple:  # tuple[X, ...]: a list, a comma-separated string, or one value
         items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (int, float)) and not isinstance(items, bool):
+            items = [items]  # `c_grid: 0.001` in a sweep, where a list would be a grid axis
         if not isinstance(items, (list, tuple)):
             raise refuse(f"a comma-separated list of {args[0].__name__}")
         return tuple(convert(v.strip() if isinstance(v, str) else v, args[0], key) for v in items)
     if hint is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # YAML's 0 / 1
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
             return True
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):

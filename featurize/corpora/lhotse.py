@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             yield from enumerate(f, start=1)
-    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as e:  # cut short, or not what its name says
+    except (gzip.BadGzipFile, zlib.error, EOFError, UnicodeDecodeError) as e:  # cut short, or not what its name says
         raise DamagedFile(f"{path}: not a readable cuts manifest ({type(e).__name__}: {e})") from None
 
 
