@@ -290,7 +290,7 @@ class FeatureStore:
         self.lock_timeout = lock_timeout
         self.on_wait = on_wait or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.ignored: dict[str, str] = {}  # half-made feature groups: name -> why
-        self.damaged: set[str] = set()  # groups whose arrays' metadata does not parse (also in ignored)
+        self.damaged: set[str] = set()  # groups whose metadata does not parse (``_set_aside``; also in ignored)
         if not self.remote and (self.path / "utterances.old").exists():  # a table swap was cut short
             with self.lock("utterances"):
                 self._recover_table_swap()
@@ -346,9 +346,8 @@ class FeatureStore:
         if {"features", "utterances"} & set(others):
             raise StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the store "
                              "from a copy, or extract into a new store")
-        if others:
-            raise StoreError(f"{self.where} is a folder that is not a feature store (it holds {', '.join(others[:3])}"
-                             f"{', ...' if len(others) > 3 else ''}): give --store a new folder, or a store's")
+        raise StoreError(f"{self.where} is a folder that is not a feature store (it holds {', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}): give --store a new folder, or a store's")
 
     def _create_root(self) -> None:
         """Write an empty store: its root (with the schema version) and features/. The caller holds the
@@ -404,9 +403,7 @@ class FeatureStore:
                     lacking = arr not in grp or any(k not in grp[arr] for k in need)
                 except DAMAGED_METADATA as e:  # an array's own zarr.json: that group alone is set aside
                     keys = [f"features/{name}/{arr}/zarr.json", *(f"features/{name}/{arr}/{k}/zarr.json" for k in need)]
-                    self.damaged.add(name)
-                    self.ignored[name] = (f"damaged: {self._damaged_metadata(keys) or f'features/{name}'} is not "
-                                          f"JSON ({e}), so its arrays cannot be read: ignored")
+                    self._set_aside(name, self._damaged_metadata(keys) or f"features/{name}", e)
                     break
                 if lacking:
                     raise StoreError(f"{self.where}: feature {name} array {arr} lacks {need}")
@@ -613,8 +610,7 @@ class FeatureStore:
             except KeyError:  # a folder with no metadata: not a group (zarr would not list it either)
                 continue
             except DAMAGED_METADATA as e:  # the other groups stay usable; verify names it, --repair removes it
-                self.ignored[name] = (f"damaged: features/{name}/zarr.json is not JSON ({e}), so its arrays cannot "
-                                      "be read: ignored")
+                self._set_aside(name, f"features/{name}/zarr.json", e)
                 continue
             absent = [a for a in need if a not in grp.attrs]
             if absent:
@@ -622,6 +618,12 @@ class FeatureStore:
             else:
                 out.append((name, grp))
         return out
+
+    def _set_aside(self, name: str, key: str, error: Exception) -> None:
+        """A group whose metadata file ``key`` does not parse: left out of every listing, named in ``ignored``
+        (verify shows it, --repair removes it) and rebuilt whole by the next writer of its configuration."""
+        self.damaged.add(name)
+        self.ignored[name] = f"damaged: {key} is not JSON ({error}), so its arrays cannot be read: ignored"
 
     def features(self) -> list[FeatureInfo]:
         return [self._info(name, grp) for name, grp in self._feature_groups()]

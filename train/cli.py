@@ -351,8 +351,9 @@ def run(
     settings = {**base, **{k: v for k, v in given.items() if v is not None}, "options": options}
     if isinstance(settings.get("features"), str):
         settings["features"] = split_features(settings["features"])
+    where = str(config) if config else "train run"
     if "seeds" in settings:
-        settings["seeds"] = seeds_given(settings["seeds"], str(config) if config else "train run")
+        settings["seeds"] = seeds_given(settings["seeds"], where)
     if folds is not None:
         if settings.get("protocol") not in ("speaker-kfold", "utterance-kfold"):
             raise typer.BadParameter("--folds sets the fold count of --protocol speaker-kfold or utterance-kfold only")
@@ -361,7 +362,7 @@ def run(
                if not settings.get(k)]
     if missing:
         raise typer.BadParameter(f"missing {', '.join(missing)} (give them, or a --config run file)")
-    req = RunRequest(**{"store": DEFAULT_STORE, **settings}).check(str(config) if config else "train run")
+    req = RunRequest(**{"store": DEFAULT_STORE, **settings}).check(where)
     out = out or Path("runs") / f"{req.head}-{req.corpus}-{req.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = execute(req, out)
     print_summary(f"{req.head} on {req.corpus} / {req.protocol}", summary)
