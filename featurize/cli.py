@@ -91,7 +91,7 @@ def extract(
     Two extractions may share a store: different features run side by side, the same feature waits.
     Every skipped file is named, kept in the store (`featurize ls --skips`) and ends the run with status 3."""
     from featurize.corpora import read_corpus
-    from featurize.pipeline import human_bytes, plan, run_extraction
+    from featurize.pipeline import human_bytes, preview, run_extraction
     from featurize.store import FeatureStore
 
     opts: dict[str, object] = dict(parse_options(option))
@@ -110,14 +110,14 @@ def extract(
     utts, report = read_corpus(corpus, data, **reader_options(corpus, name, columns))
     console.print(f"{corpus}: {len(utts)} utterances read from {data} ({report.summary()})")
     print_skips(report.entries())
-    fs = FeatureStore(store, lock_timeout=lock_timeout)
-    fs.record_reading(f"{corpus} {Path(data).resolve()}", report.entries())
+    if not dry_run:  # a dry run writes nothing: not the store, not its reading record, not the group
+        fs = FeatureStore(store, lock_timeout=lock_timeout)
+        fs.record_reading(f"{corpus} {Path(data).resolve()}", report.entries())
     if not utts:
         console.print(f"[red]error[/] no utterance could be read from {data}")
         raise typer.Exit(code=EXIT_DATA)
     if dry_run:
-        p, writer = plan(fs, utts, extractor, limit=limit)
-        writer.close()
+        p = preview(store, utts, extractor, limit=limit)
         console.print(
             f"{extractor.describe()}: {len(p.todo)} to extract, {p.already_done} stored; "
             f"disk estimate up to {human_bytes(p.estimate_bytes)} before compression"

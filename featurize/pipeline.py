@@ -34,7 +34,8 @@ from threadpoolctl import threadpool_limits
 from featurize.audio import AudioError, load_audio
 from featurize.extractors import Extractor, estimate_bytes
 from featurize.records import Utterance
-from featurize.store import CHUNK_BYTES, FeatureStore, FeatureWriter
+from featurize.storage import Location
+from featurize.store import CHUNK_BYTES, FeatureStore, FeatureWriter, feature_group_name
 
 TASK_UTTS = 8  # utterances per worker task: amortises pickling, keeps the workers evenly loaded
 # The writer commits when a data chunk's worth of rows is buffered, or after this many seconds.
@@ -86,18 +87,33 @@ def applicable(u: Utterance, extractor: Extractor) -> bool:
 def plan(
     store: FeatureStore, utts: list[Utterance], extractor: Extractor, limit: int | None = None
 ) -> tuple[ExtractPlan, FeatureWriter]:
-    arrays = extractor.arrays()
-    writer = store.writer(extractor.feature_name(), extractor.name, extractor.config(), arrays,
+    """The extraction to do, with the writer (holding the group's lock) that will store it."""
+    writer = store.writer(extractor.feature_name(), extractor.name, extractor.config(), extractor.arrays(),
                           init_options=getattr(extractor, "init_options", {}))
-    done = writer.done_ids()
+    return count_work(writer.name, utts, extractor, writer.done_ids(), limit), writer
+
+
+def preview(store: str, utts: list[Utterance], extractor: Extractor, limit: int | None = None) -> ExtractPlan:
+    """What ``plan`` would find, with nothing written: no store, group or lock file is created (`extract
+    --dry-run`). A store that does not exist yet has nothing stored."""
+    arrays = extractor.arrays()
+    name = feature_group_name(extractor.feature_name(), extractor.name, extractor.config(), arrays)
+    done: set[str] = set()
+    if Location(store).exists("zarr.json"):
+        done = FeatureStore(store, create=False).resumable_ids(name)
+    return count_work(name, utts, extractor, done, limit)
+
+
+def count_work(name: str, utts: list[Utterance], extractor: Extractor, done: set[str],
+               limit: int | None) -> ExtractPlan:
     ok = [u for u in utts if applicable(u, extractor)]
     not_applicable = [u.utt_id for u in utts if not applicable(u, extractor)]
     todo = sorted((u for u in ok if u.utt_id not in done), key=lambda u: (utterance_seconds(u), u.utt_id))
     remaining = len(todo)
     todo = todo[:limit] if limit else todo
     secs = sum(utterance_seconds(u) for u in todo)
-    est = estimate_bytes(arrays, secs, len(todo))
-    return ExtractPlan(writer.name, todo, len(ok) - remaining, not_applicable, est, secs, remaining), writer
+    est = estimate_bytes(extractor.arrays(), secs, len(todo))
+    return ExtractPlan(name, todo, len(ok) - remaining, not_applicable, est, secs, remaining)
 
 
 def human_bytes(n: float) -> str:

@@ -958,6 +958,18 @@ class FeatureStore:
             removed.append(name)
         return removed
 
+    def resumable_ids(self, feature: str) -> set[str]:
+        """The utterances a writer of group ``feature`` would find committed and skip, read without opening it
+        for writing (`extract --dry-run`): none for a group that is missing, half made, damaged or stale,
+        which a writer rebuilds whole."""
+        if "features" not in self.root or feature in self.damaged:
+            return set()
+        try:
+            info = self.feature_info(feature)
+        except (StoreError, *DAMAGED_METADATA):
+            return set()
+        return set() if info.stale else set(self.committed_ids(feature))
+
     def committed_ids(self, feature: str) -> list[str]:
         grp = self.root["features"][feature]
         n = int(grp.attrs["n_committed"])

@@ -321,3 +321,31 @@ def test_export_keeps_a_file_that_is_not_an_export(store, tmp_path):
     for _ in range(2):  # an earlier export is replaced
         res = _cli("featurize", "export", "--store", str(path), "--feature", "opensmile_egemaps", "--out", str(out))
         assert res.returncode == 0 and out.exists(), res.stderr
+
+
+def _said(res: subprocess.CompletedProcess) -> str:
+    return " ".join((res.stdout + res.stderr).split())  # rich wraps its lines
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
+
+
+def test_a_dry_run_counts_the_work_and_writes_nothing(store, tmp_path):
+    manifest, _ = store
+    new = tmp_path / "new.zarr"
+    extract = ["extract", "--corpus", "manifest", "--data", str(manifest), "--model", "fbank", "--workers", "1"]
+    res = _cli("featurize", *extract, "--store", str(new), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "24 to extract, 0 stored" in _said(res)
+    assert not new.exists()  # no store, no lock file, no reading record
+    res = _cli("featurize", *extract, "--store", str(new), "--limit", "5")
+    assert res.returncode == 0, res.stderr
+    before = _tree(new)
+    res = _cli("featurize", *extract, "--store", str(new), "--dry-run", "--limit", "4")
+    assert res.returncode == 0, res.stderr
+    assert "4 to extract, 5 stored" in _said(res)
+    res = _cli("featurize", *extract, "--store", str(new), "--dry-run", "-o", "n_mels=24")  # a group not made yet
+    assert res.returncode == 0, res.stderr
+    assert "24 to extract, 0 stored" in _said(res)
+    assert _tree(new) == before  # the store is as the extraction left it
