@@ -177,6 +177,8 @@ def record_finished(bench: str, cell: str, req: RunRequest, cell_dir: Path) -> N
         "train_seconds": summary.get("train_seconds") or summary.get("seconds"),
         "per_fold": per_fold,
         **({"modalities_chosen": summary["modalities_chosen"]} if summary.get("modalities_chosen") else {}),
+        # fits another cell trained and this one loaded (train/shared_fits.py): their time is the other cell's
+        **({"fits_reused": summary["fits_reused"]} if summary.get("fits_reused") else {}),
         "machine": machine(),
         "code": code_version(run_config),  # the commit the run trained on, not the one that collected it
     }
@@ -202,6 +204,11 @@ def train_cells(bench: str, names: list[str], out: Path, store: str, jobs: int) 
 
 def minutes(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def reused(record: dict) -> str:
+    n = record.get("fits_reused")
+    return f" ({n} fits from its fused twin)" if n else ""
 
 
 def fmt(m: dict | None) -> str:
@@ -286,7 +293,7 @@ def table(bench: str, cells: list[tuple[str, RunRequest]], data: Path, reference
         flagged = "" if r.get("flagged") is None else f"{r['flagged']} of {len(r.get('per_fold') or [])}"
         refit = "" if "refit" not in r else ("yes" if r["refit"] else "no")
         return (f"| {r['cell']} | {r['inputs']} | {fmt(r.get('wa'))} | {fmt(r.get('ua'))} | {fmt(r.get('macro_f1'))} | "
-                f"{refit} | {flagged} | {minutes(r['train_seconds'])} | {r['machine']} |")
+                f"{refit} | {flagged} | {minutes(r['train_seconds'])}{reused(r)} | {r['machine']} |")
 
     lines = [
         f"## {bench}\n",

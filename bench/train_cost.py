@@ -108,7 +108,8 @@ def report(names: list[str], a: argparse.Namespace, wall: float | None, code: in
         summary = json.loads(summary_file.read_text())
         seconds = summary.get("train_seconds") or 0.0
         total += seconds
-        lines.append(f"| {name} | {seconds / 60:.1f} | {100 * summary['ua']['mean']:.2f} |")
+        shared = f" ({summary['fits_reused']} fits trained by another cell)" if summary.get("fits_reused") else ""
+        lines.append(f"| {name} | {seconds / 60:.1f}{shared} | {100 * summary['ua']['mean']:.2f} |")
     lines += ["",
               f"summed training time: {total / 60:.1f} min ({total / 60 / GOAL_MINUTES:.2f}x the "
               f"{GOAL_MINUTES:.0f}-minute goal); " + (

