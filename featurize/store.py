@@ -336,10 +336,12 @@ class FeatureStore:
         creating): never in a file, nor among a folder's own files (a corpus given as --store by mistake).
         A store whose root metadata is lost is never given a new, empty root over the features still there
         (on an object store: its table's or its features' metadata is still under the prefix)."""
-        if self.remote:
-            if any(self.location.exists(f"{part}/zarr.json") for part in ("features", "utterances")):
-                raise StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the "
-                                 "store from a copy, or extract into a new store")
+        parts = ("features", "utterances")  # what a store holds beside its root
+        lost_root = StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the store "
+                               "from a copy, or extract into a new store")
+        if self.remote:  # no folders to list: the parts' own metadata tells a store from an empty prefix
+            if any(self.location.exists(f"{part}/zarr.json") for part in parts):
+                raise lost_root
             return
         if not self.path.exists():
             return
@@ -350,9 +352,8 @@ class FeatureStore:
                         if p.name != LOCK_DIR and not p.name.startswith("zarr.json"))
         if not others or self.location.exists("zarr.json"):
             return
-        if {"features", "utterances"} & set(others):
-            raise StoreError(f"{self.where}: damaged: its root metadata (zarr.json) is missing; restore the store "
-                             "from a copy, or extract into a new store")
+        if set(parts) & set(others):
+            raise lost_root
         raise StoreError(f"{self.where} is a folder that is not a feature store (it holds {', '.join(others[:3])}"
                          f"{', ...' if len(others) > 3 else ''}): give --store a new folder, or a store's")
 
