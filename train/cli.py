@@ -150,8 +150,9 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     cells of a sweep share (train/shared_fits.py)."""
     from featurize.store import FeatureStore
     from train.data import load_data
+    from train.files import write_atomic
     from train.heads import get_head, make_config, make_recipe
-    from train.loop import EVALUATIONS, LoopOptions, check_run_dir, pick_device, run_folds, write_atomic
+    from train.loop import EVALUATIONS, LoopOptions, check_run_dir, pick_device, run_folds
     from train.protocols import PROTOCOLS, make_folds
 
     if req.protocol not in PROTOCOLS:  # before any feature is loaded

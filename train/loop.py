@@ -18,9 +18,7 @@ import dataclasses
 import io
 import json
 import math
-import os
 import random
-import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -35,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from featurize.extractors.neural import autocast_context
 from train.augment import mask_frames
 from train.data import CorpusData, Normalizer
+from train.files import save_atomic, write_atomic
 from train.heads import HeadSpec, fill_new_fields
 from train.metrics import compute_metrics
 from train.protocols import Fold
@@ -126,14 +125,6 @@ def evaluate(model: torch.nn.Module, data: CorpusData, rows: list[int], norm: No
             ps.append(logits.argmax(-1).cpu().numpy())
             probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
     return Scored(out_rows, np.concatenate(ys), np.concatenate(ps), np.concatenate(probs), ce / max(count, 1))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a run killed mid-write (or a parallel reader) never sees half a file."""
-    # a name of this writer's own: the folds of one run, trained by several workers, each write config.json
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
@@ -452,8 +443,8 @@ def train_fold(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / "history.json", json.dumps(fitted.history, indent=1))
         write_atomic(out_dir / "predictions.csv", predictions_csv(data, scored, fold.name, seed))
-        tmp = out_dir / f"model.pt.{os.getpid()}-{threading.get_ident()}.tmp"  # this writer's own
-        torch.save(
+        save_atomic(
+            out_dir / "model.pt",
             {
                 "state_dict": model.state_dict(),
                 "config": dataclasses.asdict(config),
@@ -464,9 +455,7 @@ def train_fold(
                 "modalities": sorted(data.inputs),
                 "normalizer": norm.stats,
             },
-            tmp,
         )
-        tmp.replace(out_dir / "model.pt")
         # metrics.json last: its presence is what marks the fold finished when a run resumes
         write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if progress is not None:

@@ -16,12 +16,12 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from train.files import save_atomic
 
 # recipe fields that decide what happens around a fit, not the fit itself
 _NOT_IN_A_FIT = ("choose_modalities", "refit")
@@ -98,6 +98,4 @@ class SharedFits:
 
     def save(self, key: str, fit: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{key}.pt.{os.getpid()}-{threading.get_ident()}.tmp"  # this writer's own
-        torch.save(fit, tmp)
-        tmp.replace(self.folder / f"{key}.pt")
+        save_atomic(self.folder / f"{key}.pt", fit)  # two cells may save the same fit at once
