@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import code_version, machine  # noqa: E402
+from bench.common import code_version, machine, paired_ua  # noqa: E402
 from train.cli import RunRequest, expand_grid, summary_covers  # noqa: E402
 from train.data import FeatureChoice  # noqa: E402
 from train.heads import fill_new_fields, get_head, make_config, make_recipe  # noqa: E402
@@ -221,16 +221,10 @@ def fusion_verdict(fused: dict, audio: dict) -> tuple[str, bool]:
     defect is a mean UA difference below zero by more than two standard errors of that difference.
     Records without per-fold figures fall back to the gap against one std of either cell."""
     head = f"fused UA {fmt(fused['ua'])} vs audio-only {fmt(audio['ua'])}"
-    pairs = {}
-    if fused.get("per_fold") and audio.get("per_fold"):
-        by_run = {(f["fold"], f["seed"]): f["ua"] for f in audio["per_fold"]}
-        pairs = {k: f["ua"] - by_run[k] for f in fused["per_fold"] if (k := (f["fold"], f["seed"])) in by_run}
-    if len(pairs) >= 2:
-        diffs = list(pairs.values())
-        mean = sum(diffs) / len(diffs)
-        sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-        se = sd / len(diffs) ** 0.5
-        detail = f"paired over {len(diffs)} runs: difference {100 * mean:+.2f} (standard error {100 * se:.2f})"
+    paired = paired_ua(audio, fused)
+    if paired is not None:
+        runs, mean, se = paired
+        detail = f"paired over {runs} runs: difference {100 * mean:+.2f} (standard error {100 * se:.2f})"
         if mean >= 0:
             return f"{head}; {detail} -> ok", False
         if mean > -2 * se:

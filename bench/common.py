@@ -52,3 +52,15 @@ def spread(values: list[float]) -> str:
 
 def ratio_line(name: str, ratios: list[float], goal: str) -> str:
     return f"{name}: {spread(ratios)}  (goal {goal})"
+
+
+def paired_ua(a: dict, b: dict) -> tuple[int, float, float] | None:
+    """Two accuracy records (bench/results/cells) compared run by run: (runs, mean of b's UA - a's UA over the
+    (fold, seed) runs both have, its standard error); None with fewer than two shared runs or no per-fold figures."""
+    by_run = {(f["fold"], f["seed"]): f["ua"] for f in a.get("per_fold") or []}
+    diffs = [f["ua"] - by_run[k] for f in b.get("per_fold") or [] if (k := (f["fold"], f["seed"])) in by_run]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return len(diffs), mean, sd / len(diffs) ** 0.5

@@ -20,24 +20,26 @@ import time
 from pathlib import Path
 
 import torch
+import typer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import code_version, machine  # noqa: E402
 from featurize.store import FeatureStore  # noqa: E402
+from train.cli import parse_sets  # noqa: E402
 from train.data import Normalizer, load_data  # noqa: E402
 from train.heads import get_head, make_config, make_recipe  # noqa: E402
-from train.loop import run_epochs, seed_everything  # noqa: E402
+from train.loop import LoopOptions, fit_head  # noqa: E402
 from train.protocols import make_folds  # noqa: E402
 
 
 def parse_options(text: str) -> dict[str, str]:
-    pairs = [p for p in text.split(",") if p]
-    bad = [p for p in pairs if "=" not in p]
-    if bad:
-        raise SystemExit(f"--options wants key=value pairs separated by commas, got {bad[0]!r}")
-    return dict(p.split("=", 1) for p in pairs)
+    """One ``--options`` variant: the ``--set`` pairs of `train run`, comma-separated."""
+    try:
+        return parse_sets([p for p in text.split(",") if p])
+    except typer.BadParameter as e:
+        raise SystemExit(f"--options: {e}") from None
 
 
 def main() -> None:
@@ -59,17 +61,14 @@ def main() -> None:
     fold = make_folds("rav4", data.utts, seed=0)[0]
     train_rows, valid_rows = data.labelled(fold.train), data.labelled(fold.valid)
     norm = Normalizer.fit(data, train_rows)
-    dims = {m: inp.dim for m, inp in data.inputs.items()}
-    layers = {m: inp.layers for m, inp in data.inputs.items()}
     variants = [parse_options(o) for o in a.options]
 
     def seconds_per_epoch(options: dict[str, str], epochs: int) -> float:
+        """A fit as a run makes it (seed 0), its budget cut to ``epochs`` (the schedule spans them)."""
         config, recipe = make_config(spec, options), make_recipe(spec, options)
-        gen = seed_everything(0)
-        model = spec.build(config, dims, layers, data.n_classes, sorted(data.inputs))
         start = time.perf_counter()
-        run_epochs(model, recipe, data, norm, train_rows, ("valid", valid_rows), epochs, epochs, gen,
-                   torch.device("cpu"))
+        fit_head(spec, config, recipe, data, norm, train_rows, ("valid", valid_rows), 0,
+                 LoopOptions(device="cpu", max_epochs=epochs))
         return (time.perf_counter() - start) / epochs
 
     times: list[list[float]] = [[] for _ in variants]

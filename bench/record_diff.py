@@ -18,16 +18,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import paired_ua  # noqa: E402
 
 
 def record_at(commit: str, path: Path) -> dict | None:
     out = subprocess.run(["git", "show", f"{commit}:{path.relative_to(ROOT).as_posix()}"], cwd=ROOT,
                          capture_output=True, text=True)
     return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def by_run(record: dict) -> dict[tuple[str, int], float]:
-    return {(f["fold"], f["seed"]): f["ua"] for f in record["per_fold"]}
 
 
 def main() -> None:
@@ -50,16 +49,11 @@ def main() -> None:
             print(f"| {cell} | no record at {a.before} | | | | |")
             failed = True
             continue
-        x, y = by_run(before), by_run(now)
-        shared = sorted(set(x) & set(y))
-        diffs = [100 * (y[k] - x[k]) for k in shared]
-        mean = sum(diffs) / len(diffs) if diffs else float("nan")
-        se = (math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
-              if len(diffs) > 1 else float("nan"))
+        runs, mean, se = paired_ua(before, now) or (0, math.nan, math.nan)
         minutes = f"{before['train_seconds'] / 60:.1f} / {now['train_seconds'] / 60:.1f}"
         options = now["settings"]["request"].get("options", {})
         print(f"| {cell} | {100 * before['ua']['mean']:.2f} ({before['code']}) | {100 * now['ua']['mean']:.2f} "
-              f"({now['code']}) | {mean:+.2f} ({se:.2f}), {len(shared)} | {minutes} | {options} |")
+              f"({now['code']}) | {100 * mean:+.2f} ({100 * se:.2f}), {runs} | {minutes} | {options} |")
     if failed:
         sys.exit(1)
 
