@@ -159,3 +159,25 @@ def test_a_run_on_uncommitted_code_is_not_credited_to_its_commit():
     clean = {"provenance": {"git_commit": "0123456789abcdef", "git_changed": []}}
     dirty = {"provenance": {"git_commit": "0123456789abcdef", "git_changed": ["train/loop.py"]}}
     assert code_version(clean) == "0123456" and code_version(dirty) == "0123456+changes"
+
+
+def test_a_speaker_normalised_bench_marks_every_row_and_its_reference(tmp_path, monkeypatch):
+    """rav4-speaker's cells read features standardised per speaker (transductive): every row and the reference
+    computed the same way say so, and the table explains it, so its figures are never read as rav4's."""
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    cells = dict(accuracy.sweep_cells("rav4-speaker"))
+    assert all(req.options.get("normalize") == "speaker" and req.protocol == "rav4" for req in cells.values())
+    req, cell_dir = cells["linear-compare"], tmp_path / "run" / "linear-compare"
+    _finished_cell(cell_dir, req, 0.77)
+    accuracy.record_finished("rav4-speaker", "linear-compare", req, cell_dir)
+    # rav4's own linear-compare cell (fold standardisation only) does not pass for this one
+    rav4_cell = dict(accuracy.sweep_cells("rav4"))["linear-compare"]
+    assert accuracy.read_record("rav4-speaker", "linear-compare", rav4_cell) is None
+    reference = {k: {"mean": 0.75, "std": 0.01} for k in ("wa", "ua", "macro_f1")}
+    lines, _ = accuracy.table("rav4-speaker", accuracy.sweep_cells("rav4-speaker"), Path("data"),
+                              {k: {"mean": 0.68, "std": 0.02} for k in ("wa", "ua", "macro_f1")}, None, reference)
+    row = next(line for line in lines if line.startswith("| linear-compare "))
+    assert "audio=opensmile_compare:functionals, standardised per speaker |" in row and "77.00" in row
+    refs = [line for line in lines if line.startswith("| scikit-learn reference")]
+    assert len(refs) == 2 and "per speaker" not in refs[0] and "per speaker | 75.00" in refs[1]
+    assert any("transductive" in line for line in lines)

@@ -309,6 +309,69 @@ def test_predict_gives_a_fold_model_the_probabilities_its_test_fold_got(store_pa
     assert predict_files(out, [Path(paths[rows[0]["utt_id"]])])  # not needed, so not missed
 
 
+def test_speaker_normalisation_standardises_each_speaker_on_all_its_utterances(store_path):
+    """normalize=speaker: every utterance's frames minus its speaker's mean frame, over the speaker's stored
+    utterances (features only), divided by that speaker's std; so each speaker's frames come out with mean 0 and
+    std 1 per dimension, and a loud or high-pitched speaker looks like any other."""
+    from train.data import load_data
+    from train.heads import get_head
+
+    store = FeatureStore(store_path, create=False)
+    plain = load_data(store, "corpus", ["fbank"], get_head("cme"))
+    normed = load_data(store, "corpus", ["fbank"], get_head("cme"), by_speaker=True)
+    stored = store.read("fbank")
+    for speaker in sorted({u.speaker for u in plain.utts}):
+        rows = [i for i, u in enumerate(normed.utts) if u.speaker == speaker]
+        frames = torch.cat([normed.inputs["audio"].items[i] for i in rows])
+        assert frames.mean(0).abs().max() < 1e-4 and (frames.std(0) - 1).abs().max() < 1e-3, speaker
+        raw = torch.cat([torch.from_numpy(stored.get(normed.utts[i].utt_id)).float() for i in rows])
+        first = normed.utts[rows[0]].utt_id
+        expected = (torch.from_numpy(stored.get(first)).float() - raw.mean(0)) / raw.std(0)
+        assert torch.allclose(normed.inputs["audio"].items[rows[0]], expected, atol=1e-5)
+    assert torch.equal(plain.inputs["audio"].items[0], torch.from_numpy(stored.get(plain.utts[0].utt_id)))
+
+
+def test_speaker_normalisation_refuses_speakers_it_cannot_describe():
+    from train.data import speaker_statistics
+
+    enough = [torch.randn(5, 3) for _ in range(10)]
+    assert set(speaker_statistics({"a": enough}, True, "fbank-1")) == {"a"}
+    with pytest.raises(ValueError, match=r"fbank-1: normalize=speaker needs at least 10 utterances of each speaker; "
+                                         r"1 of 2 have fewer: b \(3\)"):
+        speaker_statistics({"a": enough, "b": enough[:3]}, True, "fbank-1")
+    with pytest.raises(ValueError, match="needs every utterance's speaker, and 10 have none"):
+        speaker_statistics({None: enough}, True, "fbank-1")
+
+
+def test_a_speaker_normalised_run_predicts_a_speaker_as_its_test_fold_scored_it(store_path, tmp_path):
+    """A run trained with normalize=speaker, given all of one test speaker's audio, standardises it as training
+    did and reproduces that fold's test probabilities; too few files for a speaker's statistics is one error."""
+    import csv
+
+    from train.predict import predict_files
+
+    out = tmp_path / "run"
+    _run(store_path, out, "--head", "probe", "--feature", "fbank", "--max-epochs", "3", "--set", "normalize=speaker")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"]["normalize"] == "speaker"
+    fold = out / "folds" / f"{cfg['folds'][0]['name']}_seed0"
+    one = tmp_path / "one-fold"
+    (one / "folds" / fold.name).mkdir(parents=True)
+    shutil.copy(fold / "model.pt", one / "folds" / fold.name / "model.pt")
+    (one / "config.json").write_text(json.dumps({**cfg, "folds": cfg["folds"][:1]}))
+    rows = list(csv.DictReader((fold / "predictions.csv").open()))
+    speaker = rows[0]["speaker"]
+    rows = [r for r in rows if r["speaker"] == speaker]
+    utts = {u.utt_id: u for u in FeatureStore(store_path).utterances()}
+    assert len(rows) == sum(u.speaker == speaker for u in utts.values())  # all of the speaker's utterances
+    predicted = predict_files(one, [Path(utts[r["utt_id"]].audio_path) for r in rows])
+    for r, p in zip(rows, predicted, strict=True):
+        assert max(abs(float(r[f"p_{c}"]) - v) for c, v in p.probabilities.items()) < 1e-4, r["utt_id"]
+    with pytest.raises(ValueError, match="needs at least 10 utterances of each speaker, and 1 of 1 "
+                                         "have fewer: the files given \\(3\\)"):
+        predict_files(one, [Path(utts[r["utt_id"]].audio_path) for r in rows[:3]])
+
+
 def test_predict_transcribes_for_word_level_heads_even_audio_only():
     from train.heads import get_head
     from train.predict import needs_asr_words

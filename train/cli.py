@@ -166,7 +166,8 @@ def execute(req: RunRequest, out: Path, data: CorpusData | None = None, report: 
     modalities = [req.modality] if req.modality else None
     if data is None:
         store = FeatureStore(req.store, create=False)
-        data = load_data(store, req.corpus, req.features, spec, default_label_set(req.protocol, req.labels), modalities)
+        data = load_data(store, req.corpus, req.features, spec, default_label_set(req.protocol, req.labels), modalities,
+                         by_speaker=recipe.normalize == "speaker")
     folds = make_folds(req.protocol, data.utts, seed=0, **req.protocol_options)
     if spec.dialogue:
         check_dialogues_whole(req, data, folds)
@@ -230,6 +231,9 @@ def announce_run(req: RunRequest, data: CorpusData, folds: list[Fold], recipe: R
     if recipe.autocast == "bfloat16" and not native_bfloat16(req.device):
         console.print("[yellow]warning[/]: autocast bfloat16 on a CPU without native bfloat16 (AVX-512 BF16 / AMX) "
                       "is emulated, slower than float32: set autocast=none")
+    if recipe.normalize == "speaker":
+        console.print("normalize=speaker: each speaker's inputs standardised on all of that speaker's utterances "
+                      "(features only, test speakers included): speaker-independent but transductive")
     if req.evaluation == "paper":
         console.print(f"[bold yellow]paper evaluation[/]: {EVALUATIONS['paper']}; never compare with honest figures")
     dropped = ", ".join(f"{n} {why}" for why, n in data.dropped.items() if n)
@@ -704,10 +708,11 @@ def cell_data(req: RunRequest, cache: dict[tuple, CorpusData]) -> CorpusData:
     folds of every cell, and frame-level features of all of them at once would not fit a worker's memory)."""
     from featurize.store import FeatureStore
     from train.data import load_data
-    from train.heads import get_head
+    from train.heads import get_head, make_recipe
 
     head = get_head(req.head)
     label_set = default_label_set(req.protocol, req.labels)
+    by_speaker = make_recipe(head, req.options).normalize == "speaker"
     key = (
         req.store,
         req.corpus,
@@ -716,6 +721,7 @@ def cell_data(req: RunRequest, cache: dict[tuple, CorpusData]) -> CorpusData:
         head.dialogue,
         label_set,
         req.modality,
+        by_speaker,
     )
     if key in cache:
         cache[key] = cache.pop(key)  # the most recently used last
@@ -724,7 +730,7 @@ def cell_data(req: RunRequest, cache: dict[tuple, CorpusData]) -> CorpusData:
             cache.pop(next(iter(cache)))
         store = FeatureStore(req.store, create=False)
         cache[key] = load_data(
-            store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None
+            store, req.corpus, req.features, head, label_set, [req.modality] if req.modality else None, by_speaker
         )
     return cache[key]
 

@@ -286,9 +286,12 @@ def load_data(
     head: HeadSpec,
     label_set: str | None = None,
     modalities: list[str] | None = None,
+    by_speaker: bool = False,
 ) -> CorpusData:
-    """Read the utterance table and the chosen features of one corpus into memory."""
+    """Read the utterance table and the chosen features of one corpus into memory. ``by_speaker`` (the recipe's
+    ``normalize: speaker``): each utterance's inputs standardised with its speaker's own statistics first."""
     utts = [u for u in store.utterances() if u.corpus == corpus]
+    corpus_utts = utts  # every utterance of the corpus, whatever its label: what a speaker's statistics pool
     if not utts:
         corpora = sorted({u.corpus for u in store.utterances()})
         raise ValueError(
@@ -339,13 +342,22 @@ def load_data(
     inputs: dict[str, ModalityInput] = {}
     for modality, (fa, group, form) in loaded.items():
         full = torch.from_numpy(np.ascontiguousarray(fa.data))
+        per_speaker = None
+        if by_speaker:
+            wanted = {u.speaker for u in utts}
+            values: dict[str | None, list[torch.Tensor]] = defaultdict(list)
+            for u in corpus_utts:
+                if u.speaker in wanted and u.utt_id in fa:
+                    values[u.speaker].append(torch.from_numpy(fa.get(u.utt_id)))
+            per_speaker = speaker_statistics(values, fa.offsets is not None, group)
         items = []
         for u in utts:
             i = fa.position(u.utt_id)
-            if fa.offsets is None:
-                items.append(full[i])
-            else:
-                items.append(as_item(full[int(fa.offsets[i]) : int(fa.offsets[i + 1])], form, fa.spec.tail))
+            rows = full[i] if fa.offsets is None else full[int(fa.offsets[i]) : int(fa.offsets[i + 1])]
+            if per_speaker is not None:
+                mean, std = per_speaker[u.speaker]
+                rows = (rows.float() - mean) / std
+            items.append(rows if fa.offsets is None else as_item(rows, form, fa.spec.tail))
         inputs[modality] = ModalityInput(
             modality, group, fa.spec.name, form, items, fa.spec.tail, fa.spec.rows_per_second
         )
@@ -373,6 +385,34 @@ def load_data(
         # audio-only variant), from the utterances' word times.
         spans = [word_frames(u, len(u.words or []), rate) for u in utts]
     return CorpusData(corpus, utts, labels, classes, set_name, inputs, soft, spans, head.dialogue, dropped)
+
+
+MIN_SPEAKER_UTTERANCES = 10  # fewer, and a speaker's statistics are mostly those utterances' own content
+
+
+def speaker_statistics(by_speaker: dict[str | None, list[torch.Tensor]], frames: bool, feature: str
+                       ) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-dimension mean and std of each speaker's values of one input (``frames``: each item is [rows, *tail]
+    and every row counts; otherwise each item is one row), for the recipe's ``normalize: speaker``. The values
+    are features only: a test speaker's statistics read that speaker's unlabelled speech, never a label."""
+    if None in by_speaker:
+        raise ValueError(f"feature {feature}: normalize=speaker needs every utterance's speaker, and "
+                         f"{len(by_speaker[None])} have none")
+    small = {s: len(items) for s, items in by_speaker.items() if len(items) < MIN_SPEAKER_UTTERANCES}
+    if small:
+        named = ", ".join(f"{s} ({n})" for s, n in sorted(small.items())[:3])
+        raise ValueError(f"feature {feature}: normalize=speaker needs at least {MIN_SPEAKER_UTTERANCES} utterances "
+                         f"of each speaker, and {len(small)} of {len(by_speaker)} have fewer: {named}")
+    gen = np.random.default_rng(0)
+    stats = {}
+    for speaker, items in by_speaker.items():
+        x = torch.cat(items) if frames else torch.stack(items)
+        if len(x) > NORM_SAMPLE_ROWS:
+            x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
+        x = x.float()
+        std = x.std(0)
+        stats[speaker] = (x.mean(0), torch.where(std < CONSTANT_STD, torch.ones_like(std), std))
+    return stats
 
 
 def as_item(rows: torch.Tensor, form: str, tail: tuple[int, ...]) -> torch.Tensor:

@@ -5,7 +5,9 @@ store group recorded; if the rebuilt configuration does not fingerprint the same
 other library versions) the prediction is refused rather than fed features of another kind.
 Utterances without a transcript are transcribed with Whisper when the head needs text, and always
 for word-level heads (their audio is pooled by word times, audio-only variants too). The class
-probabilities are averaged over every fold × seed checkpoint of the run.
+probabilities are averaged over every fold × seed checkpoint of the run. A run trained with ``normalize:
+speaker`` standardises the files given as one speaker's speech, as it did each speaker in training, and so needs
+at least ten of them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from featurize.audio import audio_duration, load_audio
 from featurize.extractors import build_extractor
 from featurize.records import DamagedFile, Utterance
 from featurize.store import FeatureStore, StoreError, feature_group_name
-from train.data import CorpusData, FeatureChoice, ModalityInput, Normalizer, as_item, layer_positions, word_frames
+from train.data import (
+    CorpusData,
+    FeatureChoice,
+    ModalityInput,
+    Normalizer,
+    as_item,
+    layer_positions,
+    speaker_statistics,
+    word_frames,
+)
 from train.heads import get_head, make_config
 from train.loop import forward
 from train.report import read_json
@@ -122,7 +133,7 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None,
         choice = next((c for n, c in choices.items() if inp["feature"].startswith(n) or n == extractor.name), None)
         positions = layer_positions(extractor.config().get("layers"), choice.layers if choice else None,
                                     inp["feature"])
-        items = []
+        raw = []
         for u in utts:
             audio = load_audio(u.audio_path, sr=extractor.sample_rate) if extractor.needs == "audio" else None
             values = extractor.process_batch([(u, audio)])[0][inp["array"]]
@@ -130,9 +141,15 @@ def predict_files(run_dir: Path, paths: list[Path], text: str | None = None,
             rows = torch.from_numpy(np.asarray(values).astype(stored_dtype).astype(np.float32))
             if positions is not None:
                 rows = rows[:, positions]
-            is_frames = extractor.arrays()[[a.name for a in extractor.arrays()].index(inp["array"])].kind == "frames"
-            items.append(as_item(rows, inp["form"], tuple(inp["tail"])) if is_frames else rows)
+            raw.append(rows)
         spec_arr = next(a for a in extractor.arrays() if a.name == inp["array"])
+        is_frames = spec_arr.kind == "frames"
+        if cfg["recipe"].get("normalize") == "speaker":
+            # as in training (train/data.py): standardised on the speaker's own speech first; the files given are
+            # taken as one speaker's
+            mean, std = speaker_statistics({"the files given": raw}, is_frames, inp["feature"])["the files given"]
+            raw = [(rows - mean) / std for rows in raw]
+        items = [as_item(rows, inp["form"], tuple(inp["tail"])) if is_frames else rows for rows in raw]
         inputs[modality] = ModalityInput(
             modality, inp["feature"], inp["array"], inp["form"], items, tuple(inp["tail"]), spec_arr.rows_per_second
         )

@@ -21,6 +21,13 @@ The loop (train/loop.py) reads it as follows:
   epochs' validation scores, not on one epoch's: UA on a hundred validation utterances jumps by several points
   from epoch to epoch, and a refit that trusts one early spike trains too few epochs;
 * ``freq_mask`` / ``time_mask``: SpecAugment on the audio frames of training batches (train/augment.py);
+* ``normalize``: ``fold`` (the default) standardises every input per dimension with its training fold's
+  statistics; ``speaker`` first standardises each speaker's inputs with that speaker's own statistics, over all
+  of that speaker's utterances in the store (their features only; no label is read), test speakers included, then
+  the fold's (train/data.py, ``speaker_statistics``). Speaker normalisation takes away what a voice is (its level,
+  pitch range, timbre) and leaves how an utterance departs from it. Still speaker-independent (no test speaker's
+  label or utterance is trained on) but transductive: to score a new speaker it needs a batch of that speaker's
+  speech, so it is never the default and every table names it;
 * ``refit``: the epoch count (or, for convex heads, the regularisation) is chosen on the validation
   speakers, then the head is trained again from scratch on training + validation speakers with that
   choice and tested; the test fold is never looked at before.
@@ -41,6 +48,7 @@ SCHEDULES = ("cosine", "step", "constant")
 SELECT_ON = ("ua", "wa", "macro_f1", "loss")  # loss: the lowest validation cross-entropy
 CLASS_WEIGHTS = ("none", "balanced")
 AUTOCASTS = ("none", "bfloat16")
+NORMALIZE = ("fold", "speaker")
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Recipe:
     # dimensions and two spans of at most time_mask frames per utterance set to the training mean (0: off)
     freq_mask: int = 0
     time_mask: int = 0
+    normalize: str = "fold"  # fold | speaker: each speaker's inputs standardised on that speaker's own speech first
 
     def check(self) -> Recipe:
         if self.optimizer not in OPTIMIZERS:
@@ -89,6 +98,8 @@ class Recipe:
                              f"got {self.class_weight!r}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"recipe: autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
+        if self.normalize not in NORMALIZE:
+            raise ValueError(f"recipe: normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
         if self.freq_mask < 0 or self.time_mask < 0:
             raise ValueError("recipe: freq_mask and time_mask are widths (0: off), not negative")
         if self.select_window < 1:
