@@ -336,8 +336,8 @@ def test_speaker_normalisation_refuses_speakers_it_cannot_describe():
 
     enough = [torch.randn(5, 3) for _ in range(10)]
     assert set(speaker_statistics({"a": enough}, True, "fbank-1")) == {"a"}
-    with pytest.raises(ValueError, match=r"fbank-1: normalize=speaker needs at least 10 utterances of each speaker; "
-                                         r"1 of 2 have fewer: b \(3\)"):
+    with pytest.raises(ValueError, match=r"fbank-1: normalize=speaker needs at least 10 utterances of each "
+                                         r"speaker, and 1 of 2 have fewer: b \(3\)"):
         speaker_statistics({"a": enough, "b": enough[:3]}, True, "fbank-1")
     with pytest.raises(ValueError, match="needs every utterance's speaker, and 10 have none"):
         speaker_statistics({None: enough}, True, "fbank-1")
