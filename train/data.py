@@ -99,6 +99,19 @@ class ModalityInput:
 CONSTANT_STD = 1e-5
 
 
+def dimension_stats(x: torch.Tensor, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of the rows of ``x`` (of a random ``NORM_SAMPLE_ROWS`` of them when there are
+    more), what both the fold's and a speaker's standardisation divide by."""
+    if len(x) > NORM_SAMPLE_ROWS:
+        x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
+    x = x.float()  # float16 sums overflow: reduce in float32
+    mean = x.mean(0)
+    std = x.std(0) if len(x) > 1 else torch.ones_like(mean)
+    # a dimension constant in these rows is centred, not scaled: dividing by a floor near 0 would turn a small
+    # difference elsewhere into a huge value
+    return mean, torch.where(std < CONSTANT_STD, torch.ones_like(std), std)
+
+
 @dataclass
 class Normalizer:
     """Per-dimension mean and std of each input, fitted on one fold's training rows: an object of its own,
@@ -112,15 +125,7 @@ class Normalizer:
         stats = {}
         for m, inp in data.inputs.items():
             parts = [inp.items[i] for i in rows]
-            x = torch.stack(parts) if inp.form == "pooled" else torch.cat(parts)
-            if len(x) > NORM_SAMPLE_ROWS:
-                x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
-            x = x.float()  # float16 sums overflow: reduce in float32
-            mean = x.mean(0)
-            std = x.std(0) if len(x) > 1 else torch.ones_like(mean)
-            # a dimension constant in training is centred, not scaled: dividing by a floor near 0 would turn
-            # a small difference at test into a huge value
-            stats[m] = (mean, torch.where(std < CONSTANT_STD, torch.ones_like(std), std))
+            stats[m] = dimension_stats(torch.stack(parts) if inp.form == "pooled" else torch.cat(parts), gen)
         return cls(stats)
 
     @classmethod
@@ -339,16 +344,18 @@ def load_data(
     utts = [u for u in utts if all(u.utt_id in fa for fa, _, _ in loaded.values())]
     dropped["missing a chosen feature"] = n0 - len(utts)
 
+    speaker_utts: dict[str | None, list[str]] = defaultdict(list)  # the kept speakers' utterances, any label
+    if by_speaker:
+        wanted = {u.speaker for u in utts}
+        for u in corpus_utts:
+            if u.speaker in wanted:
+                speaker_utts[u.speaker].append(u.utt_id)
     inputs: dict[str, ModalityInput] = {}
     for modality, (fa, group, form) in loaded.items():
         full = torch.from_numpy(np.ascontiguousarray(fa.data))
         per_speaker = None
         if by_speaker:
-            wanted = {u.speaker for u in utts}
-            values: dict[str | None, list[torch.Tensor]] = defaultdict(list)
-            for u in corpus_utts:
-                if u.speaker in wanted and u.utt_id in fa:
-                    values[u.speaker].append(torch.from_numpy(fa.get(u.utt_id)))
+            values = {s: [torch.from_numpy(fa.get(i)) for i in ids if i in fa] for s, ids in speaker_utts.items()}
             per_speaker = speaker_statistics(values, fa.offsets is not None, group)
         items = []
         for u in utts:
@@ -404,15 +411,8 @@ def speaker_statistics(by_speaker: dict[str | None, list[torch.Tensor]], frames:
         raise ValueError(f"feature {feature}: normalize=speaker needs at least {MIN_SPEAKER_UTTERANCES} utterances "
                          f"of each speaker, and {len(small)} of {len(by_speaker)} have fewer: {named}")
     gen = np.random.default_rng(0)
-    stats = {}
-    for speaker, items in by_speaker.items():
-        x = torch.cat(items) if frames else torch.stack(items)
-        if len(x) > NORM_SAMPLE_ROWS:
-            x = x[torch.from_numpy(gen.choice(len(x), NORM_SAMPLE_ROWS, replace=False))]
-        x = x.float()
-        std = x.std(0)
-        stats[speaker] = (x.mean(0), torch.where(std < CONSTANT_STD, torch.ones_like(std), std))
-    return stats
+    return {speaker: dimension_stats(torch.cat(items) if frames else torch.stack(items), gen)
+            for speaker, items in by_speaker.items()}
 
 
 def as_item(rows: torch.Tensor, form: str, tail: tuple[int, ...]) -> torch.Tensor:
